@@ -1,0 +1,339 @@
+//! `snapjournal`: crash-safe, journaled snapshot transactions for QEMU
+//! virtual machines. virsh-like verbs, human or `--json` output.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use executor::xml::snapshot::{parse_revert, parse_snapshot, DiskRequest};
+use executor::{CreateRequest, DeleteRequest, Executor, RevertRequest};
+use journal::DiskSnapshotMode;
+use serde_json::json;
+
+use crate::output::Out;
+
+/// Largest XML file read from the command line.
+const MAX_INPUT: u64 = 16 * 1024 * 1024;
+
+#[derive(Parser)]
+#[command(name = "snapjournal", version, about = "Crash-safe journaled snapshots for QEMU VMs")]
+struct Cli {
+    /// State directory (journal, lock, rendered XML).
+    #[arg(long, global = true, env = "SNAPJOURNAL_DIR", default_value = "/var/lib/snapjournal")]
+    state_dir: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Domains: define, undefine, list, dumpxml, history.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Snapshots: create, list, dumpxml, current, revert, delete.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Finish every open transaction (forward or back).
+    Recover {
+        /// Explain what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the invariants; exit 0 clean, 1 findings, 2 could not check.
+    Fsck {
+        /// Only this domain.
+        domain: Option<String>,
+        /// Repair what is safe.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Journal maintenance.
+    #[command(subcommand)]
+    Journal(JournalCmd),
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Define (or redefine) a domain from libvirt XML.
+    Define { file: PathBuf },
+    /// Forget a domain (images are never removed).
+    Undefine {
+        domain: String,
+        /// Also drop the metadata of its snapshots.
+        #[arg(long)]
+        snapshots_metadata: bool,
+    },
+    /// List domains.
+    List,
+    /// Print a domain's XML.
+    Dumpxml { domain: String },
+    /// A domain's transaction history.
+    History { domain: String },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Take an external disk-only snapshot.
+    Create {
+        domain: String,
+        /// Snapshot name (or from --xml).
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// `vda,file=PATH` or `vdb,snapshot=no` (repeatable).
+        #[arg(long = "diskspec")]
+        diskspecs: Vec<String>,
+        /// A `<domainsnapshot>` document.
+        #[arg(long)]
+        xml: Option<PathBuf>,
+    },
+    /// List snapshots.
+    List {
+        domain: String,
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Print a snapshot's XML.
+    Dumpxml { domain: String, name: String },
+    /// Print the current snapshot.
+    Current { domain: String },
+    /// Revert to a snapshot (new overlays on its images).
+    Revert {
+        domain: String,
+        name: String,
+        /// A `<domainsnapshotrevert>` naming the new overlays.
+        #[arg(long)]
+        xml: Option<PathBuf>,
+    },
+    /// Delete a snapshot (merging its image).
+    Delete {
+        domain: String,
+        name: String,
+        /// Delete its descendants too.
+        #[arg(long)]
+        children: bool,
+        /// Drop metadata only, keep every image.
+        #[arg(long)]
+        metadata_only: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Fold history older than the given age into a checkpoint.
+    Compact {
+        /// Fold events older than this many seconds.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        older_than: u64,
+        /// Keep per-domain history for this many seconds.
+        #[arg(long, default_value_t = 90 * 24 * 3600)]
+        retention: u64,
+    },
+    /// Verify every record's checksum.
+    Verify,
+}
+
+fn read_input(path: &PathBuf) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > MAX_INPUT {
+        bail!("{} is {} bytes, more than the {MAX_INPUT} accepted; nothing was changed", path.display(), meta.len());
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8 text", path.display()))
+}
+
+fn parse_diskspec(spec: &str) -> Result<DiskRequest> {
+    let mut parts = spec.split(',');
+    let disk = parts.next().filter(|d| !d.is_empty()).ok_or_else(|| anyhow!("--diskspec {spec:?}: no disk name"))?;
+    let mut req = DiskRequest {
+        disk: disk.to_string(),
+        mode: DiskSnapshotMode::External,
+        file: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("file", f)) => req.file = Some(f.to_string()),
+            Some(("snapshot", "no")) => req.mode = DiskSnapshotMode::No,
+            Some(("snapshot", "external")) => req.mode = DiskSnapshotMode::External,
+            Some(("driver", "qcow2")) => {}
+            _ => bail!("--diskspec {spec:?}: unknown part {p:?} (expected file=PATH, snapshot=no|external)"),
+        }
+    }
+    Ok(req)
+}
+
+fn open(cli: &Cli, out: &Out) -> Result<Executor> {
+    let (exec, report) = recovery::open(&cli.state_dir)?;
+    if !report.transactions.is_empty() {
+        out.note(&format!("recovered open transactions first:\n{}", report.explain()));
+    }
+    Ok(exec)
+}
+
+fn run(cli: &Cli, out: &Out) -> Result<i32> {
+    match &cli.cmd {
+        Cmd::Domain(c) => {
+            let exec = open(cli, out)?;
+            match c {
+                DomainCmd::Define { file } => {
+                    let xml = read_input(file)?;
+                    let txn = exec.define_domain(&xml)?;
+                    let name = executor::xml::domain::parse_domain("domain", &xml)?.name;
+                    out.done(json!({"domain": name, "txn": txn.to_string()}), &format!("Domain '{name}' defined ({txn})"));
+                }
+                DomainCmd::Undefine { domain, snapshots_metadata } => {
+                    let txn = exec.undefine_domain(domain, *snapshots_metadata)?;
+                    out.done(json!({"domain": domain, "txn": txn.to_string()}), &format!("Domain '{domain}' undefined ({txn})"));
+                }
+                DomainCmd::List => output::domain_list(out, &exec.journal().state()?),
+                DomainCmd::Dumpxml { domain } => {
+                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    out.raw(&d.core.xml);
+                }
+                DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
+            }
+        }
+        Cmd::Snapshot(c) => {
+            let exec = open(cli, out)?;
+            match c {
+                SnapshotCmd::Create { domain, name, description, diskspecs, xml } => {
+                    let mut req = CreateRequest {
+                        domain: domain.clone(),
+                        name: name.clone().unwrap_or_default(),
+                        description: description.clone(),
+                        disks: vec![],
+                    };
+                    if let Some(x) = xml {
+                        let text = read_input(x)?;
+                        let parsed = parse_snapshot(&x.display().to_string(), &text)?;
+                        if req.name.is_empty() {
+                            req.name = parsed.request.name.clone().unwrap_or_default();
+                        }
+                        if req.description.is_none() {
+                            req.description = parsed.request.description.clone();
+                        }
+                        req.disks = parsed.request.disks;
+                    }
+                    for s in diskspecs {
+                        let d = parse_diskspec(s)?;
+                        req.disks.retain(|x| x.disk != d.disk);
+                        req.disks.push(d);
+                    }
+                    if req.name.is_empty() {
+                        bail!("no snapshot name given (as an argument or in --xml); nothing was changed");
+                    }
+                    let r = exec.snapshot_create(&req)?;
+                    out.done(
+                        json!({"domain": domain, "snapshot": req.name, "txn": r.txn.to_string(),
+                               "overlays": r.overlays.iter().map(|(d, p)| json!({"disk": d, "file": p})).collect::<Vec<_>>()}),
+                        &format!("Domain snapshot {} created ({})", req.name, r.txn),
+                    );
+                }
+                SnapshotCmd::List { domain, tree } => {
+                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    output::snapshot_list(out, &d, *tree);
+                }
+                SnapshotCmd::Dumpxml { domain, name } => {
+                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    let s = d.snapshots.get(name).ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))?;
+                    out.raw(&executor::xml::snapshot::render_snapshot(s)?);
+                }
+                SnapshotCmd::Current { domain } => {
+                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    match &d.core.current_snapshot {
+                        Some(c) => out.done(json!({"current": c}), c),
+                        None => bail!("domain {domain} has no current snapshot"),
+                    }
+                }
+                SnapshotCmd::Revert { domain, name, xml } => {
+                    let overlays = match xml {
+                        Some(x) => parse_revert(&x.display().to_string(), &read_input(x)?)?,
+                        None => Default::default(),
+                    };
+                    let r = exec.snapshot_revert(&RevertRequest { domain: domain.clone(), snapshot: name.clone(), overlays })?;
+                    let mut msg = format!("Domain '{domain}' reverted to snapshot {name} ({})", r.txn);
+                    for k in &r.kept {
+                        msg.push_str(&format!("\nkept {k}: not created by snapjournal (a disk the user swapped)"));
+                    }
+                    out.done(
+                        json!({"domain": domain, "snapshot": name, "txn": r.txn.to_string(),
+                               "overlays": r.overlays.iter().map(|(d, p)| json!({"disk": d, "file": p})).collect::<Vec<_>>(),
+                               "removed": r.removed, "kept": r.kept}),
+                        &msg,
+                    );
+                }
+                SnapshotCmd::Delete { domain, name, children, metadata_only } => {
+                    let r = exec.snapshot_delete(&DeleteRequest {
+                        domain: domain.clone(),
+                        snapshot: name.clone(),
+                        children: *children,
+                        metadata_only: *metadata_only,
+                    })?;
+                    let mut msg = format!("Domain snapshot {name} deleted ({})", r.txn);
+                    for m in &r.merges {
+                        msg.push_str(&format!("\n{}", m.describe()));
+                    }
+                    out.done(
+                        json!({"domain": domain, "deleted": r.deleted, "txn": r.txn.to_string(),
+                               "merges": r.merges.iter().map(|m| m.describe()).collect::<Vec<_>>(),
+                               "removed": r.removed, "kept": r.released}),
+                        &msg,
+                    );
+                }
+            }
+        }
+        Cmd::Recover { dry_run } => {
+            let exec = recovery::open_without_recovery(&cli.state_dir)?;
+            let report = recovery::recover(&exec, *dry_run)?;
+            out.report(serde_json::to_value(&report)?, &report.explain());
+            return Ok(if report.all_closed() { 0 } else { 1 });
+        }
+        Cmd::Fsck { domain, repair } => {
+            let exec = match recovery::open_without_recovery(&cli.state_dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    out.error(&format!("could not check: {e}"));
+                    return Ok(2);
+                }
+            };
+            let report = recovery::fsck(&exec, domain.as_deref(), *repair)?;
+            output::fsck(out, &report);
+            return Ok(report.exit_code());
+        }
+        Cmd::Journal(JournalCmd::Compact { older_than, retention }) => {
+            let exec = open(cli, out)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+            let r = exec.journal().compact(now.saturating_sub(older_than * 1000), now.saturating_sub(retention * 1000))?;
+            out.done(
+                json!({"events_folded": r.events_folded, "history_dropped": r.history_dropped}),
+                &format!("folded {} events into the checkpoint, dropped {} history entries", r.events_folded, r.history_dropped),
+            );
+        }
+        Cmd::Journal(JournalCmd::Verify) => {
+            let exec = recovery::open_without_recovery(&cli.state_dir)?;
+            let bad = exec.journal().verify_records()?;
+            let msgs: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
+            out.report(json!({"corrupt": msgs}), &if msgs.is_empty() { "every record is intact\n".to_string() } else { msgs.join("\n") + "\n" });
+            return Ok(if msgs.is_empty() { 0 } else { 1 });
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    journal::crashpoint::init();
+    let cli = Cli::parse();
+    let out = Out { json: cli.json };
+    match run(&cli, &out) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            out.error(&format!("{e:#}"));
+            ExitCode::from(1)
+        }
+    }
+}

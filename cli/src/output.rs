@@ -1,0 +1,183 @@
+//! Human and JSON output.
+
+use journal::{DomainState, HistoryEntry, Outcome, State};
+use serde_json::{json, Value};
+
+/// Where results go.
+pub struct Out {
+    pub json: bool,
+}
+
+impl Out {
+    /// A finished command: JSON object or a line for a person.
+    pub fn done(&self, v: Value, human: &str) {
+        if self.json {
+            println!("{v}");
+        } else {
+            println!("{human}");
+        }
+    }
+
+    /// A report: JSON value or preformatted text.
+    pub fn report(&self, v: Value, human: &str) {
+        if self.json {
+            println!("{v}");
+        } else {
+            print!("{human}");
+        }
+    }
+
+    /// Raw text (XML), the same in both modes.
+    pub fn raw(&self, s: &str) {
+        print!("{s}");
+        if !s.ends_with('\n') {
+            println!();
+        }
+    }
+
+    /// A note on stderr.
+    pub fn note(&self, s: &str) {
+        if !self.json {
+            eprintln!("{s}");
+        }
+    }
+
+    /// An error.
+    pub fn error(&self, s: &str) {
+        if self.json {
+            println!("{}", json!({"error": s}));
+        } else {
+            eprintln!("error: {s}");
+        }
+    }
+}
+
+/// `domain list`.
+pub fn domain_list(out: &Out, state: &State) {
+    if out.json {
+        let v: Vec<Value> = state
+            .domains
+            .values()
+            .map(|d| {
+                json!({"name": d.core.name, "disks": d.core.disks.keys().collect::<Vec<_>>(),
+                       "snapshots": d.snapshots.len(), "current": d.core.current_snapshot,
+                       "running": d.core.runtime.is_some()})
+            })
+            .collect();
+        println!("{}", Value::Array(v));
+        return;
+    }
+    println!("{:<24} {:<8} {:>9}  current", "Name", "State", "Snapshots");
+    for d in state.domains.values() {
+        println!(
+            "{:<24} {:<8} {:>9}  {}",
+            d.core.name,
+            if d.core.runtime.is_some() { "running" } else { "shut off" },
+            d.snapshots.len(),
+            d.core.current_snapshot.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+/// `snapshot list [--tree]`.
+pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
+    if out.json {
+        let v: Vec<Value> = d
+            .snapshots
+            .values()
+            .map(|s| {
+                json!({"name": s.name, "parent": s.parent, "creation_time": s.creation_time, "state": s.state,
+                       "current": d.core.current_snapshot.as_deref() == Some(s.name.as_str()),
+                       "description": s.description})
+            })
+            .collect();
+        println!("{}", Value::Array(v));
+        return;
+    }
+    if tree {
+        let mut text = String::new();
+        render_tree(d, None, "", &mut text);
+        print!("{text}");
+        return;
+    }
+    println!("{:<24} {:<12} {:<14} Parent", "Name", "Creation", "State");
+    let mut snaps: Vec<_> = d.snapshots.values().collect();
+    snaps.sort_by_key(|s| (s.creation_time, s.name.clone()));
+    for s in snaps {
+        let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) { " *" } else { "" };
+        println!(
+            "{:<24} {:<12} {:<14} {}",
+            format!("{}{mark}", s.name),
+            s.creation_time,
+            s.state,
+            s.parent.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+/// Renders the snapshot tree below `parent`.
+pub fn render_tree(d: &DomainState, parent: Option<&str>, indent: &str, out: &mut String) {
+    let kids = d.snapshot_children(parent);
+    for (i, s) in kids.iter().enumerate() {
+        let last = i + 1 == kids.len();
+        let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) { " (current)" } else { "" };
+        if parent.is_none() {
+            out.push_str(&format!("{}{mark}\n", s.name));
+            render_tree(d, Some(&s.name), "", out);
+        } else {
+            out.push_str(&format!("{indent}{}{}{mark}\n", if last { "└── " } else { "├── " }, s.name));
+            let next = format!("{indent}{}", if last { "    " } else { "│   " });
+            render_tree(d, Some(&s.name), &next, out);
+        }
+    }
+}
+
+/// `domain history`.
+pub fn history(out: &Out, h: &[HistoryEntry]) {
+    if out.json {
+        let v: Vec<Value> = h
+            .iter()
+            .map(|e| {
+                json!({"txn": e.txn.to_string(), "what": e.what, "actor": e.actor, "began_ms": e.began_ms,
+                       "ended_ms": e.ended_ms, "outcome": match &e.outcome {
+                           Outcome::Open => "open".to_string(), Outcome::Finished => "finished".into(),
+                           Outcome::Aborted { reason } => format!("aborted: {reason}") }})
+            })
+            .collect();
+        println!("{}", Value::Array(v));
+        return;
+    }
+    for e in h {
+        let outcome = match &e.outcome {
+            Outcome::Open => "open".to_string(),
+            Outcome::Finished => "finished".into(),
+            Outcome::Aborted { reason } => format!("aborted: {reason}"),
+        };
+        println!("{} {:>14} {} by {}: {outcome}", e.txn, e.began_ms, e.what, e.actor);
+    }
+}
+
+/// `fsck`.
+pub fn fsck(out: &Out, r: &recovery::FsckReport) {
+    if out.json {
+        println!("{}", json!({"findings": r.findings, "could_not_check": r.could_not_check, "exit_code": r.exit_code()}));
+        return;
+    }
+    if r.findings.is_empty() && r.could_not_check.is_empty() {
+        println!("clean: every invariant holds");
+    }
+    for f in &r.findings {
+        println!(
+            "{} {} {}: {}\n    repair: {}{}",
+            f.invariant,
+            f.kind,
+            f.subject,
+            f.message,
+            f.repair,
+            if f.repaired { " (done)" } else { "" }
+        );
+    }
+    for c in &r.could_not_check {
+        println!("could not check: {c}");
+    }
+}

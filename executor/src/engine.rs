@@ -1,0 +1,184 @@
+//! Runs a plan as a journaled transaction, and resumes or rolls back an
+//! open one (the recovery engine drives the latter).
+
+use std::sync::Arc;
+
+use journal::crashpoint::crash_point;
+use journal::{DomainState, Intent, Journal, OpenTxn, Plan, TxnId, TxnPhase};
+
+use crate::error::{ExecError, Result};
+use crate::images::QemuImg;
+use crate::metadata::MetadataStore;
+use crate::steps::World;
+
+/// Runs transactions against one state directory.
+pub struct Executor {
+    journal: Arc<Journal>,
+    images: QemuImg,
+    metadata: MetadataStore,
+}
+
+impl Executor {
+    /// An executor over an open journal.
+    pub fn new(journal: Arc<Journal>) -> Self {
+        let metadata = MetadataStore::new(journal.dir());
+        Executor {
+            journal,
+            images: QemuImg::default(),
+            metadata,
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// The image backend.
+    pub fn images(&self) -> &QemuImg {
+        &self.images
+    }
+
+    /// The XML files.
+    pub fn metadata(&self) -> &MetadataStore {
+        &self.metadata
+    }
+
+    /// The world the steps act on.
+    pub fn world(&self) -> World<'_> {
+        World {
+            journal: &self.journal,
+            images: &self.images,
+            metadata: &self.metadata,
+        }
+    }
+
+    /// Writes the intent, runs the steps before the commit point (undoing
+    /// them on failure), commits, and runs the rest. `planned_on` is the
+    /// domain state the plan was made from: if another transaction changed
+    /// the domain in between, the transaction is closed at once and nothing
+    /// is changed.
+    pub fn run(&self, intent: Intent, plan: Plan, planned_on: Option<&DomainState>) -> Result<TxnId> {
+        let what = intent.describe();
+        let domain = intent.domain().to_string();
+        let prior = planned_on.map(|d| d.core.clone());
+        let txn = self.journal.begin(intent, plan.clone(), prior)?;
+        crash_point("txn.begun");
+        let now = self.journal.domain(&domain)?;
+        if now.as_ref() != planned_on {
+            let reason = format!("domain {domain} changed while the request was being planned; retry");
+            self.journal.aborting(txn, reason.clone())?;
+            self.journal.aborted(txn, reason.clone())?;
+            return Err(ExecError::Invalid(reason));
+        }
+        let world = self.world();
+        for (i, step) in plan.steps.iter().enumerate().take(plan.commit_index as usize) {
+            crash_point("step.apply.before");
+            if let Err(e) = world.apply(step) {
+                let cause = format!("{}: {e}", step.describe());
+                return Err(self.abort_after_failure(txn, &what, cause));
+            }
+            crash_point("step.apply.after");
+            self.journal.step_done(txn, i as u32)?;
+        }
+        crash_point("commit.before");
+        self.journal.commit(txn, plan.changes.clone())?;
+        crash_point("commit.after");
+        let open = self
+            .journal
+            .open_transaction(txn)?
+            .ok_or(journal::JournalError::NotOpen(txn))?;
+        self.roll_forward(&open).map_err(|e| ExecError::ForwardIncomplete {
+            txn,
+            what,
+            cause: e.to_string(),
+        })?;
+        Ok(txn)
+    }
+
+    fn abort_after_failure(&self, txn: TxnId, what: &str, cause: String) -> ExecError {
+        let undo = self
+            .journal
+            .open_transaction(txn)
+            .map_err(ExecError::from)
+            .and_then(|o| o.ok_or(ExecError::Journal(journal::JournalError::NotOpen(txn))))
+            .and_then(|o| self.roll_back(&o, &cause));
+        match undo {
+            Ok(()) => ExecError::RolledBack {
+                txn,
+                what: what.to_string(),
+                cause,
+            },
+            Err(e) => ExecError::UndoFailed {
+                txn,
+                what: what.to_string(),
+                cause,
+                undo: e.to_string(),
+            },
+        }
+    }
+
+    /// Runs the steps after the commit point that are not recorded done
+    /// (each is idempotent), then closes the transaction. Commits first if
+    /// the transaction has not passed its commit point.
+    pub fn roll_forward(&self, open: &OpenTxn) -> Result<()> {
+        let txn = open.txn;
+        if open.phase == TxnPhase::Aborting {
+            return Err(ExecError::Invalid(format!("transaction {txn} is aborting and cannot go forward")));
+        }
+        let world = self.world();
+        if open.phase == TxnPhase::Running {
+            for (i, step) in open.plan.steps.iter().enumerate().take(open.plan.commit_index as usize) {
+                if !open.done.contains(&(i as u32)) {
+                    world.apply(step)?;
+                    self.journal.step_done(txn, i as u32)?;
+                }
+            }
+            crash_point("commit.before");
+            self.journal.commit(txn, open.plan.changes.clone())?;
+            crash_point("commit.after");
+        }
+        for (i, step) in open.plan.steps.iter().enumerate().skip(open.plan.commit_index as usize) {
+            if open.done.contains(&(i as u32)) {
+                continue;
+            }
+            crash_point("step.apply.before");
+            world.apply(step)?;
+            crash_point("step.apply.after");
+            self.journal.step_done(txn, i as u32)?;
+        }
+        crash_point("finish.before");
+        self.journal.finish(txn)?;
+        Ok(())
+    }
+
+    /// Undoes every step before the commit point, last first (undo is
+    /// idempotent, so steps the journal does not know finished are undone
+    /// too), then closes the transaction as aborted.
+    pub fn roll_back(&self, open: &OpenTxn, reason: &str) -> Result<()> {
+        let txn = open.txn;
+        if open.phase == TxnPhase::Committed {
+            return Err(ExecError::Invalid(format!(
+                "transaction {txn} passed its commit point and cannot be rolled back"
+            )));
+        }
+        if open.phase == TxnPhase::Running {
+            self.journal.aborting(txn, reason)?;
+            crash_point("abort.begun");
+        }
+        let world = self.world();
+        for i in (0..open.plan.commit_index).rev() {
+            if open.undone.contains(&i) {
+                continue;
+            }
+            let step = &open.plan.steps[i as usize];
+            crash_point("step.undo.before");
+            world.undo(step)?;
+            crash_point("step.undo.after");
+            self.journal.step_undone(txn, i)?;
+        }
+        let reason = open.abort_reason.clone().unwrap_or_else(|| reason.to_string());
+        self.journal.aborted(txn, reason)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Typed errors of the executor.
+
+use journal::{JournalError, TxnId};
+
+/// Errors of the executor. Each says what failed, where, and in what state
+/// things were left.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The request was refused while planning: nothing was written.
+    #[error("{0}; nothing was changed")]
+    Invalid(String),
+    /// A step failed before the commit point and every completed step was
+    /// undone.
+    #[error("transaction {txn} ({what}) failed: {cause}; the completed steps were undone and nothing was changed")]
+    RolledBack { txn: TxnId, what: String, cause: String },
+    /// A step failed before the commit point and undo failed too: the
+    /// transaction stays open for recovery.
+    #[error("transaction {txn} ({what}) failed: {cause}; undoing it failed too ({undo}); the transaction stays open and `snapjournal recover` will finish it")]
+    UndoFailed {
+        txn: TxnId,
+        what: String,
+        cause: String,
+        undo: String,
+    },
+    /// A step after the commit point failed: the operation is committed and
+    /// recovery will finish it.
+    #[error("transaction {txn} ({what}) is committed but a later step failed: {cause}; `snapjournal recover` will finish it")]
+    ForwardIncomplete { txn: TxnId, what: String, cause: String },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+    #[error("metadata file {path}: {message}")]
+    Metadata { path: String, message: String },
+}
+
+/// A qemu-img call that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("qemu-img {action} on {path}: {message}")]
+pub struct ImageError {
+    pub action: String,
+    pub path: String,
+    pub message: String,
+}
+
+/// Malformed or unacceptable XML.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct XmlError {
+    /// Which document (a file name or a kind of document).
+    pub what: String,
+    pub message: String,
+}
+
+/// Result alias of the executor.
+pub type Result<T, E = ExecError> = std::result::Result<T, E>;

@@ -1,0 +1,19 @@
+//! The snapjournal executor: turns a request into a complete plan of
+//! idempotent, probe-able, undoable steps and runs it as a journaled
+//! transaction, against qemu-img and the libvirt-format XML files.
+
+pub mod engine;
+pub mod error;
+pub mod images;
+pub mod metadata;
+pub mod names;
+pub mod ops;
+pub mod steps;
+pub mod xml;
+
+pub use engine::Executor;
+pub use error::{ExecError, ImageError, Result, XmlError};
+pub use ops::create::{CreateReport, CreateRequest};
+pub use ops::delete::{DeleteReport, DeleteRequest, MergeChoice};
+pub use ops::revert::{RevertReport, RevertRequest};
+pub use xml::snapshot::DiskRequest;

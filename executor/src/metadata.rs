@@ -1,0 +1,181 @@
+//! The rendered XML files of the state directory: `domains/<dom>.xml` and
+//! `snapshots/<dom>/<snap>.xml`, a projection of the journal's state,
+//! written atomically (temp file, fsync, rename, fsync of the directory).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use journal::crashpoint::crash_point;
+use journal::State;
+
+use crate::error::{ExecError, Result};
+use crate::xml::snapshot::render_snapshot;
+
+/// Prefix of temporary files; a file with it left behind is a stray.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// The XML files under a state directory.
+#[derive(Debug, Clone)]
+pub struct MetadataStore {
+    root: PathBuf,
+}
+
+fn meta_err(path: &Path, e: impl std::fmt::Display) -> ExecError {
+    ExecError::Metadata {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl MetadataStore {
+    /// The files under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        MetadataStore {
+            root: state_dir.to_path_buf(),
+        }
+    }
+
+    /// `domains/<dom>.xml`.
+    pub fn domain_file(&self, domain: &str) -> PathBuf {
+        self.root.join("domains").join(format!("{domain}.xml"))
+    }
+
+    /// `snapshots/<dom>/`.
+    pub fn snapshot_dir(&self, domain: &str) -> PathBuf {
+        self.root.join("snapshots").join(domain)
+    }
+
+    /// Every file the state says should exist for `domain`, with its content.
+    pub fn expected_files(&self, state: &State, domain: &str) -> Result<BTreeMap<PathBuf, String>> {
+        let mut out = BTreeMap::new();
+        if let Some(d) = state.domains.get(domain) {
+            out.insert(self.domain_file(domain), d.core.xml.clone());
+            for s in d.snapshots.values() {
+                out.insert(
+                    self.snapshot_dir(domain).join(format!("{}.xml", s.name)),
+                    render_snapshot(s)?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every file present on disk for `domain` (including stray temp files).
+    pub fn present_files(&self, domain: &str) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let f = self.domain_file(domain);
+        if f.exists() {
+            out.push(f);
+        }
+        let dir = self.root.join("domains");
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(TEMP_PREFIX) && n.ends_with(&format!("-{domain}.xml")) {
+                    out.push(e.path());
+                }
+            }
+        }
+        let sd = self.snapshot_dir(domain);
+        if let Ok(rd) = fs::read_dir(&sd) {
+            for e in rd.flatten() {
+                out.push(e.path());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Domains that have files on disk.
+    pub fn domains_on_disk(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        if let Ok(rd) = fs::read_dir(self.root.join("domains")) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(d) = n.strip_suffix(".xml") {
+                    let d = match d.strip_prefix(TEMP_PREFIX) {
+                        Some(rest) => rest.split_once('-').map(|x| x.1).unwrap_or(rest),
+                        None => d,
+                    };
+                    out.insert(d.to_string());
+                }
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.root.join("snapshots")) {
+            for e in rd.flatten() {
+                out.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Whether the files of `domain` equal the rendering of `state`.
+    pub fn in_sync(&self, state: &State, domain: &str) -> Result<bool> {
+        let expected = self.expected_files(state, domain)?;
+        let present = self.present_files(domain)?;
+        if present.len() != expected.len() {
+            return Ok(false);
+        }
+        for p in present {
+            match expected.get(&p) {
+                Some(content) => {
+                    if fs::read(&p).ok().as_deref() != Some(content.as_bytes()) {
+                        return Ok(false);
+                    }
+                }
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes the files of `domain` equal the rendering of `state`: rewrites
+    /// what differs, removes what the state does not have (and stray temp
+    /// files). Idempotent.
+    pub fn sync_domain(&self, state: &State, domain: &str) -> Result<()> {
+        let expected = self.expected_files(state, domain)?;
+        for (path, content) in &expected {
+            if fs::read(path).ok().as_deref() != Some(content.as_bytes()) {
+                write_atomic(path, content.as_bytes(), domain)?;
+            }
+        }
+        for p in self.present_files(domain)? {
+            if !expected.contains_key(&p) {
+                crash_point("xml.remove.before");
+                fs::remove_file(&p).map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
+            }
+        }
+        let sd = self.snapshot_dir(domain);
+        if !state.domains.contains_key(domain) && sd.exists() {
+            fs::remove_dir(&sd).map_err(|e| meta_err(&sd, format!("cannot remove directory: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `content` to `path` atomically: a temp file in the same
+/// directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, content: &[u8], tag: &str) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| meta_err(path, "no parent directory"))?;
+    fs::create_dir_all(dir).map_err(|e| meta_err(dir, format!("cannot create directory: {e}")))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!("{TEMP_PREFIX}{}-{name}", std::process::id()));
+    let _ = tag;
+    {
+        let mut f = fs::File::create(&tmp).map_err(|e| meta_err(&tmp, format!("cannot create: {e}")))?;
+        f.write_all(content).map_err(|e| meta_err(&tmp, format!("cannot write: {e}")))?;
+        crash_point("xml.tmp.written");
+        f.sync_all().map_err(|e| meta_err(&tmp, format!("cannot fsync: {e}")))?;
+    }
+    crash_point("xml.rename.before");
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        meta_err(path, format!("cannot rename into place: {e}"))
+    })?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| meta_err(dir, format!("cannot fsync directory: {e}")))?;
+    crash_point("xml.rename.after");
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `snapshot create` on a stopped domain: an overlay on every selected
+//! disk, atomic across disks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use journal::{
+    ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, SnapshotDisk, SnapshotRecord, StateChange, Step, TxnId,
+};
+
+use super::{check_new_image_path, check_world_chains, derived_path, now_secs, require_domain};
+use crate::engine::Executor;
+use crate::error::{ExecError, Result};
+use crate::names::validate_name;
+use crate::xml::domain::set_disk_sources;
+use crate::xml::snapshot::DiskRequest;
+
+/// A snapshot-create request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub domain: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// Per-disk choices; disks not listed get an external overlay with the
+    /// default name.
+    pub disks: Vec<DiskRequest>,
+}
+
+/// What a create did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateReport {
+    pub txn: TxnId,
+    /// (disk, overlay) for every external disk.
+    pub overlays: Vec<(String, String)>,
+}
+
+impl Executor {
+    /// Takes an external, disk-only snapshot of a stopped domain.
+    pub fn snapshot_create(&self, req: &CreateRequest) -> Result<CreateReport> {
+        validate_name("snapshot", &req.name)?;
+        let state = self.journal().state()?;
+        let dom = require_domain(&state, &req.domain)?;
+        let domain = &req.domain;
+        if dom.snapshots.contains_key(&req.name) {
+            return Err(ExecError::Invalid(format!(
+                "domain {domain} already has a snapshot called {}",
+                req.name
+            )));
+        }
+        let mut requested: BTreeMap<&str, &DiskRequest> = BTreeMap::new();
+        for d in &req.disks {
+            if !dom.core.disks.contains_key(&d.disk) {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain} has no disk {} (it has: {})",
+                    d.disk,
+                    dom.core.disks.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            if requested.insert(&d.disk, d).is_some() {
+                return Err(ExecError::Invalid(format!("disk {} is given twice", d.disk)));
+            }
+        }
+        check_world_chains(self.images(), dom)?;
+
+        let mut steps = Vec::new();
+        let mut changes = Vec::new();
+        let mut snap_disks = Vec::new();
+        let mut overlays = Vec::new();
+        let mut planned = BTreeSet::new();
+        let mut sources = BTreeMap::new();
+        for disk in dom.core.disks.values() {
+            let r = requested.get(disk.target.as_str());
+            let mode = r.map(|r| r.mode).unwrap_or(DiskSnapshotMode::External);
+            if mode == DiskSnapshotMode::No {
+                snap_disks.push(SnapshotDisk {
+                    disk: disk.target.clone(),
+                    mode,
+                    overlay: None,
+                    frozen: None,
+                });
+                continue;
+            }
+            let active = disk.active().ok_or_else(|| {
+                ExecError::Invalid(format!("domain {domain}, disk {}: the disk has no image", disk.target))
+            })?;
+            let path = r
+                .and_then(|r| r.file.clone())
+                .unwrap_or_else(|| derived_path(&active.path, &req.name));
+            check_new_image_path(domain, &disk.target, &path, &planned)?;
+            if state.images.contains_key(&path) {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain}, disk {}: {path} is already recorded as an image of the journal",
+                    disk.target
+                )));
+            }
+            planned.insert(path.clone());
+            steps.push(Step::CreateOverlay {
+                disk: disk.target.clone(),
+                path: path.clone(),
+                backing: active.clone(),
+            });
+            let overlay = ChainImage::qcow2(path.clone());
+            let mut chain = vec![overlay.clone()];
+            chain.extend(disk.chain.iter().cloned());
+            changes.push(StateChange::DiskChainChanged {
+                domain: domain.clone(),
+                disk: disk.target.clone(),
+                chain,
+            });
+            changes.push(StateChange::ImageCreated {
+                image: ImageRecord {
+                    path: path.clone(),
+                    domain: domain.clone(),
+                },
+            });
+            sources.insert(disk.target.clone(), overlay);
+            snap_disks.push(SnapshotDisk {
+                disk: disk.target.clone(),
+                mode,
+                overlay: Some(path.clone()),
+                frozen: Some(active.clone()),
+            });
+            overlays.push((disk.target.clone(), path));
+        }
+        if overlays.is_empty() {
+            return Err(ExecError::Invalid(format!(
+                "snapshot {} of domain {domain} would include no disk",
+                req.name
+            )));
+        }
+        let new_xml = set_disk_sources(&format!("definition of domain {domain}"), &dom.core.xml, &sources)?;
+        changes.push(StateChange::DomainXmlSet {
+            domain: domain.clone(),
+            xml: new_xml,
+        });
+        changes.push(StateChange::SnapshotRecorded {
+            domain: domain.clone(),
+            snapshot: SnapshotRecord {
+                name: req.name.clone(),
+                description: req.description.clone(),
+                creation_time: now_secs(),
+                state: "shutoff".into(),
+                parent: dom.core.current_snapshot.clone(),
+                disks: snap_disks,
+                domain_xml: dom.core.xml.clone(),
+            },
+        });
+        changes.push(StateChange::CurrentSnapshotSet {
+            domain: domain.clone(),
+            snapshot: Some(req.name.clone()),
+        });
+        let commit_index = steps.len() as u32;
+        steps.push(Step::SyncXml { domain: domain.clone() });
+        let plan = Plan {
+            steps,
+            commit_index,
+            changes,
+        };
+        let txn = self.run(
+            Intent::SnapshotCreate {
+                domain: domain.clone(),
+                snapshot: req.name.clone(),
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(CreateReport { txn, overlays })
+    }
+}

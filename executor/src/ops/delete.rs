@@ -1,0 +1,254 @@
+//! `snapshot delete`: merge the snapshot's image with its single child
+//! (block-commit or block-pull, whichever moves less data) after the commit
+//! point, then remove what nothing references.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use journal::{ChainImage, DiskSnapshotMode, DomainState, Intent, Plan, State, StateChange, Step, TxnId};
+
+use super::{check_world_chains, collect_garbage, replace_image, require_domain, simulate, world_chain};
+use crate::engine::Executor;
+use crate::error::{ExecError, Result};
+
+/// A delete request.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteRequest {
+    pub domain: String,
+    pub snapshot: String,
+    /// Delete the snapshot and all its descendants.
+    pub children: bool,
+    /// Drop metadata only; keep every image.
+    pub metadata_only: bool,
+}
+
+/// How one disk's images were merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeChoice {
+    /// `top` was committed into `base` (`top_bytes` moved).
+    Commit { disk: String, top: String, base: String, top_bytes: u64, base_bytes: u64 },
+    /// `base`'s data was pulled into `top` (`base_bytes` moved).
+    Pull { disk: String, top: String, base: String, top_bytes: u64, base_bytes: u64 },
+}
+
+impl MergeChoice {
+    /// One line a person can read.
+    pub fn describe(&self) -> String {
+        match self {
+            MergeChoice::Commit { disk, top, base, top_bytes, base_bytes } => format!(
+                "disk {disk}: commit {top} into {base} ({top_bytes} bytes to move; a pull would move {base_bytes})"
+            ),
+            MergeChoice::Pull { disk, top, base, top_bytes, base_bytes } => format!(
+                "disk {disk}: pull {base} into {top} ({base_bytes} bytes to move; a commit would move {top_bytes})"
+            ),
+        }
+    }
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteReport {
+    pub txn: TxnId,
+    pub deleted: Vec<String>,
+    pub merges: Vec<MergeChoice>,
+    pub removed: Vec<String>,
+    /// Images no longer referenced but kept (`--metadata-only`).
+    pub released: Vec<String>,
+}
+
+/// Descendants of `name`, deepest first.
+fn descendants(dom: &DomainState, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![name.to_string()];
+    while let Some(n) = stack.pop() {
+        for c in dom.snapshot_children(Some(&n)) {
+            out.push(c.name.clone());
+            stack.push(c.name.clone());
+        }
+    }
+    out.reverse();
+    out
+}
+
+impl Executor {
+    /// The backing relation of every image a domain references:
+    /// image → its backing image.
+    fn image_graph(&self, dom: &DomainState) -> Result<BTreeMap<String, Option<ChainImage>>> {
+        let mut backing: BTreeMap<String, Option<ChainImage>> = BTreeMap::new();
+        let mut add_chain = |chain: &[ChainImage]| {
+            for (i, img) in chain.iter().enumerate() {
+                backing.entry(img.path.clone()).or_insert_with(|| chain.get(i + 1).cloned());
+            }
+        };
+        for d in dom.core.disks.values() {
+            add_chain(&d.chain);
+        }
+        for s in dom.snapshots.values() {
+            for sd in &s.disks {
+                if let Some(f) = &sd.frozen {
+                    let chain = world_chain(self.images(), &dom.core.name, &sd.disk, &f.path)?;
+                    add_chain(&chain);
+                }
+            }
+        }
+        Ok(backing)
+    }
+
+    /// Deletes a snapshot of a stopped domain.
+    pub fn snapshot_delete(&self, req: &DeleteRequest) -> Result<DeleteReport> {
+        let state = self.journal().state()?;
+        let dom = require_domain(&state, &req.domain)?;
+        let domain = &req.domain;
+        let snap = dom.snapshots.get(&req.snapshot).ok_or_else(|| {
+            ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
+        })?;
+        let mut doomed = vec![snap.name.clone()];
+        if req.children {
+            doomed = descendants(dom, &snap.name);
+            doomed.push(snap.name.clone());
+        }
+        let doomed_set: BTreeSet<&str> = doomed.iter().map(String::as_str).collect();
+        let mut changes = Vec::new();
+        let mut steps = Vec::new();
+        let mut merges = Vec::new();
+        if !req.metadata_only {
+            check_world_chains(self.images(), dom)?;
+        }
+        if !req.metadata_only && !req.children {
+            let graph = self.image_graph(dom)?;
+            let mut working: State = state.clone();
+            for sd in &snap.disks {
+                if sd.mode != DiskSnapshotMode::External {
+                    continue;
+                }
+                let Some(frozen) = &sd.frozen else { continue };
+                let kids: Vec<&String> = graph
+                    .iter()
+                    .filter(|(_, b)| b.as_ref().map(|b| b.path.as_str()) == Some(frozen.path.as_str()))
+                    .map(|(k, _)| k)
+                    .collect();
+                if kids.len() > 1 {
+                    return Err(ExecError::Invalid(format!(
+                        "snapshot {} of domain {domain}: image {} of disk {} backs {} alternate histories ({}); delete with --children to remove the whole subtree",
+                        snap.name,
+                        frozen.path,
+                        sd.disk,
+                        kids.len(),
+                        kids.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                let Some(top) = kids.first().map(|k| k.to_string()) else { continue };
+                let owned_base = state.images.contains_key(&frozen.path);
+                let owned_top = state.images.contains_key(&top);
+                if !owned_top {
+                    return Err(ExecError::Invalid(format!(
+                        "snapshot {} of domain {domain}, disk {}: merging would modify {top}, an image snapshotjournal did not create; use --metadata-only",
+                        snap.name, sd.disk
+                    )));
+                }
+                let top_bytes = self.images().allocated_bytes(&top, "qcow2")?;
+                let base_bytes = self.images().allocated_bytes(&frozen.path, &frozen.format)?;
+                let dom_now = working.domains.get(domain).cloned().unwrap_or_else(|| dom.clone());
+                let commit = owned_base && top_bytes <= base_bytes;
+                if commit {
+                    // block-commit: top's data into the base; top's children
+                    // are re-pointed at the base, top goes away.
+                    steps.push(Step::CommitImage {
+                        disk: sd.disk.clone(),
+                        top: top.clone(),
+                        base: frozen.path.clone(),
+                    });
+                    for (child, b) in &graph {
+                        if b.as_ref().map(|b| b.path.as_str()) == Some(top.as_str()) {
+                            steps.push(Step::RebaseImage {
+                                disk: sd.disk.clone(),
+                                image: child.clone(),
+                                backing: Some(frozen.clone()),
+                                safe: false,
+                            });
+                        }
+                    }
+                    let c = replace_image(&dom_now, &top, frozen)?;
+                    working = simulate(&working, &c);
+                    changes.extend(c);
+                    merges.push(MergeChoice::Commit {
+                        disk: sd.disk.clone(),
+                        top: top.clone(),
+                        base: frozen.path.clone(),
+                        top_bytes,
+                        base_bytes,
+                    });
+                } else {
+                    // block-pull: the base's data into top, which then
+                    // stands on the base's backing file.
+                    let below = graph.get(&frozen.path).cloned().flatten();
+                    steps.push(Step::RebaseImage {
+                        disk: sd.disk.clone(),
+                        image: top.clone(),
+                        backing: below,
+                        safe: true,
+                    });
+                    let c = replace_image(&dom_now, &frozen.path, &ChainImage::qcow2(top.clone()))?;
+                    working = simulate(&working, &c);
+                    changes.extend(c);
+                    merges.push(MergeChoice::Pull {
+                        disk: sd.disk.clone(),
+                        top: top.clone(),
+                        base: frozen.path.clone(),
+                        top_bytes,
+                        base_bytes,
+                    });
+                }
+            }
+        }
+        // Metadata: remove the doomed snapshots, re-parent the survivors.
+        for name in &doomed {
+            changes.push(StateChange::SnapshotRemoved {
+                domain: domain.clone(),
+                snapshot: name.clone(),
+            });
+        }
+        for s in dom.snapshots.values() {
+            if !doomed_set.contains(s.name.as_str()) && s.parent.as_deref() == Some(snap.name.as_str()) {
+                changes.push(StateChange::SnapshotReparented {
+                    domain: domain.clone(),
+                    snapshot: s.name.clone(),
+                    parent: snap.parent.clone(),
+                });
+            }
+        }
+        if let Some(cur) = &dom.core.current_snapshot {
+            if doomed_set.contains(cur.as_str()) {
+                changes.push(StateChange::CurrentSnapshotSet {
+                    domain: domain.clone(),
+                    snapshot: snap.parent.clone(),
+                });
+            }
+        }
+        let commit_index = 0;
+        let gone = collect_garbage(&state, domain, &mut changes, &mut steps, req.metadata_only);
+        let (removed, released) = if req.metadata_only { (vec![], gone) } else { (gone, vec![]) };
+        steps.push(Step::SyncXml { domain: domain.clone() });
+        let plan = Plan {
+            steps,
+            commit_index,
+            changes,
+        };
+        let txn = self.run(
+            Intent::SnapshotDelete {
+                domain: domain.clone(),
+                snapshot: snap.name.clone(),
+                children: req.children,
+                metadata_only: req.metadata_only,
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(DeleteReport {
+            txn,
+            deleted: doomed,
+            merges,
+            removed,
+            released,
+        })
+    }
+}

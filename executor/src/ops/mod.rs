@@ -1,0 +1,246 @@
+//! The operations: each validates a request against the state and the
+//! world, builds a complete [`journal::Plan`] and runs it through the
+//! [`crate::Executor`].
+
+pub mod create;
+pub mod delete;
+pub mod domain;
+pub mod revert;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use journal::{ChainImage, DomainState, ImageRecord, State, StateChange, Step};
+
+use crate::error::{ExecError, Result};
+use crate::images::QemuImg;
+use crate::names::validate_image_path;
+use crate::xml::domain::{parse_domain, set_disk_sources};
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The domain called `name`, or a clear error.
+pub(crate) fn require_domain<'a>(state: &'a State, name: &str) -> Result<&'a DomainState> {
+    let d = state
+        .domains
+        .get(name)
+        .ok_or_else(|| ExecError::Invalid(format!("domain {name} is not defined")))?;
+    if d.core.runtime.is_some() {
+        return Err(ExecError::Invalid(format!(
+            "domain {name} is running; this operation needs it stopped"
+        )));
+    }
+    Ok(d)
+}
+
+/// Checks every disk's real backing chain against the state (I2) and that
+/// no image holds internal snapshots.
+pub(crate) fn check_world_chains(images: &QemuImg, dom: &DomainState) -> Result<()> {
+    for disk in dom.core.disks.values() {
+        let Some(active) = disk.active() else { continue };
+        let infos = images.chain_info(&active.path).map_err(|e| {
+            ExecError::Invalid(format!(
+                "domain {}, disk {}: cannot read the image chain: {e}",
+                dom.core.name, disk.target
+            ))
+        })?;
+        refuse_internal(&dom.core.name, &disk.target, &infos)?;
+        let real: Vec<ChainImage> = infos
+            .into_iter()
+            .map(|i| ChainImage {
+                path: i.filename,
+                format: i.format,
+            })
+            .collect();
+        if real != disk.chain {
+            return Err(ExecError::Invalid(format!(
+                "domain {}, disk {}: the image chain on disk ({}) differs from the journal's ({}); run `snapjournal fsck`",
+                dom.core.name,
+                disk.target,
+                show_chain(&real),
+                show_chain(&disk.chain)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses images that hold internal snapshots (mixed trees).
+pub(crate) fn refuse_internal(domain: &str, disk: &str, infos: &[crate::images::ImageInfo]) -> Result<()> {
+    if let Some(i) = infos.iter().find(|i| !i.snapshots.is_empty()) {
+        return Err(ExecError::Invalid(format!(
+            "domain {domain}, disk {disk}: image {} holds internal snapshots; mixed internal/external snapshot trees are refused",
+            i.filename
+        )));
+    }
+    Ok(())
+}
+
+/// `a -> b -> c` for messages.
+pub(crate) fn show_chain(chain: &[ChainImage]) -> String {
+    chain.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join(" -> ")
+}
+
+/// Checks that a new image may be created at `path`: absolute, its
+/// directory exists, nothing is there yet, and no other planned file has it.
+pub(crate) fn check_new_image_path(
+    domain: &str,
+    disk: &str,
+    path: &str,
+    planned: &BTreeSet<String>,
+) -> Result<()> {
+    validate_image_path(&format!("overlay for disk {disk} of domain {domain}"), path)?;
+    let p = Path::new(path);
+    if p.symlink_metadata().is_ok() {
+        return Err(ExecError::Invalid(format!(
+            "domain {domain}, disk {disk}: target file {path} already exists"
+        )));
+    }
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(ExecError::Invalid(format!(
+            "domain {domain}, disk {disk}: directory {} of {path} does not exist",
+            dir.display()
+        )));
+    }
+    if planned.contains(path) {
+        return Err(ExecError::Invalid(format!(
+            "domain {domain}, disk {disk}: file {path} is planned for two disks"
+        )));
+    }
+    Ok(())
+}
+
+/// `/p/vda.qcow2` + `s1` → `/p/vda.s1` (libvirt's naming).
+pub(crate) fn derived_path(base: &str, suffix: &str) -> String {
+    let p = Path::new(base);
+    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    dir.join(format!("{stem}.{suffix}")).to_string_lossy().into_owned()
+}
+
+/// The state after `changes`, for planning what they leave unreferenced.
+pub(crate) fn simulate(state: &State, changes: &[StateChange]) -> State {
+    let mut s = state.clone();
+    let mut touched = BTreeSet::new();
+    for c in changes {
+        s.apply(c, &mut touched);
+    }
+    s
+}
+
+/// Images the journal created for `domain` that nothing in `after`
+/// references: each becomes a removal step (unless `keep_files`) and an
+/// `ImageRemoved` change.
+pub(crate) fn unreferenced_images(after: &State, domain: &str) -> Vec<ImageRecord> {
+    let referenced = after
+        .domains
+        .get(domain)
+        .map(|d| d.referenced_images())
+        .unwrap_or_default();
+    after
+        .images_of(domain)
+        .filter(|i| !referenced.contains(&i.path))
+        .cloned()
+        .collect()
+}
+
+/// Removal steps and changes for unreferenced images.
+pub(crate) fn collect_garbage(
+    state: &State,
+    domain: &str,
+    changes: &mut Vec<StateChange>,
+    steps: &mut Vec<Step>,
+    keep_files: bool,
+) -> Vec<String> {
+    let after = simulate(state, changes);
+    let mut out = Vec::new();
+    for img in unreferenced_images(&after, domain) {
+        if !keep_files {
+            steps.push(Step::RemoveImage { path: img.path.clone() });
+        }
+        changes.push(StateChange::ImageRemoved { path: img.path.clone() });
+        out.push(img.path);
+    }
+    out
+}
+
+/// Replaces image `from` by `to` everywhere in a domain: disk chains
+/// (dropping the duplicate this makes), snapshots' frozen images and
+/// overlays, and disk sources of the present and historic definitions.
+pub(crate) fn replace_image(dom: &DomainState, from: &str, to: &ChainImage) -> Result<Vec<StateChange>> {
+    let name = dom.core.name.clone();
+    let mut out = Vec::new();
+    for disk in dom.core.disks.values() {
+        if disk.chain.iter().any(|c| c.path == from) {
+            let mut chain: Vec<ChainImage> = Vec::new();
+            for c in &disk.chain {
+                let c = if c.path == from { to.clone() } else { c.clone() };
+                if chain.last() != Some(&c) {
+                    chain.push(c);
+                }
+            }
+            out.push(StateChange::DiskChainChanged {
+                domain: name.clone(),
+                disk: disk.target.clone(),
+                chain,
+            });
+        }
+    }
+    let xml = replace_source(&format!("definition of domain {name}"), &dom.core.xml, from, to)?;
+    if xml != dom.core.xml {
+        out.push(StateChange::DomainXmlSet {
+            domain: name.clone(),
+            xml,
+        });
+    }
+    for s in dom.snapshots.values() {
+        let mut s2 = s.clone();
+        for d in &mut s2.disks {
+            if d.frozen.as_ref().map(|f| f.path.as_str()) == Some(from) {
+                d.frozen = Some(to.clone());
+            }
+            if d.overlay.as_deref() == Some(from) {
+                d.overlay = Some(to.path.clone());
+            }
+        }
+        s2.domain_xml = replace_source(&format!("historic domain of snapshot {}", s.name), &s.domain_xml, from, to)?;
+        if &s2 != s {
+            out.push(StateChange::SnapshotRecorded {
+                domain: name.clone(),
+                snapshot: s2,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn replace_source(what: &str, xml: &str, from: &str, to: &ChainImage) -> Result<String> {
+    let parsed = parse_domain(what, xml)?;
+    let map: BTreeMap<String, ChainImage> = parsed
+        .disks
+        .iter()
+        .filter(|d| d.source.as_deref() == Some(from))
+        .map(|d| (d.target.clone(), to.clone()))
+        .collect();
+    if map.is_empty() {
+        return Ok(xml.to_string());
+    }
+    Ok(set_disk_sources(what, xml, &map)?)
+}
+
+/// The real chain of an image (itself first), with a clear error.
+pub(crate) fn world_chain(images: &QemuImg, domain: &str, disk: &str, path: &str) -> Result<Vec<ChainImage>> {
+    images.chain(path).map_err(|e| {
+        ExecError::Invalid(format!(
+            "domain {domain}, disk {disk}: image {path} is not usable: {e}"
+        ))
+    })
+}

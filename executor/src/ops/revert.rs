@@ -1,0 +1,182 @@
+//! `snapshot revert` (external): new overlays on the snapshot's images, the
+//! snapshot's historic definition back, the abandoned overlays removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use journal::{ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, StateChange, Step, TxnId};
+
+use super::{check_new_image_path, check_world_chains, collect_garbage, derived_path, require_domain, world_chain};
+use crate::engine::Executor;
+use crate::error::{ExecError, Result};
+use crate::xml::domain::{parse_domain, set_disk_sources};
+
+/// A revert request.
+#[derive(Debug, Clone, Default)]
+pub struct RevertRequest {
+    pub domain: String,
+    pub snapshot: String,
+    /// Overlay file per disk (from `<domainsnapshotrevert>`); disks not
+    /// listed get `<image>.<snapshot>-N`.
+    pub overlays: BTreeMap<String, String>,
+}
+
+/// What a revert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevertReport {
+    pub txn: TxnId,
+    /// (disk, new overlay).
+    pub overlays: Vec<(String, String)>,
+    /// Abandoned images the journal created, now removed.
+    pub removed: Vec<String>,
+    /// Abandoned images the journal did not create (a disk the user
+    /// swapped): kept.
+    pub kept: Vec<String>,
+}
+
+impl Executor {
+    /// Reverts a stopped domain to an external snapshot.
+    pub fn snapshot_revert(&self, req: &RevertRequest) -> Result<RevertReport> {
+        let state = self.journal().state()?;
+        let dom = require_domain(&state, &req.domain)?;
+        let domain = &req.domain;
+        let snap = dom.snapshots.get(&req.snapshot).ok_or_else(|| {
+            ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
+        })?;
+        for d in req.overlays.keys() {
+            if !snap.disks.iter().any(|s| &s.disk == d && s.mode == DiskSnapshotMode::External) {
+                return Err(ExecError::Invalid(format!(
+                    "snapshot {} of domain {domain} has no external disk {d}",
+                    req.snapshot
+                )));
+            }
+        }
+        check_world_chains(self.images(), dom)?;
+        let historic = parse_domain(&format!("historic domain of snapshot {}", snap.name), &snap.domain_xml)?;
+
+        let mut steps = Vec::new();
+        let mut changes = Vec::new();
+        let mut planned = BTreeSet::new();
+        let mut sources = BTreeMap::new();
+        let mut chains: BTreeMap<String, Vec<ChainImage>> = BTreeMap::new();
+        let mut overlays = Vec::new();
+        for sd in &snap.disks {
+            if sd.mode != DiskSnapshotMode::External {
+                continue;
+            }
+            let frozen = sd.frozen.as_ref().ok_or_else(|| {
+                ExecError::Invalid(format!("snapshot {}, disk {}: no image recorded", snap.name, sd.disk))
+            })?;
+            let below = world_chain(self.images(), domain, &sd.disk, &frozen.path)?;
+            let path = match req.overlays.get(&sd.disk) {
+                Some(p) => p.clone(),
+                None => (1..)
+                    .map(|n| derived_path(&frozen.path, &format!("{}-{n}", snap.name)))
+                    .find(|p| {
+                        !Path::new(p).exists() && !state.images.contains_key(p) && !planned.contains(p)
+                    })
+                    .unwrap_or_default(),
+            };
+            check_new_image_path(domain, &sd.disk, &path, &planned)?;
+            planned.insert(path.clone());
+            steps.push(Step::CreateOverlay {
+                disk: sd.disk.clone(),
+                path: path.clone(),
+                backing: frozen.clone(),
+            });
+            changes.push(StateChange::ImageCreated {
+                image: ImageRecord {
+                    path: path.clone(),
+                    domain: domain.clone(),
+                },
+            });
+            let overlay = ChainImage::qcow2(path.clone());
+            let mut chain = vec![overlay.clone()];
+            chain.extend(below);
+            chains.insert(sd.disk.clone(), chain);
+            sources.insert(sd.disk.clone(), overlay);
+            overlays.push((sd.disk.clone(), path));
+        }
+        // Disks the snapshot did not cover keep their present images.
+        for hd in &historic.disks {
+            if chains.contains_key(&hd.target) {
+                continue;
+            }
+            let chain = match dom.core.disks.get(&hd.target) {
+                Some(present) => present.chain.clone(),
+                None => {
+                    let src = hd.source.as_deref().ok_or_else(|| {
+                        ExecError::Invalid(format!(
+                            "snapshot {}: disk {} of its definition has no source",
+                            snap.name, hd.target
+                        ))
+                    })?;
+                    world_chain(self.images(), domain, &hd.target, src)?
+                }
+            };
+            if let Some(a) = chain.first() {
+                sources.insert(hd.target.clone(), a.clone());
+            }
+            chains.insert(hd.target.clone(), chain);
+        }
+        let xml = set_disk_sources(&format!("historic domain of snapshot {}", snap.name), &snap.domain_xml, &sources)?;
+        changes.push(StateChange::DomainXmlSet {
+            domain: domain.clone(),
+            xml,
+        });
+        for (disk, chain) in &chains {
+            changes.push(StateChange::DiskChainChanged {
+                domain: domain.clone(),
+                disk: disk.clone(),
+                chain: chain.clone(),
+            });
+        }
+        for disk in dom.core.disks.keys() {
+            if !chains.contains_key(disk) {
+                changes.push(StateChange::DiskRemoved {
+                    domain: domain.clone(),
+                    disk: disk.clone(),
+                });
+            }
+        }
+        changes.push(StateChange::CurrentSnapshotSet {
+            domain: domain.clone(),
+            snapshot: Some(snap.name.clone()),
+        });
+        let commit_index = steps.len() as u32;
+        let removed = collect_garbage(&state, domain, &mut changes, &mut steps, false);
+        // Abandoned present images the journal did not create are kept.
+        let after = super::simulate(&state, &changes);
+        let referenced = after.domains.get(domain).map(|d| d.referenced_images()).unwrap_or_default();
+        let kept = dom
+            .core
+            .disks
+            .values()
+            .flat_map(|d| d.chain.iter())
+            .filter(|i| !referenced.contains(&i.path) && !state.images.contains_key(&i.path))
+            .map(|i| i.path.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        steps.push(Step::SyncXml { domain: domain.clone() });
+        let plan = Plan {
+            steps,
+            commit_index,
+            changes,
+        };
+        let txn = self.run(
+            Intent::SnapshotRevert {
+                domain: domain.clone(),
+                snapshot: snap.name.clone(),
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(RevertReport {
+            txn,
+            overlays,
+            removed,
+            kept,
+        })
+    }
+}

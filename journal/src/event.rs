@@ -1,0 +1,224 @@
+//! Events: the transaction lifecycle and the state changes a commit applies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+use crate::state::{CheckpointRecord, ChainImage, DomainCore, ImageRecord, Runtime, SnapshotRecord};
+
+/// A transaction id, allocated in increasing order by the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TxnId(pub u64);
+
+impl std::fmt::Display for TxnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "txn-{}", self.0)
+    }
+}
+
+impl std::str::FromStr for TxnId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix("txn-").unwrap_or(s);
+        digits
+            .parse::<u64>()
+            .map(TxnId)
+            .map_err(|_| format!("{s:?} is not a transaction id (expected txn-N)"))
+    }
+}
+
+/// What a transaction was asked to do, in the caller's terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Intent {
+    DomainDefine { domain: String },
+    DomainUndefine { domain: String },
+    SnapshotCreate { domain: String, snapshot: String },
+    SnapshotRevert { domain: String, snapshot: String },
+    SnapshotDelete {
+        domain: String,
+        snapshot: String,
+        children: bool,
+        metadata_only: bool,
+    },
+    /// A free-form intent, for tests and tools built on the journal.
+    Other { domain: String, what: String },
+}
+
+impl Intent {
+    /// The domain the intent acts on.
+    pub fn domain(&self) -> &str {
+        match self {
+            Intent::DomainDefine { domain }
+            | Intent::DomainUndefine { domain }
+            | Intent::SnapshotCreate { domain, .. }
+            | Intent::SnapshotRevert { domain, .. }
+            | Intent::SnapshotDelete { domain, .. }
+            | Intent::Other { domain, .. } => domain,
+        }
+    }
+
+    /// One line a person can read.
+    pub fn describe(&self) -> String {
+        match self {
+            Intent::DomainDefine { domain } => format!("define domain {domain}"),
+            Intent::DomainUndefine { domain } => format!("undefine domain {domain}"),
+            Intent::SnapshotCreate { domain, snapshot } => {
+                format!("create snapshot {snapshot} of domain {domain}")
+            }
+            Intent::SnapshotRevert { domain, snapshot } => {
+                format!("revert domain {domain} to snapshot {snapshot}")
+            }
+            Intent::SnapshotDelete {
+                domain,
+                snapshot,
+                children,
+                metadata_only,
+            } => format!(
+                "delete snapshot {snapshot}{}{} of domain {domain}",
+                if *children { " and its children" } else { "" },
+                if *metadata_only { " (metadata only)" } else { "" }
+            ),
+            Intent::Other { domain, what } => format!("{what} on domain {domain}"),
+        }
+    }
+}
+
+/// A change to the state projection. Commits carry a list of them, applied
+/// atomically with the `Committed` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateChange {
+    /// A domain was defined (or its definition replaced as a whole).
+    DomainDefined { core: DomainCore },
+    /// A domain and all its snapshots and checkpoints were forgotten.
+    DomainUndefined { domain: String },
+    /// The domain definition XML changed.
+    DomainXmlSet { domain: String, xml: String },
+    /// A disk's backing chain changed (or the disk was added).
+    DiskChainChanged {
+        domain: String,
+        disk: String,
+        chain: Vec<ChainImage>,
+    },
+    /// A disk left the domain definition.
+    DiskRemoved { domain: String, disk: String },
+    /// A snapshot was recorded (or replaced).
+    SnapshotRecorded {
+        domain: String,
+        snapshot: SnapshotRecord,
+    },
+    /// A snapshot's metadata was removed.
+    SnapshotRemoved { domain: String, snapshot: String },
+    /// A snapshot's parent changed (its parent was deleted).
+    SnapshotReparented {
+        domain: String,
+        snapshot: String,
+        parent: Option<String>,
+    },
+    /// A checkpoint was recorded.
+    CheckpointRecorded {
+        domain: String,
+        checkpoint: CheckpointRecord,
+    },
+    /// A checkpoint was removed.
+    CheckpointRemoved { domain: String, checkpoint: String },
+    /// The current snapshot marker moved.
+    CurrentSnapshotSet {
+        domain: String,
+        snapshot: Option<String>,
+    },
+    /// The journal created an image file.
+    ImageCreated { image: ImageRecord },
+    /// An image file the journal created is no longer in use and is removed.
+    ImageRemoved { path: String },
+    /// The domain started or stopped running (live operations).
+    RuntimeSet {
+        domain: String,
+        runtime: Option<Runtime>,
+    },
+}
+
+impl StateChange {
+    /// The domain a change belongs to, when it belongs to one.
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            StateChange::DomainDefined { core } => Some(&core.name),
+            StateChange::DomainUndefined { domain }
+            | StateChange::DomainXmlSet { domain, .. }
+            | StateChange::DiskChainChanged { domain, .. }
+            | StateChange::DiskRemoved { domain, .. }
+            | StateChange::SnapshotRecorded { domain, .. }
+            | StateChange::SnapshotRemoved { domain, .. }
+            | StateChange::SnapshotReparented { domain, .. }
+            | StateChange::CheckpointRecorded { domain, .. }
+            | StateChange::CheckpointRemoved { domain, .. }
+            | StateChange::CurrentSnapshotSet { domain, .. }
+            | StateChange::RuntimeSet { domain, .. } => Some(domain),
+            StateChange::ImageCreated { image } => Some(&image.domain),
+            StateChange::ImageRemoved { .. } => None,
+        }
+    }
+}
+
+/// One entry of the transaction lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The intent record: written and synced before the world changes.
+    TxnBegun {
+        txn: TxnId,
+        domain: String,
+        intent: Intent,
+        plan: Plan,
+        /// The domain as it was before, for undo and for checking I6.
+        prior: Option<DomainCore>,
+        actor: String,
+    },
+    /// A step of the plan completed (may be unsynced).
+    StepDone { txn: TxnId, step: u32 },
+    /// The commit point passed; `changes` were applied to the projection.
+    Committed {
+        txn: TxnId,
+        changes: Vec<StateChange>,
+    },
+    /// A failure before the commit point; undo starts.
+    Aborting { txn: TxnId, reason: String },
+    /// A completed step was undone.
+    StepUndone { txn: TxnId, step: u32 },
+    /// Every completed step was undone; the transaction is closed.
+    Aborted { txn: TxnId, reason: String },
+    /// Every step ran; the transaction is closed.
+    Finished { txn: TxnId },
+}
+
+impl Event {
+    /// The transaction the event belongs to.
+    pub fn txn(&self) -> TxnId {
+        match self {
+            Event::TxnBegun { txn, .. }
+            | Event::StepDone { txn, .. }
+            | Event::Committed { txn, .. }
+            | Event::Aborting { txn, .. }
+            | Event::StepUndone { txn, .. }
+            | Event::Aborted { txn, .. }
+            | Event::Finished { txn } => *txn,
+        }
+    }
+
+    /// Whether the journal syncs this event to disk before returning.
+    pub fn is_synced(&self) -> bool {
+        matches!(
+            self,
+            Event::TxnBegun { .. }
+                | Event::Committed { .. }
+                | Event::Aborted { .. }
+                | Event::Finished { .. }
+        )
+    }
+}
+
+/// An event as stored: its global sequence number and time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub event: Event,
+}

@@ -1,0 +1,805 @@
+//! The journal store on RocksDB.
+//!
+//! Column families:
+//! - `events`: every [`EventRecord`], keyed by its global sequence number;
+//! - `open`: one [`OpenTxn`] per open transaction, keyed by transaction id;
+//! - `state`: the projection, one entry per domain, snapshot, checkpoint and
+//!   created image;
+//! - `history`: one [`HistoryEntry`] per transaction, keyed by domain;
+//! - `meta`: counters and the compaction checkpoint.
+//!
+//! An event, the open-transaction record, the history entry and the
+//! projection entries it implies are written in one `WriteBatch`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::crashpoint::crash_point;
+use crate::codec::{decode, encode, RecordKind};
+use crate::error::{JournalError, RecordName, Result};
+use crate::event::{Event, EventRecord, Intent, StateChange, TxnId};
+use crate::lock::DirLock;
+use crate::plan::Plan;
+use crate::state::{CheckpointRecord, DomainCore, DomainState, ImageRecord, SnapshotRecord, State, Touched};
+
+const CF_EVENTS: &str = "events";
+const CF_OPEN: &str = "open";
+const CF_STATE: &str = "state";
+const CF_HISTORY: &str = "history";
+const CF_META: &str = "meta";
+const META_NEXT_TXN: &str = "next_txn";
+const META_CHECKPOINT: &str = "checkpoint";
+
+/// Where an open transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnPhase {
+    /// Intent written; steps before the commit point may be running.
+    Running,
+    /// The commit point passed; the rest only rolls forward.
+    Committed,
+    /// A failure before the commit point; undo is in progress.
+    Aborting,
+}
+
+/// An open transaction, as the open-transaction index holds it: all that
+/// recovery needs, without reading the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTxn {
+    pub txn: TxnId,
+    pub domain: String,
+    pub intent: Intent,
+    pub plan: Plan,
+    pub prior: Option<DomainCore>,
+    pub actor: String,
+    pub began_ms: u64,
+    pub phase: TxnPhase,
+    /// Steps recorded as done (the world may be ahead of this).
+    pub done: BTreeSet<u32>,
+    /// Steps recorded as undone.
+    pub undone: BTreeSet<u32>,
+    pub abort_reason: Option<String>,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Open,
+    Finished,
+    Aborted { reason: String },
+}
+
+/// One line of a domain's audit history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub txn: TxnId,
+    pub domain: String,
+    pub what: String,
+    pub actor: String,
+    pub began_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub outcome: Outcome,
+}
+
+/// The compaction checkpoint: the projection folded from every event up to
+/// and including `upto_seq`, whose events were then dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Checkpoint {
+    upto_seq: u64,
+    state: State,
+}
+
+/// Tuning of the journal.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// Who is writing (shown in the history).
+    pub actor: String,
+    /// Whether synced events really call fsync (tests of logic may turn it
+    /// off; the product never does).
+    pub sync: bool,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            actor: format!("pid {}", std::process::id()),
+            sync: true,
+        }
+    }
+}
+
+struct Inner {
+    state: State,
+    open: BTreeMap<TxnId, OpenTxn>,
+    busy: BTreeMap<String, TxnId>,
+    next_seq: u64,
+    next_txn: u64,
+}
+
+/// Counts of what [`Journal::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactionReport {
+    pub events_folded: u64,
+    pub history_dropped: u64,
+}
+
+/// The journal: the event log, the open-transaction index and the state
+/// projection of one state directory.
+pub struct Journal {
+    db: DB,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    poisoned: AtomicBool,
+    options: JournalOptions,
+    _lock: DirLock,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn txn_key(txn: TxnId) -> [u8; 8] {
+    txn.0.to_be_bytes()
+}
+
+fn history_key(domain: &str, txn: TxnId) -> Vec<u8> {
+    let mut k = domain.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&txn.0.to_be_bytes());
+    k
+}
+
+fn projection_key(t: &Touched) -> String {
+    match t {
+        Touched::Domain(d) => format!("d\0{d}"),
+        Touched::Snapshot(d, s) => format!("s\0{d}\0{s}"),
+        Touched::Checkpoint(d, c) => format!("c\0{d}\0{c}"),
+        Touched::Image(p) => format!("i\0{p}"),
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, taking the state
+    /// directory lock.
+    pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let lock = DirLock::acquire(dir)?;
+        let db_dir = dir.join("journal");
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_keep_log_file_num(4);
+        let cfs = [CF_EVENTS, CF_OPEN, CF_STATE, CF_HISTORY, CF_META]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| JournalError::Db {
+            dir: db_dir.clone(),
+            message: e.to_string(),
+        })?;
+        let mut journal = Journal {
+            db,
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                state: State::default(),
+                open: BTreeMap::new(),
+                busy: BTreeMap::new(),
+                next_seq: 1,
+                next_txn: 1,
+            }),
+            poisoned: AtomicBool::new(false),
+            options,
+            _lock: lock,
+        };
+        journal.load()?;
+        Ok(journal)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn db_err(&self, e: rocksdb::Error) -> JournalError {
+        JournalError::Db {
+            dir: self.dir.join("journal"),
+            message: e.to_string(),
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn load(&mut self) -> Result<()> {
+        let state = self.stored_projection()?;
+        let mut open = BTreeMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+            let rec: OpenTxn = decode(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn))?;
+            open.insert(txn, rec);
+        }
+        let busy = open.values().map(|o| (o.domain.clone(), o.txn)).collect();
+        let mut next_seq = self.checkpoint()?.map(|c| c.upto_seq + 1).unwrap_or(1);
+        if let Some(item) = self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::End).next() {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            let last = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            next_seq = next_seq.max(last + 1);
+        }
+        let mut next_txn = match self.db.get_cf(self.cf(CF_META), META_NEXT_TXN).map_err(|e| self.db_err(e))? {
+            Some(v) => decode::<u64>(RecordKind::Meta, &v, RecordName::Meta { key: META_NEXT_TXN.into() }, None)?,
+            None => 1,
+        };
+        if let Some(max_open) = open.keys().next_back() {
+            next_txn = next_txn.max(max_open.0 + 1);
+        }
+        let inner = self.inner.get_mut().map_err(|_| JournalError::Poisoned("lock poisoned".into()))?;
+        *inner = Inner {
+            state,
+            open,
+            busy,
+            next_seq,
+            next_txn,
+        };
+        Ok(())
+    }
+
+    fn lock_inner(&self) -> Result<MutexGuard<'_, Inner>> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(JournalError::Poisoned("a write to RocksDB failed".into()));
+        }
+        self.inner
+            .lock()
+            .map_err(|_| JournalError::Poisoned("a journal thread panicked".into()))
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        crash_point("journal.append.before");
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync && self.options.sync);
+        self.db.write_opt(batch, &wo).map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            self.db_err(e)
+        })?;
+        crash_point("journal.append.after");
+        Ok(())
+    }
+
+    /// Begins a transaction: checks the domain is free, allocates an id and
+    /// writes the synced intent record.
+    pub fn begin(&self, intent: Intent, plan: Plan, prior: Option<DomainCore>) -> Result<TxnId> {
+        let domain = intent.domain().to_string();
+        let mut g = self.lock_inner()?;
+        if let Some(txn) = g.busy.get(&domain) {
+            return Err(JournalError::DomainBusy { domain, txn: *txn });
+        }
+        let txn = TxnId(g.next_txn);
+        g.next_txn += 1;
+        let event = Event::TxnBegun {
+            txn,
+            domain: domain.clone(),
+            intent,
+            plan,
+            prior,
+            actor: self.options.actor.clone(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), META_NEXT_TXN, encode(RecordKind::Meta, &g.next_txn)?);
+        let prepared = self.prepare(&mut g, event, &mut batch);
+        if prepared.is_err() {
+            g.next_txn -= 1;
+        }
+        prepared?;
+        drop(g);
+        self.write(batch, true)?;
+        Ok(txn)
+    }
+
+    /// Records that step `step` of `txn` completed (unsynced).
+    pub fn step_done(&self, txn: TxnId, step: u32) -> Result<()> {
+        self.append(Event::StepDone { txn, step })
+    }
+
+    /// Passes the commit point: applies `changes` to the projection and
+    /// writes the synced `Committed` record, in one batch.
+    pub fn commit(&self, txn: TxnId, changes: Vec<StateChange>) -> Result<()> {
+        self.append(Event::Committed { txn, changes })
+    }
+
+    /// Starts undoing a transaction that failed before its commit point.
+    pub fn aborting(&self, txn: TxnId, reason: impl Into<String>) -> Result<()> {
+        self.append(Event::Aborting {
+            txn,
+            reason: reason.into(),
+        })
+    }
+
+    /// Records that step `step` of `txn` was undone (unsynced).
+    pub fn step_undone(&self, txn: TxnId, step: u32) -> Result<()> {
+        self.append(Event::StepUndone { txn, step })
+    }
+
+    /// Closes an aborted transaction (synced).
+    pub fn aborted(&self, txn: TxnId, reason: impl Into<String>) -> Result<()> {
+        self.append(Event::Aborted {
+            txn,
+            reason: reason.into(),
+        })
+    }
+
+    /// Closes a transaction whose steps all ran (synced).
+    pub fn finish(&self, txn: TxnId) -> Result<()> {
+        self.append(Event::Finished { txn })
+    }
+
+    /// Appends a lifecycle event of an open transaction (the sync policy
+    /// follows [`Event::is_synced`]).
+    pub fn append(&self, event: Event) -> Result<()> {
+        if matches!(event, Event::TxnBegun { .. }) {
+            return Err(JournalError::Protocol {
+                txn: event.txn(),
+                what: "transactions are begun with Journal::begin".into(),
+            });
+        }
+        let sync = event.is_synced();
+        let mut batch = WriteBatch::default();
+        let mut g = self.lock_inner()?;
+        self.prepare(&mut g, event, &mut batch)?;
+        drop(g);
+        self.write(batch, sync)
+    }
+
+    /// Checks `event` against the open-transaction index, applies it in
+    /// memory and adds every record it implies to `batch`.
+    fn prepare(&self, g: &mut Inner, event: Event, batch: &mut WriteBatch) -> Result<()> {
+        let txn = event.txn();
+        let at_ms = now_ms();
+        let protocol = |what: &str| JournalError::Protocol {
+            txn,
+            what: what.to_string(),
+        };
+        // Validate first, so a refused event changes nothing.
+        match (&event, g.open.get(&txn)) {
+            (Event::TxnBegun { .. }, None) => {}
+            (Event::TxnBegun { .. }, Some(_)) => return Err(protocol("already begun")),
+            (_, None) => return Err(JournalError::NotOpen(txn)),
+            (Event::StepDone { step, .. }, Some(o)) => {
+                if *step as usize >= o.plan.steps.len() {
+                    return Err(protocol(&format!("step {step} is not in the plan")));
+                }
+                if o.phase == TxnPhase::Aborting {
+                    return Err(protocol("cannot run steps while aborting"));
+                }
+            }
+            (Event::Committed { .. }, Some(o)) if o.phase != TxnPhase::Running => {
+                return Err(protocol("commit after the commit point or during abort"))
+            }
+            (Event::Aborting { .. }, Some(o)) if o.phase == TxnPhase::Committed => {
+                return Err(protocol("cannot abort after the commit point"))
+            }
+            (Event::StepUndone { .. } | Event::Aborted { .. }, Some(o)) if o.phase == TxnPhase::Committed => {
+                return Err(protocol("cannot undo after the commit point"))
+            }
+            _ => {}
+        }
+        let seq = g.next_seq;
+        g.next_seq += 1;
+        let record = EventRecord { seq, at_ms, event };
+        batch.put_cf(self.cf(CF_EVENTS), seq_key(seq), encode(RecordKind::Event, &record)?);
+        let event = record.event;
+        match event {
+            Event::TxnBegun {
+                txn,
+                domain,
+                intent,
+                plan,
+                prior,
+                actor,
+            } => {
+                let hist = HistoryEntry {
+                    txn,
+                    domain: domain.clone(),
+                    what: intent.describe(),
+                    actor: actor.clone(),
+                    began_ms: at_ms,
+                    ended_ms: None,
+                    outcome: Outcome::Open,
+                };
+                batch.put_cf(self.cf(CF_HISTORY), history_key(&domain, txn), encode(RecordKind::History, &hist)?);
+                let open = OpenTxn {
+                    txn,
+                    domain: domain.clone(),
+                    intent,
+                    plan,
+                    prior,
+                    actor,
+                    began_ms: at_ms,
+                    phase: TxnPhase::Running,
+                    done: BTreeSet::new(),
+                    undone: BTreeSet::new(),
+                    abort_reason: None,
+                };
+                batch.put_cf(self.cf(CF_OPEN), txn_key(txn), encode(RecordKind::OpenTxn, &open)?);
+                g.busy.insert(domain, txn);
+                g.open.insert(txn, open);
+            }
+            Event::StepDone { step, .. } => self.update_open(g, txn, batch, |o| {
+                o.done.insert(step);
+            })?,
+            Event::StepUndone { step, .. } => self.update_open(g, txn, batch, |o| {
+                o.undone.insert(step);
+            })?,
+            Event::Aborting { reason, .. } => self.update_open(g, txn, batch, |o| {
+                o.phase = TxnPhase::Aborting;
+                o.abort_reason = Some(reason);
+            })?,
+            Event::Committed { changes, .. } => {
+                self.update_open(g, txn, batch, |o| o.phase = TxnPhase::Committed)?;
+                let mut touched = BTreeSet::new();
+                for c in &changes {
+                    g.state.apply(c, &mut touched);
+                }
+                for t in touched {
+                    self.put_projection(&g.state, &t, batch)?;
+                }
+            }
+            Event::Aborted { reason, .. } => self.close(g, txn, batch, at_ms, Outcome::Aborted { reason })?,
+            Event::Finished { .. } => self.close(g, txn, batch, at_ms, Outcome::Finished)?,
+        }
+        Ok(())
+    }
+
+    fn update_open(&self, g: &mut Inner, txn: TxnId, batch: &mut WriteBatch, f: impl FnOnce(&mut OpenTxn)) -> Result<()> {
+        let o = g.open.get_mut(&txn).ok_or(JournalError::NotOpen(txn))?;
+        f(o);
+        batch.put_cf(self.cf(CF_OPEN), txn_key(txn), encode(RecordKind::OpenTxn, o)?);
+        Ok(())
+    }
+
+    fn close(&self, g: &mut Inner, txn: TxnId, batch: &mut WriteBatch, at_ms: u64, outcome: Outcome) -> Result<()> {
+        let o = g.open.remove(&txn).ok_or(JournalError::NotOpen(txn))?;
+        g.busy.remove(&o.domain);
+        batch.delete_cf(self.cf(CF_OPEN), txn_key(txn));
+        let hist = HistoryEntry {
+            txn,
+            domain: o.domain.clone(),
+            what: o.intent.describe(),
+            actor: o.actor,
+            began_ms: o.began_ms,
+            ended_ms: Some(at_ms),
+            outcome,
+        };
+        batch.put_cf(self.cf(CF_HISTORY), history_key(&o.domain, txn), encode(RecordKind::History, &hist)?);
+        Ok(())
+    }
+
+    fn put_projection(&self, state: &State, t: &Touched, batch: &mut WriteBatch) -> Result<()> {
+        let key = projection_key(t);
+        let cf = self.cf(CF_STATE);
+        let value = match t {
+            Touched::Domain(d) => state
+                .domains
+                .get(d)
+                .map(|s| encode(RecordKind::Domain, &s.core))
+                .transpose()?,
+            Touched::Snapshot(d, s) => state
+                .domains
+                .get(d)
+                .and_then(|x| x.snapshots.get(s))
+                .map(|s| encode(RecordKind::Snapshot, s))
+                .transpose()?,
+            Touched::Checkpoint(d, c) => state
+                .domains
+                .get(d)
+                .and_then(|x| x.checkpoints.get(c))
+                .map(|c| encode(RecordKind::Checkpoint, c))
+                .transpose()?,
+            Touched::Image(p) => state
+                .images
+                .get(p)
+                .map(|i| encode(RecordKind::Image, i))
+                .transpose()?,
+        };
+        match value {
+            Some(v) => batch.put_cf(cf, key.as_bytes(), v),
+            None => batch.delete_cf(cf, key.as_bytes()),
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the current state projection.
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R> {
+        let g = self.lock_inner()?;
+        Ok(f(&g.state))
+    }
+
+    /// A copy of the current state projection.
+    pub fn state(&self) -> Result<State> {
+        self.with_state(|s| s.clone())
+    }
+
+    /// A copy of one domain's state.
+    pub fn domain(&self, name: &str) -> Result<Option<DomainState>> {
+        self.with_state(|s| s.domains.get(name).cloned())
+    }
+
+    /// The open transactions, oldest first. Served from the in-memory index
+    /// (loaded from the `open` column family at start): the cost is the
+    /// number of open transactions, never the size of the history.
+    pub fn open_transactions(&self) -> Result<Vec<OpenTxn>> {
+        let g = self.lock_inner()?;
+        Ok(g.open.values().cloned().collect())
+    }
+
+    /// One open transaction.
+    pub fn open_transaction(&self, txn: TxnId) -> Result<Option<OpenTxn>> {
+        let g = self.lock_inner()?;
+        Ok(g.open.get(&txn).cloned())
+    }
+
+    /// The transaction holding `domain`, if any.
+    pub fn busy_with(&self, domain: &str) -> Result<Option<TxnId>> {
+        let g = self.lock_inner()?;
+        Ok(g.busy.get(domain).copied())
+    }
+
+    /// Reads the open-transaction index from disk (not from memory); used by
+    /// fsck and benchmarks to check the stored index.
+    pub fn stored_open_transactions(&self) -> Result<Vec<OpenTxn>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+            out.push(decode(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn))?);
+        }
+        Ok(out)
+    }
+
+    fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        match self.db.get_cf(self.cf(CF_META), META_CHECKPOINT).map_err(|e| self.db_err(e))? {
+            Some(v) => Ok(Some(decode(
+                RecordKind::Meta,
+                &v,
+                RecordName::Meta {
+                    key: META_CHECKPOINT.into(),
+                },
+                None,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored event after the compaction checkpoint, in order. A
+    /// record that does not decode is an error naming it.
+    pub fn events(&self) -> Result<Vec<EventRecord>> {
+        let mut out = Vec::new();
+        self.for_each_event(|r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn for_each_event(&self, mut f: impl FnMut(EventRecord) -> Result<()>) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::From(&[], Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            f(decode(RecordKind::Event, &v, RecordName::Event { seq }, None)?)?;
+        }
+        Ok(())
+    }
+
+    /// The projection folded from the compaction checkpoint and every event
+    /// after it: must equal [`Journal::state`].
+    pub fn fold_events(&self) -> Result<State> {
+        let mut state = self.checkpoint()?.map(|c| c.state).unwrap_or_default();
+        let mut touched = BTreeSet::new();
+        self.for_each_event(|r| {
+            if let Event::Committed { changes, .. } = &r.event {
+                for c in changes {
+                    state.apply(c, &mut touched);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(state)
+    }
+
+    /// The projection as stored in the `state` column family.
+    pub fn stored_projection(&self) -> Result<State> {
+        let mut state = State::default();
+        let mut snapshots: Vec<(String, SnapshotRecord)> = Vec::new();
+        let mut checkpoints: Vec<(String, CheckpointRecord)> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let name = RecordName::Projection { key: key.clone() };
+            let mut parts = key.splitn(3, '\0');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("d"), Some(d), None) => {
+                    let core: DomainCore = decode(RecordKind::Domain, &v, name, None)?;
+                    state.domains.insert(
+                        d.to_string(),
+                        DomainState {
+                            core,
+                            snapshots: BTreeMap::new(),
+                            checkpoints: BTreeMap::new(),
+                        },
+                    );
+                }
+                (Some("s"), Some(d), Some(_)) => snapshots.push((d.to_string(), decode(RecordKind::Snapshot, &v, name, None)?)),
+                (Some("c"), Some(d), Some(_)) => checkpoints.push((d.to_string(), decode(RecordKind::Checkpoint, &v, name, None)?)),
+                (Some("i"), Some(_), None) => {
+                    let img: ImageRecord = decode(RecordKind::Image, &v, name, None)?;
+                    state.images.insert(img.path.clone(), img);
+                }
+                _ => {
+                    return Err(JournalError::Corrupt {
+                        record: name,
+                        txn: None,
+                        kind: crate::error::CorruptKind::Payload("unknown projection key".into()),
+                    })
+                }
+            }
+        }
+        for (d, s) in snapshots {
+            if let Some(dom) = state.domains.get_mut(&d) {
+                dom.snapshots.insert(s.name.clone(), s);
+            }
+        }
+        for (d, c) in checkpoints {
+            if let Some(dom) = state.domains.get_mut(&d) {
+                dom.checkpoints.insert(c.name.clone(), c);
+            }
+        }
+        Ok(state)
+    }
+
+    /// The history of `domain`, oldest first.
+    pub fn history(&self, domain: &str) -> Result<Vec<HistoryEntry>> {
+        let mut prefix = domain.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k).replace('\0', "/");
+            out.push(decode(RecordKind::History, &v, RecordName::History { key }, None)?);
+        }
+        Ok(out)
+    }
+
+    /// Folds every event older than `older_than_ms` (ms since the epoch)
+    /// into the compaction checkpoint and drops those events; drops history
+    /// entries of closed transactions that ended before `history_before_ms`.
+    /// Open transactions are untouched (recovery reads them from the index).
+    pub fn compact(&self, older_than_ms: u64, history_before_ms: u64) -> Result<CompactionReport> {
+        // Hold the lock so no event is appended while the checkpoint is cut.
+        let _g = self.lock_inner()?;
+        let mut cp = self.checkpoint()?.unwrap_or(Checkpoint {
+            upto_seq: 0,
+            state: State::default(),
+        });
+        let mut touched = BTreeSet::new();
+        let mut report = CompactionReport::default();
+        let mut last = None;
+        for item in self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let r: EventRecord = decode(RecordKind::Event, &v, RecordName::Event { seq }, None)?;
+            if r.at_ms >= older_than_ms {
+                break;
+            }
+            if let Event::Committed { changes, .. } = &r.event {
+                for c in changes {
+                    cp.state.apply(c, &mut touched);
+                }
+            }
+            cp.upto_seq = seq;
+            last = Some(seq);
+            report.events_folded += 1;
+        }
+        let mut batch = WriteBatch::default();
+        if let Some(last) = last {
+            batch.put_cf(self.cf(CF_META), META_CHECKPOINT, encode(RecordKind::Meta, &cp)?);
+            batch.delete_range_cf(self.cf(CF_EVENTS), seq_key(0), seq_key(last + 1));
+        }
+        for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = String::from_utf8_lossy(&k).replace('\0', "/");
+            let h: HistoryEntry = decode(RecordKind::History, &v, RecordName::History { key }, None)?;
+            if matches!(h.ended_ms, Some(t) if t < history_before_ms) {
+                batch.delete_cf(self.cf(CF_HISTORY), &k);
+                report.history_dropped += 1;
+            }
+        }
+        self.write(batch, true)?;
+        Ok(report)
+    }
+
+    /// Decodes every stored record and reports each one that fails (I9).
+    pub fn verify_records(&self) -> Result<Vec<JournalError>> {
+        let mut bad = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            if let Err(e) = decode::<EventRecord>(RecordKind::Event, &v, RecordName::Event { seq }, None) {
+                bad.push(e);
+            }
+        }
+        for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+            if let Err(e) = decode::<OpenTxn>(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn)) {
+                bad.push(e);
+            }
+        }
+        if let Err(e) = self.stored_projection() {
+            bad.push(e);
+        }
+        for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = String::from_utf8_lossy(&k).replace('\0', "/");
+            if let Err(e) = decode::<HistoryEntry>(RecordKind::History, &v, RecordName::History { key }, None) {
+                bad.push(e);
+            }
+        }
+        if let Err(e) = self.checkpoint() {
+            bad.push(e);
+        }
+        Ok(bad)
+    }
+
+    /// Test and tooling hook: overwrites the raw value of an event record
+    /// (to simulate on-disk corruption).
+    #[doc(hidden)]
+    pub fn raw_put_event(&self, seq: u64, bytes: &[u8]) -> Result<()> {
+        self.db
+            .put_cf(self.cf(CF_EVENTS), seq_key(seq), bytes)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Test and tooling hook: the raw value of an event record.
+    #[doc(hidden)]
+    pub fn raw_get_event(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_EVENTS), seq_key(seq))
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Test and tooling hook: overwrites the raw value of a projection record.
+    #[doc(hidden)]
+    pub fn raw_put_projection(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.db
+            .put_cf(self.cf(CF_STATE), key.as_bytes(), bytes)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Test and tooling hook: the raw value of an open-transaction record.
+    #[doc(hidden)]
+    pub fn raw_put_open(&self, txn: TxnId, bytes: &[u8]) -> Result<()> {
+        self.db
+            .put_cf(self.cf(CF_OPEN), txn_key(txn), bytes)
+            .map_err(|e| self.db_err(e))
+    }
+}

@@ -1,0 +1,297 @@
+//! fsck: checks the invariants I1–I9 and, on request, repairs what is safe.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use executor::metadata::TEMP_PREFIX;
+use executor::Executor;
+use journal::{Intent, Plan, State, StateChange, Step};
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// One thing fsck found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    /// The invariant it breaks (`I1` … `I9`).
+    pub invariant: &'static str,
+    /// A stable name for the kind of finding.
+    pub kind: &'static str,
+    /// The file, domain, snapshot or transaction concerned.
+    pub subject: String,
+    pub message: String,
+    /// What `--repair` does about it.
+    pub repair: String,
+    /// Whether this run repaired it.
+    pub repaired: bool,
+}
+
+/// What fsck found.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct FsckReport {
+    pub findings: Vec<Finding>,
+    /// Checks that could not run, with why.
+    pub could_not_check: Vec<String>,
+}
+
+impl FsckReport {
+    /// 0 clean, 1 findings left, 2 something could not be checked.
+    pub fn exit_code(&self) -> i32 {
+        if !self.could_not_check.is_empty() {
+            2
+        } else if self.findings.iter().any(|f| !f.repaired) {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+fn finding(
+    invariant: &'static str,
+    kind: &'static str,
+    subject: impl Into<String>,
+    message: impl Into<String>,
+    repair: impl Into<String>,
+) -> Finding {
+    Finding {
+        invariant,
+        kind,
+        subject: subject.into(),
+        message: message.into(),
+        repair: repair.into(),
+        repaired: false,
+    }
+}
+
+const NO_REPAIR: &str = "nothing automatic: an operator must look at it";
+
+/// Checks every invariant (for one domain, or all) and repairs what is
+/// safe when `repair` is set: re-render XML, remove stray temp files,
+/// remove orphan images the journal created that hold no data. It never
+/// deletes a file the journal did not create or one that may hold guest
+/// data.
+pub fn fsck(exec: &Executor, only: Option<&str>, repair: bool) -> Result<FsckReport> {
+    let mut report = FsckReport::default();
+    let journal = exec.journal();
+
+    // I9: every record decodes and its checksum holds.
+    match journal.verify_records() {
+        Ok(bad) => {
+            for e in bad {
+                report.findings.push(finding("I9", "corrupt-record", "journal", e.to_string(), NO_REPAIR));
+            }
+        }
+        Err(e) => report.could_not_check.push(format!("journal records: {e}")),
+    }
+    let state = journal.state()?;
+    // Event sourcing: the projection equals the fold of the log.
+    match journal.fold_events() {
+        Ok(folded) if folded != state => report.findings.push(finding(
+            "I9",
+            "projection-mismatch",
+            "journal",
+            "the stored state projection differs from the fold of the event log",
+            NO_REPAIR,
+        )),
+        Ok(_) => {}
+        Err(e) => report.could_not_check.push(format!("event fold: {e}")),
+    }
+    // I7: no open transaction.
+    for o in journal.open_transactions()? {
+        if only.is_some_and(|d| d != o.domain) {
+            continue;
+        }
+        report.findings.push(finding(
+            "I7",
+            "open-transaction",
+            o.txn.to_string(),
+            format!("{} ({}) is still open", o.txn, o.intent.describe()),
+            "run `snapjournal recover` (fsck does not finish transactions)",
+        ));
+    }
+    let mut domains: BTreeSet<String> = state.domains.keys().cloned().collect();
+    domains.extend(exec.metadata().domains_on_disk());
+    for dom in domains {
+        if only.is_some_and(|d| d != dom) {
+            continue;
+        }
+        if let Err(e) = check_domain(exec, &state, &dom, repair, &mut report) {
+            report.could_not_check.push(format!("domain {dom}: {e}"));
+        }
+    }
+    Ok(report)
+}
+
+fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report: &mut FsckReport) -> Result<()> {
+    let busy = exec.journal().busy_with(dom)?.is_some();
+    // I1: XML files = rendering of the state.
+    let meta = exec.metadata();
+    let expected = meta.expected_files(state, dom)?;
+    let present = meta.present_files(dom)?;
+    let mut xml_findings = Vec::new();
+    for (path, content) in &expected {
+        match std::fs::read(path) {
+            Err(_) => xml_findings.push(finding(
+                "I1",
+                "xml-missing",
+                path.display().to_string(),
+                format!("{} is missing", path.display()),
+                "re-render it from the journal",
+            )),
+            Ok(b) if b != content.as_bytes() => {
+                let parses = executor::xml::tree::parse("file", &String::from_utf8_lossy(&b)).is_ok();
+                xml_findings.push(finding(
+                    "I1",
+                    if parses { "xml-differs" } else { "xml-half-written" },
+                    path.display().to_string(),
+                    format!(
+                        "{} {} the journal's state",
+                        path.display(),
+                        if parses { "differs from" } else { "does not parse and differs from" }
+                    ),
+                    "re-render it from the journal",
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    for p in &present {
+        if expected.contains_key(p) {
+            continue;
+        }
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (kind, msg) = if name.starts_with(TEMP_PREFIX) {
+            ("xml-stray-temp", format!("stray temporary file {}", p.display()))
+        } else {
+            ("xml-extra", format!("{} is not in the journal's state", p.display()))
+        };
+        xml_findings.push(finding("I1", kind, p.display().to_string(), msg, "remove it"));
+    }
+    if !xml_findings.is_empty() && repair && !busy {
+        meta.sync_domain(state, dom)?;
+        for f in &mut xml_findings {
+            f.repaired = true;
+        }
+    }
+    report.findings.extend(xml_findings);
+
+    let Some(d) = state.domains.get(dom) else {
+        return Ok(());
+    };
+    // I2 and I4: real chains equal the state; referenced images exist.
+    for disk in d.core.disks.values() {
+        let Some(active) = disk.active() else { continue };
+        if !Path::new(&active.path).exists() {
+            report.findings.push(finding(
+                "I4",
+                "missing-image",
+                active.path.clone(),
+                format!("domain {dom}, disk {}: active image {} does not exist", disk.target, active.path),
+                NO_REPAIR,
+            ));
+            continue;
+        }
+        match exec.images().chain(&active.path) {
+            Ok(real) if real != disk.chain => report.findings.push(finding(
+                "I2",
+                "chain-mismatch",
+                format!("{dom}/{}", disk.target),
+                format!(
+                    "domain {dom}, disk {}: the chain on disk is {} but the journal says {}",
+                    disk.target,
+                    show(&real),
+                    show(&disk.chain)
+                ),
+                NO_REPAIR,
+            )),
+            Ok(_) => {}
+            Err(e) => report.findings.push(finding(
+                "I4",
+                "unreadable-image",
+                active.path.clone(),
+                format!("domain {dom}, disk {}: {e}", disk.target),
+                NO_REPAIR,
+            )),
+        }
+    }
+    for s in d.snapshots.values() {
+        for sd in &s.disks {
+            if let Some(f) = &sd.frozen {
+                if !Path::new(&f.path).exists() {
+                    report.findings.push(finding(
+                        "I4",
+                        "missing-image",
+                        f.path.clone(),
+                        format!(
+                            "domain {dom}, snapshot {}, disk {}: image {} does not exist",
+                            s.name, sd.disk, f.path
+                        ),
+                        NO_REPAIR,
+                    ));
+                }
+            }
+        }
+    }
+    // I3: images the journal created that nothing references.
+    if !busy {
+        let referenced = d.referenced_images();
+        let mut removable = Vec::new();
+        for img in state.images_of(dom) {
+            if referenced.contains(&img.path) {
+                continue;
+            }
+            let exists = Path::new(&img.path).exists();
+            let data = if exists {
+                exec.images().allocated_bytes(&img.path, "qcow2").unwrap_or(u64::MAX)
+            } else {
+                0
+            };
+            let mut f = finding(
+                "I3",
+                "orphan-image",
+                img.path.clone(),
+                format!(
+                    "{} was created by the journal for domain {dom} and nothing references it{}",
+                    img.path,
+                    if exists { "" } else { " (the file is already gone)" }
+                ),
+                if data == 0 {
+                    "remove it (it holds no data)".to_string()
+                } else {
+                    format!("nothing: it holds {data} bytes that may be guest data, so it is kept")
+                },
+            );
+            if data == 0 && repair {
+                removable.push(img.path.clone());
+                f.repaired = true;
+            }
+            report.findings.push(f);
+        }
+        if !removable.is_empty() {
+            let mut steps: Vec<Step> = removable.iter().map(|p| Step::RemoveImage { path: p.clone() }).collect();
+            steps.push(Step::SyncXml { domain: dom.into() });
+            let changes = removable
+                .iter()
+                .map(|p| StateChange::ImageRemoved { path: p.clone() })
+                .collect();
+            exec.run(
+                Intent::Other {
+                    domain: dom.into(),
+                    what: "fsck --repair: remove orphan images".into(),
+                },
+                Plan {
+                    steps,
+                    commit_index: 0,
+                    changes,
+                },
+                Some(d),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn show(chain: &[journal::ChainImage]) -> String {
+    chain.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join(" -> ")
+}

@@ -1,0 +1,222 @@
+//! Recovery: finish every open transaction, forward or back.
+
+use executor::Executor;
+use journal::{OpenTxn, TxnId, TxnPhase};
+use serde::Serialize;
+
+use crate::decide::{decide, Decision, Direction, Probe};
+use crate::error::{RecoveryError, Result};
+
+/// The state of one step, as recovery sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub index: u32,
+    pub description: String,
+    pub before_commit: bool,
+    pub recorded_done: bool,
+    pub recorded_undone: bool,
+    /// What the world shows (probed for steps whose record may be missing).
+    pub world_done: Option<bool>,
+}
+
+/// The plan for one open transaction.
+#[derive(Debug, Clone, Serialize)]
+pub struct TxnPlan {
+    pub txn: TxnId,
+    pub domain: String,
+    pub what: String,
+    pub phase: String,
+    pub steps: Vec<StepView>,
+    pub decision: Decision,
+    /// What will be done, in order.
+    pub actions: Vec<String>,
+}
+
+/// The outcome for one transaction.
+#[derive(Debug, Clone, Serialize)]
+pub struct TxnOutcome {
+    pub plan: TxnPlan,
+    /// `None` when finished, else the error that left it open.
+    pub error: Option<String>,
+}
+
+/// What a recovery run did (or, dry, would do).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RecoveryReport {
+    pub dry_run: bool,
+    pub transactions: Vec<TxnOutcome>,
+}
+
+impl RecoveryReport {
+    /// Whether every open transaction was closed.
+    pub fn all_closed(&self) -> bool {
+        self.transactions.iter().all(|t| t.error.is_none())
+    }
+
+    /// Plain words for a person.
+    pub fn explain(&self) -> String {
+        if self.transactions.is_empty() {
+            return "no open transactions: nothing to recover\n".into();
+        }
+        let mut out = String::new();
+        for t in &self.transactions {
+            let p = &t.plan;
+            out.push_str(&format!("{} on domain {}: {} ({})\n", p.txn, p.domain, p.what, p.phase));
+            for s in &p.steps {
+                let status = if s.recorded_undone {
+                    "undone".to_string()
+                } else if s.recorded_done {
+                    "done".to_string()
+                } else {
+                    match s.world_done {
+                        Some(true) => "done in the world, not yet recorded".into(),
+                        Some(false) => "not done".into(),
+                        None => "not done".into(),
+                    }
+                };
+                out.push_str(&format!(
+                    "  step {} [{}] {}: {status}\n",
+                    s.index,
+                    if s.before_commit { "before commit" } else { "after commit" },
+                    s.description
+                ));
+            }
+            let dir = match p.decision.direction {
+                Direction::Forward => "roll FORWARD",
+                Direction::Back => "roll BACK",
+            };
+            out.push_str(&format!("  decision: {dir}, because {}\n", p.decision.reason));
+            for a in &p.actions {
+                out.push_str(&format!("  {} {a}\n", if self.dry_run { "will" } else { "did:" }));
+            }
+            if let Some(e) = &t.error {
+                out.push_str(&format!("  FAILED: {e}\n"));
+            }
+        }
+        out
+    }
+}
+
+fn phase_name(p: TxnPhase) -> &'static str {
+    match p {
+        TxnPhase::Running => "begun, commit point not reached",
+        TxnPhase::Committed => "committed, finishing steps pending",
+        TxnPhase::Aborting => "aborting",
+    }
+}
+
+/// Probes the world and decides, without changing anything.
+pub fn plan_for(exec: &Executor, open: &OpenTxn) -> Result<TxnPlan> {
+    let world = exec.world();
+    let mut probe = Probe::default();
+    let mut steps = Vec::new();
+    for (i, step) in open.plan.steps.iter().enumerate() {
+        let i = i as u32;
+        let before = open.plan.is_pre_commit(i);
+        let recorded_done = open.done.contains(&i);
+        let world_done = if !recorded_done || (before && open.phase != TxnPhase::Committed) {
+            Some(world.probe(step).map_err(|e| RecoveryError::Probe {
+                txn: open.txn,
+                step: step.describe(),
+                cause: e.to_string(),
+            })?)
+        } else {
+            None
+        };
+        if before {
+            probe.pre_commit_done.push(world_done.unwrap_or(recorded_done));
+        }
+        steps.push(StepView {
+            index: i,
+            description: step.describe(),
+            before_commit: before,
+            recorded_done,
+            recorded_undone: open.undone.contains(&i),
+            world_done,
+        });
+    }
+    let decision = decide(open, &probe);
+    let mut actions = Vec::new();
+    match decision.direction {
+        Direction::Forward => {
+            if open.phase == TxnPhase::Running {
+                for s in steps.iter().filter(|s| s.before_commit && !s.recorded_done) {
+                    actions.push(format!("finish step {}: {}", s.index, s.description));
+                }
+                actions.push("record the commit point (apply the planned state changes)".into());
+            }
+            for s in steps.iter().filter(|s| !s.before_commit && !s.recorded_done) {
+                actions.push(format!("run step {}: {}", s.index, s.description));
+            }
+            actions.push("close the transaction as finished".into());
+        }
+        Direction::Back => {
+            for s in steps.iter().rev().filter(|s| s.before_commit && !s.recorded_undone) {
+                actions.push(format!("undo step {}: {}", s.index, s.description));
+            }
+            actions.push("close the transaction as aborted (the state stays as before the request)".into());
+        }
+    }
+    Ok(TxnPlan {
+        txn: open.txn,
+        domain: open.domain.clone(),
+        what: open.intent.describe(),
+        phase: phase_name(open.phase).into(),
+        steps,
+        decision,
+        actions,
+    })
+}
+
+/// Recovers every open transaction (or, with `dry_run`, explains what it
+/// would do). A transaction that cannot be finished stays open and its
+/// error is in the report; the others are still recovered.
+pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
+    let mut report = RecoveryReport {
+        dry_run,
+        transactions: Vec::new(),
+    };
+    for open in exec.journal().open_transactions()? {
+        let plan = match plan_for(exec, &open) {
+            Ok(p) => p,
+            Err(e) => {
+                report.transactions.push(TxnOutcome {
+                    plan: TxnPlan {
+                        txn: open.txn,
+                        domain: open.domain.clone(),
+                        what: open.intent.describe(),
+                        phase: phase_name(open.phase).into(),
+                        steps: vec![],
+                        decision: Decision {
+                            direction: Direction::Back,
+                            reason: "could not probe".into(),
+                        },
+                        actions: vec![],
+                    },
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
+        let error = if dry_run {
+            None
+        } else {
+            let r = match plan.decision.direction {
+                Direction::Forward => exec.roll_forward(&open),
+                Direction::Back => exec.roll_back(&open, "rolled back by recovery after a crash"),
+            };
+            r.err().map(|e| {
+                format!(
+                    "{} of {} failed: {e}; the transaction stays open and the next recovery retries it",
+                    match plan.decision.direction {
+                        Direction::Forward => "rolling forward",
+                        Direction::Back => "rolling back",
+                    },
+                    open.txn
+                )
+            })
+        };
+        report.transactions.push(TxnOutcome { plan, error });
+    }
+    Ok(report)
+}

@@ -1,1 +1,261 @@
-fn main() {}
+//! `snapjournal-chaos`: enumerate every crash point of every operation,
+//! crash there, recover, check every invariant; inject faults; report.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Result;
+use chaos::faults;
+use chaos::report::Report;
+use chaos::runner::{recovery_trace, reference, run_case, Case, Reference};
+use chaos::scenario::Op;
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// CI: every operation on 1 and 2 disks at every crash point, double
+    /// faults on a sample, every fault.
+    Bounded,
+    /// Every operation on 1–4 disks at every crash point, each with every
+    /// recovery crash point, every fault.
+    Full,
+    /// One case (reproduction): --op, --disks, --crash-at.
+    One,
+    /// Seeded random schedules: --seed, --schedules, --steps.
+    Random,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "snapjournal-chaos",
+    about = "Crash every crash point, recover, check every invariant"
+)]
+struct Args {
+    #[arg(long, value_enum, default_value = "bounded")]
+    mode: Mode,
+    /// Only these operations (create, create-on-chain, revert, delete-root, delete-leaf, delete-middle, delete-metadata-only).
+    #[arg(long = "op")]
+    ops: Vec<String>,
+    /// Only these disk counts.
+    #[arg(long)]
+    disks: Vec<usize>,
+    #[arg(long)]
+    crash_at: Option<u64>,
+    #[arg(long)]
+    recovery_crash_at: Option<u64>,
+    /// Parallel cases.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 4)]
+    schedules: u64,
+    #[arg(long, default_value_t = 12)]
+    steps: usize,
+}
+
+struct Job {
+    op: Op,
+    disks: usize,
+    reference: Arc<Reference>,
+    crash_at: u64,
+    recovery_crash_at: Option<u64>,
+    recovery_point: Option<String>,
+}
+
+fn run_jobs(jobs: Vec<Job>, parallel: usize) -> Vec<Case> {
+    let total = jobs.len();
+    let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>()));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for _ in 0..parallel.max(1) {
+        let queue = queue.clone();
+        let results = results.clone();
+        threads.push(std::thread::spawn(move || loop {
+            let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+            let Some((i, j)) = next else { break };
+            let case = run_case(
+                j.op,
+                j.disks,
+                &j.reference,
+                j.crash_at,
+                j.recovery_crash_at,
+                j.recovery_point.clone(),
+            )
+            .unwrap_or_else(|e| Case {
+                op: j.op.name().into(),
+                disks: j.disks,
+                crash_at: j.crash_at,
+                point: "?".into(),
+                recovery_crash_at: j.recovery_crash_at,
+                recovery_point: j.recovery_point.clone(),
+                outcome: chaos::runner::Outcome::Violation(vec![format!("the case could not run: {e:#}")]),
+                millis: 0,
+            });
+            if let Ok(mut r) = results.lock() {
+                r.push((i, case));
+                if r.len() % 25 == 0 {
+                    eprintln!("  {} / {total} cases", r.len());
+                }
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    let mut r = Arc::try_unwrap(results)
+        .map(|m| m.into_inner().unwrap_or_default())
+        .unwrap_or_default();
+    r.sort_by_key(|(i, _)| *i);
+    r.into_iter().map(|(_, c)| c).collect()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let ops: Vec<Op> = if args.ops.is_empty() {
+        Op::ALL.to_vec()
+    } else {
+        args.ops
+            .iter()
+            .map(|o| Op::parse(o).ok_or_else(|| anyhow::anyhow!("unknown operation {o}")))
+            .collect::<Result<_>>()?
+    };
+    let disks: Vec<usize> = if !args.disks.is_empty() {
+        args.disks.clone()
+    } else if args.mode == Mode::Full {
+        vec![1, 2, 3, 4]
+    } else {
+        vec![1, 2]
+    };
+    let mut report = Report {
+        mode: format!("{:?}", args.mode as u8),
+        ..Default::default()
+    };
+    report.mode = match args.mode {
+        Mode::Bounded => "bounded",
+        Mode::Full => "full",
+        Mode::One => "one",
+        Mode::Random => "random",
+    }
+    .into();
+
+    if args.mode == Mode::Random {
+        let mut bad = 0;
+        for s in 0..args.schedules {
+            let seed = args.seed + s;
+            for d in &disks {
+                let sch = chaos::random::run_schedule(seed, *d, args.steps)?;
+                println!(
+                    "seed {seed}, {d} disk(s): {} steps, {} violations",
+                    sch.steps.len(),
+                    sch.violations.len()
+                );
+                if !sch.violations.is_empty() {
+                    bad += 1;
+                    for l in &sch.steps {
+                        println!("    {l}");
+                    }
+                    for v in &sch.violations {
+                        println!("  VIOLATION {v}");
+                    }
+                    println!("  reproduce: snapjournal-chaos --mode random --seed {seed} --schedules 1 --disks {d} --steps {}", args.steps);
+                }
+            }
+        }
+        if bad > 0 {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+
+    let mut jobs = Vec::new();
+    for op in &ops {
+        for d in &disks {
+            let r = Arc::new(reference(*op, *d)?);
+            eprintln!("{} on {d} disk(s): {} crash points", op.name(), r.trace.len());
+            let points: Vec<u64> = match (args.mode, args.crash_at) {
+                (Mode::One, Some(c)) => vec![c],
+                _ => (1..=r.trace.len() as u64).collect(),
+            };
+            for &c in &points {
+                jobs.push(Job {
+                    op: *op,
+                    disks: *d,
+                    reference: r.clone(),
+                    crash_at: c,
+                    recovery_crash_at: None,
+                    recovery_point: None,
+                });
+            }
+            // Double faults: crash recovery at each of its own points.
+            let double: Vec<u64> = match args.mode {
+                Mode::Full => points.clone(),
+                Mode::Bounded if *d == 1 => points.iter().copied().filter(|c| c % 4 == 1).collect(),
+                Mode::One => args.recovery_crash_at.map(|_| points.clone()).unwrap_or_default(),
+                _ => vec![],
+            };
+            for c in double {
+                let rt = recovery_trace(*op, *d, c)?;
+                let js: Vec<u64> = match (args.mode, args.recovery_crash_at) {
+                    (Mode::One, Some(j)) => vec![j],
+                    _ => (1..=rt.len() as u64).collect(),
+                };
+                for j in js {
+                    jobs.push(Job {
+                        op: *op,
+                        disks: *d,
+                        reference: r.clone(),
+                        crash_at: c,
+                        recovery_crash_at: Some(j),
+                        recovery_point: rt.get(j as usize - 1).cloned(),
+                    });
+                }
+            }
+        }
+    }
+    if args.mode == Mode::One {
+        jobs.retain(|j| j.recovery_crash_at == args.recovery_crash_at);
+    }
+    eprintln!("running {} crash cases with {} jobs", jobs.len(), args.jobs);
+    report.cases = run_jobs(jobs, args.jobs);
+
+    if args.mode != Mode::One {
+        eprintln!("running fault cases");
+        report.faults.push(faults::storage_fault("readonly")?);
+        report.faults.push(faults::storage_fault("full")?);
+        report.faults.push(faults::xml_folder_unwritable()?);
+        report.faults.push(faults::corrupt_record()?);
+        let fault_ops: &[(Op, usize)] = if args.mode == Mode::Full {
+            &[
+                (Op::Create, 2),
+                (Op::Revert, 2),
+                (Op::DeleteLeaf, 2),
+                (Op::DeleteRoot, 2),
+            ]
+        } else {
+            &[(Op::Create, 2), (Op::DeleteLeaf, 1)]
+        };
+        for (op, d) in fault_ops {
+            for n in 1..=8 {
+                report.faults.push(faults::qemu_img_fails(*op, *d, n)?);
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    print!("{}", report.table());
+    if let Some(p) = &args.report {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+        println!("report written to {}", p.display());
+    }
+    if report.violations() > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}

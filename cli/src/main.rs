@@ -19,10 +19,19 @@ use crate::output::Out;
 const MAX_INPUT: u64 = 16 * 1024 * 1024;
 
 #[derive(Parser)]
-#[command(name = "snapjournal", version, about = "Crash-safe journaled snapshots for QEMU VMs")]
+#[command(
+    name = "snapjournal",
+    version,
+    about = "Crash-safe journaled snapshots for QEMU VMs"
+)]
 struct Cli {
     /// State directory (journal, lock, rendered XML).
-    #[arg(long, global = true, env = "SNAPJOURNAL_DIR", default_value = "/var/lib/snapjournal")]
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPJOURNAL_DIR",
+        default_value = "/var/lib/snapjournal"
+    )]
     state_dir: PathBuf,
     /// Machine-readable output.
     #[arg(long, global = true)]
@@ -142,14 +151,21 @@ enum JournalCmd {
 fn read_input(path: &PathBuf) -> Result<String> {
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > MAX_INPUT {
-        bail!("{} is {} bytes, more than the {MAX_INPUT} accepted; nothing was changed", path.display(), meta.len());
+        bail!(
+            "{} is {} bytes, more than the {MAX_INPUT} accepted; nothing was changed",
+            path.display(),
+            meta.len()
+        );
     }
     std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8 text", path.display()))
 }
 
 fn parse_diskspec(spec: &str) -> Result<DiskRequest> {
     let mut parts = spec.split(',');
-    let disk = parts.next().filter(|d| !d.is_empty()).ok_or_else(|| anyhow!("--diskspec {spec:?}: no disk name"))?;
+    let disk = parts
+        .next()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| anyhow!("--diskspec {spec:?}: no disk name"))?;
     let mut req = DiskRequest {
         disk: disk.to_string(),
         mode: DiskSnapshotMode::External,
@@ -170,7 +186,10 @@ fn parse_diskspec(spec: &str) -> Result<DiskRequest> {
 fn open(cli: &Cli, out: &Out) -> Result<Executor> {
     let (exec, report) = recovery::open(&cli.state_dir)?;
     if !report.transactions.is_empty() {
-        out.note(&format!("recovered open transactions first:\n{}", report.explain()));
+        out.note(&format!(
+            "recovered open transactions first:\n{}",
+            report.explain()
+        ));
     }
     Ok(exec)
 }
@@ -184,15 +203,27 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     let xml = read_input(file)?;
                     let txn = exec.define_domain(&xml)?;
                     let name = executor::xml::domain::parse_domain("domain", &xml)?.name;
-                    out.done(json!({"domain": name, "txn": txn.to_string()}), &format!("Domain '{name}' defined ({txn})"));
+                    out.done(
+                        json!({"domain": name, "txn": txn.to_string()}),
+                        &format!("Domain '{name}' defined ({txn})"),
+                    );
                 }
-                DomainCmd::Undefine { domain, snapshots_metadata } => {
+                DomainCmd::Undefine {
+                    domain,
+                    snapshots_metadata,
+                } => {
                     let txn = exec.undefine_domain(domain, *snapshots_metadata)?;
-                    out.done(json!({"domain": domain, "txn": txn.to_string()}), &format!("Domain '{domain}' undefined ({txn})"));
+                    out.done(
+                        json!({"domain": domain, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' undefined ({txn})"),
+                    );
                 }
                 DomainCmd::List => output::domain_list(out, &exec.journal().state()?),
                 DomainCmd::Dumpxml { domain } => {
-                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    let d = exec
+                        .journal()
+                        .domain(domain)?
+                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
                     out.raw(&d.core.xml);
                 }
                 DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
@@ -201,7 +232,13 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
         Cmd::Snapshot(c) => {
             let exec = open(cli, out)?;
             match c {
-                SnapshotCmd::Create { domain, name, description, diskspecs, xml } => {
+                SnapshotCmd::Create {
+                    domain,
+                    name,
+                    description,
+                    diskspecs,
+                    xml,
+                } => {
                     let mut req = CreateRequest {
                         domain: domain.clone(),
                         name: name.clone().unwrap_or_default(),
@@ -235,16 +272,28 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     );
                 }
                 SnapshotCmd::List { domain, tree } => {
-                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    let d = exec
+                        .journal()
+                        .domain(domain)?
+                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
                     output::snapshot_list(out, &d, *tree);
                 }
                 SnapshotCmd::Dumpxml { domain, name } => {
-                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
-                    let s = d.snapshots.get(name).ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))?;
+                    let d = exec
+                        .journal()
+                        .domain(domain)?
+                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    let s = d
+                        .snapshots
+                        .get(name)
+                        .ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))?;
                     out.raw(&executor::xml::snapshot::render_snapshot(s)?);
                 }
                 SnapshotCmd::Current { domain } => {
-                    let d = exec.journal().domain(domain)?.ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    let d = exec
+                        .journal()
+                        .domain(domain)?
+                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
                     match &d.core.current_snapshot {
                         Some(c) => out.done(json!({"current": c}), c),
                         None => bail!("domain {domain} has no current snapshot"),
@@ -255,10 +304,16 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         Some(x) => parse_revert(&x.display().to_string(), &read_input(x)?)?,
                         None => Default::default(),
                     };
-                    let r = exec.snapshot_revert(&RevertRequest { domain: domain.clone(), snapshot: name.clone(), overlays })?;
+                    let r = exec.snapshot_revert(&RevertRequest {
+                        domain: domain.clone(),
+                        snapshot: name.clone(),
+                        overlays,
+                    })?;
                     let mut msg = format!("Domain '{domain}' reverted to snapshot {name} ({})", r.txn);
                     for k in &r.kept {
-                        msg.push_str(&format!("\nkept {k}: not created by snapjournal (a disk the user swapped)"));
+                        msg.push_str(&format!(
+                            "\nkept {k}: not created by snapjournal (a disk the user swapped)"
+                        ));
                     }
                     out.done(
                         json!({"domain": domain, "snapshot": name, "txn": r.txn.to_string(),
@@ -267,7 +322,12 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         &msg,
                     );
                 }
-                SnapshotCmd::Delete { domain, name, children, metadata_only } => {
+                SnapshotCmd::Delete {
+                    domain,
+                    name,
+                    children,
+                    metadata_only,
+                } => {
                     let r = exec.snapshot_delete(&DeleteRequest {
                         domain: domain.clone(),
                         snapshot: name.clone(),
@@ -305,20 +365,38 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
             output::fsck(out, &report);
             return Ok(report.exit_code());
         }
-        Cmd::Journal(JournalCmd::Compact { older_than, retention }) => {
+        Cmd::Journal(JournalCmd::Compact {
+            older_than,
+            retention,
+        }) => {
             let exec = open(cli, out)?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-            let r = exec.journal().compact(now.saturating_sub(older_than * 1000), now.saturating_sub(retention * 1000))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let r = exec.journal().compact(
+                now.saturating_sub(older_than * 1000),
+                now.saturating_sub(retention * 1000),
+            )?;
             out.done(
                 json!({"events_folded": r.events_folded, "history_dropped": r.history_dropped}),
-                &format!("folded {} events into the checkpoint, dropped {} history entries", r.events_folded, r.history_dropped),
+                &format!(
+                    "folded {} events into the checkpoint, dropped {} history entries",
+                    r.events_folded, r.history_dropped
+                ),
             );
         }
         Cmd::Journal(JournalCmd::Verify) => {
             let exec = recovery::open_without_recovery(&cli.state_dir)?;
             let bad = exec.journal().verify_records()?;
             let msgs: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
-            out.report(json!({"corrupt": msgs}), &if msgs.is_empty() { "every record is intact\n".to_string() } else { msgs.join("\n") + "\n" });
+            out.report(
+                json!({"corrupt": msgs}),
+                &if msgs.is_empty() {
+                    "every record is intact\n".to_string()
+                } else {
+                    msgs.join("\n") + "\n"
+                },
+            );
             return Ok(if msgs.is_empty() { 0 } else { 1 });
         }
     }

@@ -72,7 +72,11 @@ pub fn domain_list(out: &Out, state: &State) {
         println!(
             "{:<24} {:<8} {:>9}  {}",
             d.core.name,
-            if d.core.runtime.is_some() { "running" } else { "shut off" },
+            if d.core.runtime.is_some() {
+                "running"
+            } else {
+                "shut off"
+            },
             d.snapshots.len(),
             d.core.current_snapshot.as_deref().unwrap_or("-")
         );
@@ -104,7 +108,11 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
     let mut snaps: Vec<_> = d.snapshots.values().collect();
     snaps.sort_by_key(|s| (s.creation_time, s.name.clone()));
     for s in snaps {
-        let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) { " *" } else { "" };
+        let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) {
+            " *"
+        } else {
+            ""
+        };
         println!(
             "{:<24} {:<12} {:<14} {}",
             format!("{}{mark}", s.name),
@@ -120,12 +128,20 @@ pub fn render_tree(d: &DomainState, parent: Option<&str>, indent: &str, out: &mu
     let kids = d.snapshot_children(parent);
     for (i, s) in kids.iter().enumerate() {
         let last = i + 1 == kids.len();
-        let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) { " (current)" } else { "" };
+        let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) {
+            " (current)"
+        } else {
+            ""
+        };
         if parent.is_none() {
             out.push_str(&format!("{}{mark}\n", s.name));
             render_tree(d, Some(&s.name), "", out);
         } else {
-            out.push_str(&format!("{indent}{}{}{mark}\n", if last { "└── " } else { "├── " }, s.name));
+            out.push_str(&format!(
+                "{indent}{}{}{mark}\n",
+                if last { "└── " } else { "├── " },
+                s.name
+            ));
             let next = format!("{indent}{}", if last { "    " } else { "│   " });
             render_tree(d, Some(&s.name), &next, out);
         }
@@ -153,14 +169,20 @@ pub fn history(out: &Out, h: &[HistoryEntry]) {
             Outcome::Finished => "finished".into(),
             Outcome::Aborted { reason } => format!("aborted: {reason}"),
         };
-        println!("{} {:>14} {} by {}: {outcome}", e.txn, e.began_ms, e.what, e.actor);
+        println!(
+            "{} {:>14} {} by {}: {outcome}",
+            e.txn, e.began_ms, e.what, e.actor
+        );
     }
 }
 
 /// `fsck`.
 pub fn fsck(out: &Out, r: &recovery::FsckReport) {
     if out.json {
-        println!("{}", json!({"findings": r.findings, "could_not_check": r.could_not_check, "exit_code": r.exit_code()}));
+        println!(
+            "{}",
+            json!({"findings": r.findings, "could_not_check": r.could_not_check, "exit_code": r.exit_code()})
+        );
         return;
     }
     if r.findings.is_empty() && r.could_not_check.is_empty() {

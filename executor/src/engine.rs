@@ -88,11 +88,12 @@ impl Executor {
             .journal
             .open_transaction(txn)?
             .ok_or(journal::JournalError::NotOpen(txn))?;
-        self.roll_forward(&open).map_err(|e| ExecError::ForwardIncomplete {
-            txn,
-            what,
-            cause: e.to_string(),
-        })?;
+        self.roll_forward(&open)
+            .map_err(|e| ExecError::ForwardIncomplete {
+                txn,
+                what,
+                cause: e.to_string(),
+            })?;
         Ok(txn)
     }
 
@@ -124,11 +125,19 @@ impl Executor {
     pub fn roll_forward(&self, open: &OpenTxn) -> Result<()> {
         let txn = open.txn;
         if open.phase == TxnPhase::Aborting {
-            return Err(ExecError::Invalid(format!("transaction {txn} is aborting and cannot go forward")));
+            return Err(ExecError::Invalid(format!(
+                "transaction {txn} is aborting and cannot go forward"
+            )));
         }
         let world = self.world();
         if open.phase == TxnPhase::Running {
-            for (i, step) in open.plan.steps.iter().enumerate().take(open.plan.commit_index as usize) {
+            for (i, step) in open
+                .plan
+                .steps
+                .iter()
+                .enumerate()
+                .take(open.plan.commit_index as usize)
+            {
                 if !open.done.contains(&(i as u32)) {
                     world.apply(step)?;
                     self.journal.step_done(txn, i as u32)?;
@@ -138,7 +147,13 @@ impl Executor {
             self.journal.commit(txn, open.plan.changes.clone())?;
             crash_point("commit.after");
         }
-        for (i, step) in open.plan.steps.iter().enumerate().skip(open.plan.commit_index as usize) {
+        for (i, step) in open
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .skip(open.plan.commit_index as usize)
+        {
             if open.done.contains(&(i as u32)) {
                 continue;
             }

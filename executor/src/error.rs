@@ -11,7 +11,9 @@ pub enum ExecError {
     Invalid(String),
     /// A step failed before the commit point and every completed step was
     /// undone.
-    #[error("transaction {txn} ({what}) failed: {cause}; the completed steps were undone and nothing was changed")]
+    #[error(
+        "transaction {txn} ({what}) failed: {cause}; the completed steps were undone and nothing was changed"
+    )]
     RolledBack { txn: TxnId, what: String, cause: String },
     /// A step failed before the commit point and undo failed too: the
     /// transaction stays open for recovery.

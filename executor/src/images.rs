@@ -106,7 +106,17 @@ impl QemuImg {
         self.run(
             "create",
             path,
-            &["create", "-q", "-f", "qcow2", "-F", &backing.format, "-b", &backing.path, path],
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                &backing.format,
+                "-b",
+                &backing.path,
+                path,
+            ],
         )?;
         Ok(())
     }

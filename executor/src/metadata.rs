@@ -157,16 +157,23 @@ impl MetadataStore {
 /// Writes `content` to `path` atomically: a temp file in the same
 /// directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, content: &[u8], tag: &str) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| meta_err(path, "no parent directory"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| meta_err(path, "no parent directory"))?;
     fs::create_dir_all(dir).map_err(|e| meta_err(dir, format!("cannot create directory: {e}")))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!("{TEMP_PREFIX}{}-{name}", std::process::id()));
     let _ = tag;
     {
         let mut f = fs::File::create(&tmp).map_err(|e| meta_err(&tmp, format!("cannot create: {e}")))?;
-        f.write_all(content).map_err(|e| meta_err(&tmp, format!("cannot write: {e}")))?;
+        f.write_all(content)
+            .map_err(|e| meta_err(&tmp, format!("cannot write: {e}")))?;
         crash_point("xml.tmp.written");
-        f.sync_all().map_err(|e| meta_err(&tmp, format!("cannot fsync: {e}")))?;
+        f.sync_all()
+            .map_err(|e| meta_err(&tmp, format!("cannot fsync: {e}")))?;
     }
     crash_point("xml.rename.before");
     fs::rename(&tmp, path).map_err(|e| {

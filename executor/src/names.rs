@@ -28,7 +28,9 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "._+:@-".contains(*c)))
     {
-        return bad(&format!("character {c:?} is not allowed (use letters, digits and ._+:@-)"));
+        return bad(&format!(
+            "character {c:?} is not allowed (use letters, digits and ._+:@-)"
+        ));
     }
     Ok(())
 }
@@ -60,7 +62,18 @@ mod tests {
         for ok in ["s1", "snap.2024-01-01", "a+b:c@d_e"] {
             validate_name("snapshot", ok).unwrap();
         }
-        for bad in ["", "..", "../x", "a/b", "a\0b", ".hidden", "-rf", "a b", "é", &"x".repeat(201)] {
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "a\0b",
+            ".hidden",
+            "-rf",
+            "a b",
+            "é",
+            &"x".repeat(201),
+        ] {
             let e = validate_name("snapshot", bad).unwrap_err().to_string();
             assert!(e.contains("invalid snapshot name"), "{e}");
             assert!(e.contains("nothing was changed"), "{e}");

@@ -26,7 +26,10 @@ impl AsyncJournal {
         &self.inner
     }
 
-    async fn run<R: Send + 'static>(&self, f: impl FnOnce(&Journal) -> Result<R> + Send + 'static) -> Result<R> {
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
         let j = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&j))
             .await

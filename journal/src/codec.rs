@@ -35,8 +35,8 @@ fn config() -> bincode::config::Configuration {
 
 /// Encodes `value` into an envelope of the given kind.
 pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Result<Vec<u8>> {
-    let payload = bincode::serde::encode_to_vec(value, config())
-        .map_err(|e| JournalError::Encode(e.to_string()))?;
+    let payload =
+        bincode::serde::encode_to_vec(value, config()).map_err(|e| JournalError::Encode(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.push(FORMAT_VERSION);
     out.push(kind as u8);

@@ -42,7 +42,11 @@ fn armed() -> &'static Option<Armed> {
             return None;
         }
         ARMED_FLAG.store(true, Ordering::Relaxed);
-        Some(Armed { trace, crash_at, only })
+        Some(Armed {
+            trace,
+            crash_at,
+            only,
+        })
     })
 }
 

@@ -49,7 +49,9 @@ pub enum CorruptKind {
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("state directory {dir} is in use by another snapjournal process (pid {pid}); nothing was changed")]
+    #[error(
+        "state directory {dir} is in use by another snapjournal process (pid {pid}); nothing was changed"
+    )]
     StateDirLocked { dir: PathBuf, pid: String },
     #[error("domain {domain} is busy with transaction {txn}; nothing was changed")]
     DomainBusy { domain: String, txn: TxnId },

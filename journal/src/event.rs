@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
-use crate::state::{CheckpointRecord, ChainImage, DomainCore, ImageRecord, Runtime, SnapshotRecord};
+use crate::state::{ChainImage, CheckpointRecord, DomainCore, ImageRecord, Runtime, SnapshotRecord};
 
 /// A transaction id, allocated in increasing order by the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -29,10 +29,20 @@ impl std::str::FromStr for TxnId {
 /// What a transaction was asked to do, in the caller's terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Intent {
-    DomainDefine { domain: String },
-    DomainUndefine { domain: String },
-    SnapshotCreate { domain: String, snapshot: String },
-    SnapshotRevert { domain: String, snapshot: String },
+    DomainDefine {
+        domain: String,
+    },
+    DomainUndefine {
+        domain: String,
+    },
+    SnapshotCreate {
+        domain: String,
+        snapshot: String,
+    },
+    SnapshotRevert {
+        domain: String,
+        snapshot: String,
+    },
     SnapshotDelete {
         domain: String,
         snapshot: String,
@@ -40,7 +50,10 @@ pub enum Intent {
         metadata_only: bool,
     },
     /// A free-form intent, for tests and tools built on the journal.
-    Other { domain: String, what: String },
+    Other {
+        domain: String,
+        what: String,
+    },
 }
 
 impl Intent {
@@ -174,10 +187,7 @@ pub enum Event {
     /// A step of the plan completed (may be unsynced).
     StepDone { txn: TxnId, step: u32 },
     /// The commit point passed; `changes` were applied to the projection.
-    Committed {
-        txn: TxnId,
-        changes: Vec<StateChange>,
-    },
+    Committed { txn: TxnId, changes: Vec<StateChange> },
     /// A failure before the commit point; undo starts.
     Aborting { txn: TxnId, reason: String },
     /// A completed step was undone.
@@ -206,10 +216,7 @@ impl Event {
     pub fn is_synced(&self) -> bool {
         matches!(
             self,
-            Event::TxnBegun { .. }
-                | Event::Committed { .. }
-                | Event::Aborted { .. }
-                | Event::Finished { .. }
+            Event::TxnBegun { .. } | Event::Committed { .. } | Event::Aborted { .. } | Event::Finished { .. }
         )
     }
 }

@@ -40,7 +40,11 @@ impl DirLock {
                 let pid = pid.trim();
                 return Err(JournalError::StateDirLocked {
                     dir: dir.to_path_buf(),
-                    pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid.into()
+                    },
                 });
             }
             return Err(io(err));

@@ -19,11 +19,7 @@ pub enum Step {
     },
     /// Merge `top` into its backing file `base` (post-commit; `top` is kept
     /// intact so the step can be repeated).
-    CommitImage {
-        disk: String,
-        top: String,
-        base: String,
-    },
+    CommitImage { disk: String, top: String, base: String },
     /// Point `image` at a new backing file (`None`: standalone). `safe`
     /// copies the data that differs (a block-pull); unsafe only rewrites the
     /// header (the contents are already identical).
@@ -44,11 +40,9 @@ impl Step {
     /// One line a person can read.
     pub fn describe(&self) -> String {
         match self {
-            Step::CreateOverlay {
-                disk,
-                path,
-                backing,
-            } => format!("create overlay {path} on {} for disk {disk}", backing.path),
+            Step::CreateOverlay { disk, path, backing } => {
+                format!("create overlay {path} on {} for disk {disk}", backing.path)
+            }
             Step::CommitImage { disk, top, base } => {
                 format!("merge {top} into {base} (block-commit) for disk {disk}")
             }
@@ -60,7 +54,10 @@ impl Step {
             } => format!(
                 "{} {image} onto {} for disk {disk}",
                 if *safe { "pull data into" } else { "rebase" },
-                backing.as_ref().map(|b| b.path.as_str()).unwrap_or("nothing (standalone)")
+                backing
+                    .as_ref()
+                    .map(|b| b.path.as_str())
+                    .unwrap_or("nothing (standalone)")
             ),
             Step::RemoveImage { path } => format!("remove unreferenced image {path}"),
             Step::SyncXml { domain } => format!("render the XML files of domain {domain}"),

@@ -207,11 +207,7 @@ impl State {
                     touched.insert(Touched::Domain(domain.clone()));
                 }
             }
-            StateChange::DiskChainChanged {
-                domain,
-                disk,
-                chain,
-            } => {
+            StateChange::DiskChainChanged { domain, disk, chain } => {
                 if let Some(d) = self.domains.get_mut(domain) {
                     d.core.disks.insert(
                         disk.clone(),
@@ -258,8 +254,7 @@ impl State {
             }
             StateChange::CheckpointRecorded { domain, checkpoint } => {
                 if let Some(d) = self.domains.get_mut(domain) {
-                    d.checkpoints
-                        .insert(checkpoint.name.clone(), checkpoint.clone());
+                    d.checkpoints.insert(checkpoint.name.clone(), checkpoint.clone());
                     touched.insert(Touched::Checkpoint(domain.clone(), checkpoint.name.clone()));
                 }
             }

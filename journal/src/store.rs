@@ -20,8 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::crashpoint::crash_point;
 use crate::codec::{decode, encode, RecordKind};
+use crate::crashpoint::crash_point;
 use crate::error::{JournalError, RecordName, Result};
 use crate::event::{Event, EventRecord, Intent, StateChange, TxnId};
 use crate::lock::DirLock;
@@ -244,14 +244,28 @@ impl Journal {
             let last = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             next_seq = next_seq.max(last + 1);
         }
-        let mut next_txn = match self.db.get_cf(self.cf(CF_META), META_NEXT_TXN).map_err(|e| self.db_err(e))? {
-            Some(v) => decode::<u64>(RecordKind::Meta, &v, RecordName::Meta { key: META_NEXT_TXN.into() }, None)?,
+        let mut next_txn = match self
+            .db
+            .get_cf(self.cf(CF_META), META_NEXT_TXN)
+            .map_err(|e| self.db_err(e))?
+        {
+            Some(v) => decode::<u64>(
+                RecordKind::Meta,
+                &v,
+                RecordName::Meta {
+                    key: META_NEXT_TXN.into(),
+                },
+                None,
+            )?,
             None => 1,
         };
         if let Some(max_open) = open.keys().next_back() {
             next_txn = next_txn.max(max_open.0 + 1);
         }
-        let inner = self.inner.get_mut().map_err(|_| JournalError::Poisoned("lock poisoned".into()))?;
+        let inner = self
+            .inner
+            .get_mut()
+            .map_err(|_| JournalError::Poisoned("lock poisoned".into()))?;
         *inner = Inner {
             state,
             open,
@@ -302,7 +316,11 @@ impl Journal {
             actor: self.options.actor.clone(),
         };
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), META_NEXT_TXN, encode(RecordKind::Meta, &g.next_txn)?);
+        batch.put_cf(
+            self.cf(CF_META),
+            META_NEXT_TXN,
+            encode(RecordKind::Meta, &g.next_txn)?,
+        );
         let prepared = self.prepare(&mut g, event, &mut batch);
         if prepared.is_err() {
             g.next_txn -= 1;
@@ -403,7 +421,11 @@ impl Journal {
         let seq = g.next_seq;
         g.next_seq += 1;
         let record = EventRecord { seq, at_ms, event };
-        batch.put_cf(self.cf(CF_EVENTS), seq_key(seq), encode(RecordKind::Event, &record)?);
+        batch.put_cf(
+            self.cf(CF_EVENTS),
+            seq_key(seq),
+            encode(RecordKind::Event, &record)?,
+        );
         let event = record.event;
         match event {
             Event::TxnBegun {
@@ -423,7 +445,11 @@ impl Journal {
                     ended_ms: None,
                     outcome: Outcome::Open,
                 };
-                batch.put_cf(self.cf(CF_HISTORY), history_key(&domain, txn), encode(RecordKind::History, &hist)?);
+                batch.put_cf(
+                    self.cf(CF_HISTORY),
+                    history_key(&domain, txn),
+                    encode(RecordKind::History, &hist)?,
+                );
                 let open = OpenTxn {
                     txn,
                     domain: domain.clone(),
@@ -437,7 +463,11 @@ impl Journal {
                     undone: BTreeSet::new(),
                     abort_reason: None,
                 };
-                batch.put_cf(self.cf(CF_OPEN), txn_key(txn), encode(RecordKind::OpenTxn, &open)?);
+                batch.put_cf(
+                    self.cf(CF_OPEN),
+                    txn_key(txn),
+                    encode(RecordKind::OpenTxn, &open)?,
+                );
                 g.busy.insert(domain, txn);
                 g.open.insert(txn, open);
             }
@@ -467,14 +497,27 @@ impl Journal {
         Ok(())
     }
 
-    fn update_open(&self, g: &mut Inner, txn: TxnId, batch: &mut WriteBatch, f: impl FnOnce(&mut OpenTxn)) -> Result<()> {
+    fn update_open(
+        &self,
+        g: &mut Inner,
+        txn: TxnId,
+        batch: &mut WriteBatch,
+        f: impl FnOnce(&mut OpenTxn),
+    ) -> Result<()> {
         let o = g.open.get_mut(&txn).ok_or(JournalError::NotOpen(txn))?;
         f(o);
         batch.put_cf(self.cf(CF_OPEN), txn_key(txn), encode(RecordKind::OpenTxn, o)?);
         Ok(())
     }
 
-    fn close(&self, g: &mut Inner, txn: TxnId, batch: &mut WriteBatch, at_ms: u64, outcome: Outcome) -> Result<()> {
+    fn close(
+        &self,
+        g: &mut Inner,
+        txn: TxnId,
+        batch: &mut WriteBatch,
+        at_ms: u64,
+        outcome: Outcome,
+    ) -> Result<()> {
         let o = g.open.remove(&txn).ok_or(JournalError::NotOpen(txn))?;
         g.busy.remove(&o.domain);
         batch.delete_cf(self.cf(CF_OPEN), txn_key(txn));
@@ -487,7 +530,11 @@ impl Journal {
             ended_ms: Some(at_ms),
             outcome,
         };
-        batch.put_cf(self.cf(CF_HISTORY), history_key(&o.domain, txn), encode(RecordKind::History, &hist)?);
+        batch.put_cf(
+            self.cf(CF_HISTORY),
+            history_key(&o.domain, txn),
+            encode(RecordKind::History, &hist)?,
+        );
         Ok(())
     }
 
@@ -568,13 +615,22 @@ impl Journal {
         for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
-            out.push(decode(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn))?);
+            out.push(decode(
+                RecordKind::OpenTxn,
+                &v,
+                RecordName::OpenTxn { txn },
+                Some(txn),
+            )?);
         }
         Ok(out)
     }
 
     fn checkpoint(&self) -> Result<Option<Checkpoint>> {
-        match self.db.get_cf(self.cf(CF_META), META_CHECKPOINT).map_err(|e| self.db_err(e))? {
+        match self
+            .db
+            .get_cf(self.cf(CF_META), META_CHECKPOINT)
+            .map_err(|e| self.db_err(e))?
+        {
             Some(v) => Ok(Some(decode(
                 RecordKind::Meta,
                 &v,
@@ -599,7 +655,10 @@ impl Journal {
     }
 
     fn for_each_event(&self, mut f: impl FnMut(EventRecord) -> Result<()>) -> Result<()> {
-        for item in self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::From(&[], Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_EVENTS), IteratorMode::From(&[], Direction::Forward))
+        {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             f(decode(RecordKind::Event, &v, RecordName::Event { seq }, None)?)?;
@@ -645,8 +704,12 @@ impl Journal {
                         },
                     );
                 }
-                (Some("s"), Some(d), Some(_)) => snapshots.push((d.to_string(), decode(RecordKind::Snapshot, &v, name, None)?)),
-                (Some("c"), Some(d), Some(_)) => checkpoints.push((d.to_string(), decode(RecordKind::Checkpoint, &v, name, None)?)),
+                (Some("s"), Some(d), Some(_)) => {
+                    snapshots.push((d.to_string(), decode(RecordKind::Snapshot, &v, name, None)?))
+                }
+                (Some("c"), Some(d), Some(_)) => {
+                    checkpoints.push((d.to_string(), decode(RecordKind::Checkpoint, &v, name, None)?))
+                }
                 (Some("i"), Some(_), None) => {
                     let img: ImageRecord = decode(RecordKind::Image, &v, name, None)?;
                     state.images.insert(img.path.clone(), img);
@@ -678,13 +741,21 @@ impl Journal {
         let mut prefix = domain.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self.db.iterator_cf(
+            self.cf(CF_HISTORY),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             if !k.starts_with(&prefix) {
                 break;
             }
             let key = String::from_utf8_lossy(&k).replace('\0', "/");
-            out.push(decode(RecordKind::History, &v, RecordName::History { key }, None)?);
+            out.push(decode(
+                RecordKind::History,
+                &v,
+                RecordName::History { key },
+                None,
+            )?);
         }
         Ok(out)
     }
@@ -750,7 +821,8 @@ impl Journal {
         for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
-            if let Err(e) = decode::<OpenTxn>(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn)) {
+            if let Err(e) = decode::<OpenTxn>(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn))
+            {
                 bad.push(e);
             }
         }
@@ -760,7 +832,8 @@ impl Journal {
         for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let key = String::from_utf8_lossy(&k).replace('\0', "/");
-            if let Err(e) = decode::<HistoryEntry>(RecordKind::History, &v, RecordName::History { key }, None) {
+            if let Err(e) = decode::<HistoryEntry>(RecordKind::History, &v, RecordName::History { key }, None)
+            {
                 bad.push(e);
             }
         }

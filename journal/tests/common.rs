@@ -46,7 +46,11 @@ pub fn intent(domain: &str) -> Intent {
 
 pub fn plan(domain: &str, steps: usize) -> Plan {
     Plan {
-        steps: (0..steps).map(|_| Step::SyncXml { domain: domain.into() }).collect(),
+        steps: (0..steps)
+            .map(|_| Step::SyncXml {
+                domain: domain.into(),
+            })
+            .collect(),
         commit_index: (steps / 2) as u32,
         changes: vec![],
     }

@@ -7,8 +7,13 @@ use journal::{CorruptKind, JournalError, RecordName, StateChange, TxnId};
 fn one_txn(j: &journal::Journal, dom: &str) -> TxnId {
     let t = j.begin(common::intent(dom), common::plan(dom, 2), None).unwrap();
     j.step_done(t, 0).unwrap();
-    j.commit(t, vec![StateChange::DomainDefined { core: common::core(dom, &["vda"]) }])
-        .unwrap();
+    j.commit(
+        t,
+        vec![StateChange::DomainDefined {
+            core: common::core(dom, &["vda"]),
+        }],
+    )
+    .unwrap();
     j.step_done(t, 1).unwrap();
     j.finish(t).unwrap();
     t
@@ -26,7 +31,10 @@ fn flipped_bytes_truncation_and_versions_are_named_errors() {
         j.raw_put_event(2, &bad).unwrap();
         let err = j.events().expect_err("corrupt event must not decode");
         match &err {
-            JournalError::Corrupt { record: RecordName::Event { seq: 2 }, .. } => {}
+            JournalError::Corrupt {
+                record: RecordName::Event { seq: 2 },
+                ..
+            } => {}
             other => panic!("byte {i}: unexpected {other}"),
         }
         assert!(err.to_string().contains("event #2"), "{err}");
@@ -37,13 +45,22 @@ fn flipped_bytes_truncation_and_versions_are_named_errors() {
     j.raw_put_event(2, &good[..3]).unwrap();
     assert!(matches!(
         j.events(),
-        Err(JournalError::Corrupt { kind: CorruptKind::Truncated { .. }, .. })
+        Err(JournalError::Corrupt {
+            kind: CorruptKind::Truncated { .. },
+            ..
+        })
     ));
     let mut v9 = good.clone();
     v9[0] = 9;
     j.raw_put_event(2, &v9).unwrap();
     let e = j.events().unwrap_err();
-    assert!(matches!(e, JournalError::Corrupt { kind: CorruptKind::UnknownVersion { found: 9, .. }, .. }));
+    assert!(matches!(
+        e,
+        JournalError::Corrupt {
+            kind: CorruptKind::UnknownVersion { found: 9, .. },
+            ..
+        }
+    ));
     assert!(e.to_string().contains("unknown record format version 9"), "{e}");
     j.raw_put_event(2, &good).unwrap();
     assert!(j.verify_records().unwrap().is_empty());
@@ -55,10 +72,14 @@ fn corrupt_open_transaction_fails_open_naming_it() {
     let t;
     {
         let j = common::open(dir.path());
-        t = j.begin(common::intent("vm1"), common::plan("vm1", 2), None).unwrap();
+        t = j
+            .begin(common::intent("vm1"), common::plan("vm1", 2), None)
+            .unwrap();
         j.raw_put_open(t, b"\x01\x02garbage").unwrap();
     }
-    let err = journal::Journal::open(dir.path(), Default::default()).err().expect("must fail");
+    let err = journal::Journal::open(dir.path(), Default::default())
+        .err()
+        .expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains(&format!("open-transaction record of {t}")), "{msg}");
     assert!(msg.contains(&format!("(transaction {t})")), "{msg}");
@@ -79,7 +100,9 @@ fn corrupt_projection_record_is_reported() {
 fn second_opener_is_refused_with_the_holders_pid() {
     let dir = tempfile::tempdir().unwrap();
     let _j = common::open(dir.path());
-    let err = journal::Journal::open(dir.path(), Default::default()).err().expect("locked");
+    let err = journal::Journal::open(dir.path(), Default::default())
+        .err()
+        .expect("locked");
     match &err {
         JournalError::StateDirLocked { pid, .. } => assert_eq!(pid, &std::process::id().to_string()),
         other => panic!("unexpected {other}"),
@@ -92,8 +115,13 @@ fn one_transaction_per_domain_others_proceed() {
     let dir = tempfile::tempdir().unwrap();
     let j = common::open(dir.path());
     let a = j.begin(common::intent("a"), common::plan("a", 1), None).unwrap();
-    let err = j.begin(common::intent("a"), common::plan("a", 1), None).unwrap_err();
-    assert_eq!(err.to_string(), format!("domain a is busy with transaction {a}; nothing was changed"));
+    let err = j
+        .begin(common::intent("a"), common::plan("a", 1), None)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("domain a is busy with transaction {a}; nothing was changed")
+    );
     let b = j.begin(common::intent("b"), common::plan("b", 1), None).unwrap();
     assert_ne!(a, b);
     j.commit(a, vec![]).unwrap();
@@ -121,7 +149,9 @@ fn history_survives_compaction_within_retention() {
     let dir = tempfile::tempdir().unwrap();
     let j = common::open(dir.path());
     let t1 = one_txn(&j, "vm1");
-    let t2 = j.begin(common::intent("vm1"), common::plan("vm1", 1), None).unwrap();
+    let t2 = j
+        .begin(common::intent("vm1"), common::plan("vm1", 1), None)
+        .unwrap();
     j.aborting(t2, "disk full").unwrap();
     j.aborted(t2, "disk full").unwrap();
     let before = j.state().unwrap();
@@ -133,7 +163,12 @@ fn history_survives_compaction_within_retention() {
     assert_eq!(h.len(), 2);
     assert_eq!(h[0].txn, t1);
     assert_eq!(h[0].outcome, journal::Outcome::Finished);
-    assert_eq!(h[1].outcome, journal::Outcome::Aborted { reason: "disk full".into() });
+    assert_eq!(
+        h[1].outcome,
+        journal::Outcome::Aborted {
+            reason: "disk full".into()
+        }
+    );
     // Retention: history that ended before the cut-off goes.
     let r = j.compact(0, u64::MAX).unwrap();
     assert_eq!(r.history_dropped, 2);
@@ -153,10 +188,18 @@ async fn async_api_runs_off_the_runtime_threads() {
         let j = j.clone();
         handles.push(tokio::spawn(async move {
             let d = format!("d{i}");
-            let t = j.begin(common::intent(&d), common::plan(&d, 0), None).await.unwrap();
-            j.commit(t, vec![StateChange::DomainDefined { core: common::core(&d, &["vda"]) }])
+            let t = j
+                .begin(common::intent(&d), common::plan(&d, 0), None)
                 .await
                 .unwrap();
+            j.commit(
+                t,
+                vec![StateChange::DomainDefined {
+                    core: common::core(&d, &["vda"]),
+                }],
+            )
+            .await
+            .unwrap();
             j.finish(t).await.unwrap();
         }));
     }

@@ -7,7 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use journal::{
-    ChainImage, DiskSnapshotMode, ImageRecord, JournalError, Plan, SnapshotDisk, SnapshotRecord, StateChange, TxnId,
+    ChainImage, DiskSnapshotMode, ImageRecord, JournalError, Plan, SnapshotDisk, SnapshotRecord, StateChange,
+    TxnId,
 };
 use proptest::prelude::*;
 
@@ -22,7 +23,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..3usize, proptest::collection::vec(0u8..10, 0..5)).prop_map(|(dom, changes)| Op::Begin { dom, changes }),
+        (0..3usize, proptest::collection::vec(0u8..10, 0..5))
+            .prop_map(|(dom, changes)| Op::Begin { dom, changes }),
         (0..3usize).prop_map(|dom| Op::Commit { dom }),
         (0..3usize).prop_map(|dom| Op::Abort { dom }),
         (0..3usize).prop_map(|dom| Op::Finish { dom }),
@@ -33,12 +35,17 @@ fn op() -> impl Strategy<Value = Op> {
 fn change(dom: &str, k: u8, n: usize) -> StateChange {
     let d = dom.to_string();
     match k {
-        0 => StateChange::DomainDefined { core: common::core(dom, &["vda", "vdb"]) },
+        0 => StateChange::DomainDefined {
+            core: common::core(dom, &["vda", "vdb"]),
+        },
         1 => StateChange::DomainUndefined { domain: d },
         2 => StateChange::DiskChainChanged {
             domain: d,
             disk: "vda".into(),
-            chain: vec![ChainImage::qcow2(format!("/img/{dom}.{n}")), ChainImage::qcow2("/img/base")],
+            chain: vec![
+                ChainImage::qcow2(format!("/img/{dom}.{n}")),
+                ChainImage::qcow2("/img/base"),
+            ],
         },
         3 => StateChange::SnapshotRecorded {
             domain: d,
@@ -57,12 +64,32 @@ fn change(dom: &str, k: u8, n: usize) -> StateChange {
                 domain_xml: "<domain/>".into(),
             },
         },
-        4 => StateChange::SnapshotRemoved { domain: d, snapshot: format!("s{}", n % 4) },
-        5 => StateChange::CurrentSnapshotSet { domain: d, snapshot: Some(format!("s{}", n % 4)) },
-        6 => StateChange::ImageCreated { image: ImageRecord { path: format!("/img/{dom}.{}", n % 5), domain: d } },
-        7 => StateChange::ImageRemoved { path: format!("/img/{dom}.{}", n % 5) },
-        8 => StateChange::SnapshotReparented { domain: d, snapshot: format!("s{}", n % 4), parent: Some("s0".into()) },
-        _ => StateChange::DomainXmlSet { domain: d, xml: format!("<domain><name>{dom}</name><n>{n}</n></domain>") },
+        4 => StateChange::SnapshotRemoved {
+            domain: d,
+            snapshot: format!("s{}", n % 4),
+        },
+        5 => StateChange::CurrentSnapshotSet {
+            domain: d,
+            snapshot: Some(format!("s{}", n % 4)),
+        },
+        6 => StateChange::ImageCreated {
+            image: ImageRecord {
+                path: format!("/img/{dom}.{}", n % 5),
+                domain: d,
+            },
+        },
+        7 => StateChange::ImageRemoved {
+            path: format!("/img/{dom}.{}", n % 5),
+        },
+        8 => StateChange::SnapshotReparented {
+            domain: d,
+            snapshot: format!("s{}", n % 4),
+            parent: Some("s0".into()),
+        },
+        _ => StateChange::DomainXmlSet {
+            domain: d,
+            xml: format!("<domain><name>{dom}</name><n>{n}</n></domain>"),
+        },
     }
 }
 

@@ -62,7 +62,8 @@ pub fn decide(open: &OpenTxn, probe: &Probe) -> Decision {
                 );
             }
             let pre = open.plan.commit_index as usize;
-            let all_done = pre > 0 && probe.pre_commit_done.len() == pre && probe.pre_commit_done.iter().all(|x| *x);
+            let all_done =
+                pre > 0 && probe.pre_commit_done.len() == pre && probe.pre_commit_done.iter().all(|x| *x);
             if all_done {
                 d(
                     Direction::Forward,
@@ -142,7 +143,10 @@ mod tests {
                             TxnPhase::Running if all => Direction::Forward,
                             TxnPhase::Running => Direction::Back,
                         };
-                        assert_eq!(got, expected, "{phase:?} pre={pre} mask={mask:b} switch={switch:?}");
+                        assert_eq!(
+                            got, expected,
+                            "{phase:?} pre={pre} mask={mask:b} switch={switch:?}"
+                        );
                     }
                 }
             }

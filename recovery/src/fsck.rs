@@ -79,7 +79,13 @@ pub fn fsck(exec: &Executor, only: Option<&str>, repair: bool) -> Result<FsckRep
     match journal.verify_records() {
         Ok(bad) => {
             for e in bad {
-                report.findings.push(finding("I9", "corrupt-record", "journal", e.to_string(), NO_REPAIR));
+                report.findings.push(finding(
+                    "I9",
+                    "corrupt-record",
+                    "journal",
+                    e.to_string(),
+                    NO_REPAIR,
+                ));
             }
         }
         Err(e) => report.could_not_check.push(format!("journal records: {e}")),
@@ -123,7 +129,13 @@ pub fn fsck(exec: &Executor, only: Option<&str>, repair: bool) -> Result<FsckRep
     Ok(report)
 }
 
-fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report: &mut FsckReport) -> Result<()> {
+fn check_domain(
+    exec: &Executor,
+    state: &State,
+    dom: &str,
+    repair: bool,
+    report: &mut FsckReport,
+) -> Result<()> {
     let busy = exec.journal().busy_with(dom)?.is_some();
     // I1: XML files = rendering of the state.
     let meta = exec.metadata();
@@ -148,7 +160,11 @@ fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report:
                     format!(
                         "{} {} the journal's state",
                         path.display(),
-                        if parses { "differs from" } else { "does not parse and differs from" }
+                        if parses {
+                            "differs from"
+                        } else {
+                            "does not parse and differs from"
+                        }
                     ),
                     "re-render it from the journal",
                 ));
@@ -160,11 +176,17 @@ fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report:
         if expected.contains_key(p) {
             continue;
         }
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let (kind, msg) = if name.starts_with(TEMP_PREFIX) {
             ("xml-stray-temp", format!("stray temporary file {}", p.display()))
         } else {
-            ("xml-extra", format!("{} is not in the journal's state", p.display()))
+            (
+                "xml-extra",
+                format!("{} is not in the journal's state", p.display()),
+            )
         };
         xml_findings.push(finding("I1", kind, p.display().to_string(), msg, "remove it"));
     }
@@ -187,7 +209,10 @@ fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report:
                 "I4",
                 "missing-image",
                 active.path.clone(),
-                format!("domain {dom}, disk {}: active image {} does not exist", disk.target, active.path),
+                format!(
+                    "domain {dom}, disk {}: active image {} does not exist",
+                    disk.target, active.path
+                ),
                 NO_REPAIR,
             ));
             continue;
@@ -243,7 +268,9 @@ fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report:
             }
             let exists = Path::new(&img.path).exists();
             let data = if exists {
-                exec.images().allocated_bytes(&img.path, "qcow2").unwrap_or(u64::MAX)
+                exec.images()
+                    .allocated_bytes(&img.path, "qcow2")
+                    .unwrap_or(u64::MAX)
             } else {
                 0
             };
@@ -269,7 +296,10 @@ fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report:
             report.findings.push(f);
         }
         if !removable.is_empty() {
-            let mut steps: Vec<Step> = removable.iter().map(|p| Step::RemoveImage { path: p.clone() }).collect();
+            let mut steps: Vec<Step> = removable
+                .iter()
+                .map(|p| Step::RemoveImage { path: p.clone() })
+                .collect();
             steps.push(Step::SyncXml { domain: dom.into() });
             let changes = removable
                 .iter()
@@ -293,5 +323,9 @@ fn check_domain(exec: &Executor, state: &State, dom: &str, repair: bool, report:
 }
 
 fn show(chain: &[journal::ChainImage]) -> String {
-    chain.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join(" -> ")
+    chain
+        .iter()
+        .map(|c| c.path.as_str())
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }

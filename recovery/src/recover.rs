@@ -61,7 +61,10 @@ impl RecoveryReport {
         let mut out = String::new();
         for t in &self.transactions {
             let p = &t.plan;
-            out.push_str(&format!("{} on domain {}: {} ({})\n", p.txn, p.domain, p.what, p.phase));
+            out.push_str(&format!(
+                "{} on domain {}: {} ({})\n",
+                p.txn, p.domain, p.what, p.phase
+            ));
             for s in &p.steps {
                 let status = if s.recorded_undone {
                     "undone".to_string()
@@ -77,7 +80,11 @@ impl RecoveryReport {
                 out.push_str(&format!(
                     "  step {} [{}] {}: {status}\n",
                     s.index,
-                    if s.before_commit { "before commit" } else { "after commit" },
+                    if s.before_commit {
+                        "before commit"
+                    } else {
+                        "after commit"
+                    },
                     s.description
                 ));
             }
@@ -151,7 +158,11 @@ pub fn plan_for(exec: &Executor, open: &OpenTxn) -> Result<TxnPlan> {
             actions.push("close the transaction as finished".into());
         }
         Direction::Back => {
-            for s in steps.iter().rev().filter(|s| s.before_commit && !s.recorded_undone) {
+            for s in steps
+                .iter()
+                .rev()
+                .filter(|s| s.before_commit && !s.recorded_undone)
+            {
                 actions.push(format!("undo step {}: {}", s.index, s.description));
             }
             actions.push("close the transaction as aborted (the state stays as before the request)".into());

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use journal::{
-    ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, SnapshotDisk, SnapshotRecord, StateChange, Step, TxnId,
+    ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, SnapshotDisk, SnapshotRecord, StateChange, Step,
+    TxnId,
 };
 
 use super::{check_new_image_path, check_world_chains, derived_path, now_secs, require_domain};
@@ -80,7 +81,10 @@ impl Executor {
                 continue;
             }
             let active = disk.active().ok_or_else(|| {
-                ExecError::Invalid(format!("domain {domain}, disk {}: the disk has no image", disk.target))
+                ExecError::Invalid(format!(
+                    "domain {domain}, disk {}: the disk has no image",
+                    disk.target
+                ))
             })?;
             let path = r
                 .and_then(|r| r.file.clone())
@@ -149,7 +153,9 @@ impl Executor {
             snapshot: Some(req.name.clone()),
         });
         let commit_index = steps.len() as u32;
-        steps.push(Step::SyncXml { domain: domain.clone() });
+        steps.push(Step::SyncXml {
+            domain: domain.clone(),
+        });
         let plan = Plan {
             steps,
             commit_index,

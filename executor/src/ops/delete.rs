@@ -25,9 +25,21 @@ pub struct DeleteRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MergeChoice {
     /// `top` was committed into `base` (`top_bytes` moved).
-    Commit { disk: String, top: String, base: String, top_bytes: u64, base_bytes: u64 },
+    Commit {
+        disk: String,
+        top: String,
+        base: String,
+        top_bytes: u64,
+        base_bytes: u64,
+    },
     /// `base`'s data was pulled into `top` (`base_bytes` moved).
-    Pull { disk: String, top: String, base: String, top_bytes: u64, base_bytes: u64 },
+    Pull {
+        disk: String,
+        top: String,
+        base: String,
+        top_bytes: u64,
+        base_bytes: u64,
+    },
 }
 
 impl MergeChoice {
@@ -76,7 +88,9 @@ impl Executor {
         let mut backing: BTreeMap<String, Option<ChainImage>> = BTreeMap::new();
         let mut add_chain = |chain: &[ChainImage]| {
             for (i, img) in chain.iter().enumerate() {
-                backing.entry(img.path.clone()).or_insert_with(|| chain.get(i + 1).cloned());
+                backing
+                    .entry(img.path.clone())
+                    .or_insert_with(|| chain.get(i + 1).cloned());
             }
         };
         for d in dom.core.disks.values() {
@@ -136,7 +150,9 @@ impl Executor {
                         kids.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
                     )));
                 }
-                let Some(top) = kids.first().map(|k| k.to_string()) else { continue };
+                let Some(top) = kids.first().map(|k| k.to_string()) else {
+                    continue;
+                };
                 let owned_base = state.images.contains_key(&frozen.path);
                 let owned_top = state.images.contains_key(&top);
                 if !owned_top {
@@ -147,7 +163,11 @@ impl Executor {
                 }
                 let top_bytes = self.images().allocated_bytes(&top, "qcow2")?;
                 let base_bytes = self.images().allocated_bytes(&frozen.path, &frozen.format)?;
-                let dom_now = working.domains.get(domain).cloned().unwrap_or_else(|| dom.clone());
+                let dom_now = working
+                    .domains
+                    .get(domain)
+                    .cloned()
+                    .unwrap_or_else(|| dom.clone());
                 let commit = owned_base && top_bytes <= base_bytes;
                 if commit {
                     // block-commit: top's data into the base; top's children
@@ -226,8 +246,14 @@ impl Executor {
         }
         let commit_index = 0;
         let gone = collect_garbage(&state, domain, &mut changes, &mut steps, req.metadata_only);
-        let (removed, released) = if req.metadata_only { (vec![], gone) } else { (gone, vec![]) };
-        steps.push(Step::SyncXml { domain: domain.clone() });
+        let (removed, released) = if req.metadata_only {
+            (vec![], gone)
+        } else {
+            (gone, vec![])
+        };
+        steps.push(Step::SyncXml {
+            domain: domain.clone(),
+        });
         let plan = Plan {
             steps,
             commit_index,

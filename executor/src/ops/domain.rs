@@ -27,7 +27,10 @@ impl Executor {
         let mut disks = BTreeMap::new();
         for d in &parsed.disks {
             let src = d.source.as_deref().ok_or_else(|| {
-                ExecError::Invalid(format!("domain {}, disk {}: the disk has no source file", parsed.name, d.target))
+                ExecError::Invalid(format!(
+                    "domain {}, disk {}: the disk has no source file",
+                    parsed.name, d.target
+                ))
             })?;
             validate_image_path(&format!("source of disk {}", d.target), src)?;
             let infos = self.images().chain_info(src).map_err(|e| {

@@ -85,7 +85,11 @@ pub(crate) fn refuse_internal(domain: &str, disk: &str, infos: &[crate::images::
 
 /// `a -> b -> c` for messages.
 pub(crate) fn show_chain(chain: &[ChainImage]) -> String {
-    chain.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join(" -> ")
+    chain
+        .iter()
+        .map(|c| c.path.as_str())
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 /// Checks that a new image may be created at `path`: absolute, its
@@ -121,9 +125,14 @@ pub(crate) fn check_new_image_path(
 /// `/p/vda.qcow2` + `s1` → `/p/vda.s1` (libvirt's naming).
 pub(crate) fn derived_path(base: &str, suffix: &str) -> String {
     let p = Path::new(base);
-    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let dir = p.parent().unwrap_or(Path::new("/"));
-    dir.join(format!("{stem}.{suffix}")).to_string_lossy().into_owned()
+    dir.join(format!("{stem}.{suffix}"))
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The state after `changes`, for planning what they leave unreferenced.
@@ -164,9 +173,13 @@ pub(crate) fn collect_garbage(
     let mut out = Vec::new();
     for img in unreferenced_images(&after, domain) {
         if !keep_files {
-            steps.push(Step::RemoveImage { path: img.path.clone() });
+            steps.push(Step::RemoveImage {
+                path: img.path.clone(),
+            });
         }
-        changes.push(StateChange::ImageRemoved { path: img.path.clone() });
+        changes.push(StateChange::ImageRemoved {
+            path: img.path.clone(),
+        });
         out.push(img.path);
     }
     out
@@ -211,7 +224,12 @@ pub(crate) fn replace_image(dom: &DomainState, from: &str, to: &ChainImage) -> R
                 d.overlay = Some(to.path.clone());
             }
         }
-        s2.domain_xml = replace_source(&format!("historic domain of snapshot {}", s.name), &s.domain_xml, from, to)?;
+        s2.domain_xml = replace_source(
+            &format!("historic domain of snapshot {}", s.name),
+            &s.domain_xml,
+            from,
+            to,
+        )?;
         if &s2 != s {
             out.push(StateChange::SnapshotRecorded {
                 domain: name.clone(),

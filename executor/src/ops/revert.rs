@@ -6,7 +6,9 @@ use std::path::Path;
 
 use journal::{ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, StateChange, Step, TxnId};
 
-use super::{check_new_image_path, check_world_chains, collect_garbage, derived_path, require_domain, world_chain};
+use super::{
+    check_new_image_path, check_world_chains, collect_garbage, derived_path, require_domain, world_chain,
+};
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 use crate::xml::domain::{parse_domain, set_disk_sources};
@@ -44,7 +46,11 @@ impl Executor {
             ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
         })?;
         for d in req.overlays.keys() {
-            if !snap.disks.iter().any(|s| &s.disk == d && s.mode == DiskSnapshotMode::External) {
+            if !snap
+                .disks
+                .iter()
+                .any(|s| &s.disk == d && s.mode == DiskSnapshotMode::External)
+            {
                 return Err(ExecError::Invalid(format!(
                     "snapshot {} of domain {domain} has no external disk {d}",
                     req.snapshot
@@ -52,7 +58,10 @@ impl Executor {
             }
         }
         check_world_chains(self.images(), dom)?;
-        let historic = parse_domain(&format!("historic domain of snapshot {}", snap.name), &snap.domain_xml)?;
+        let historic = parse_domain(
+            &format!("historic domain of snapshot {}", snap.name),
+            &snap.domain_xml,
+        )?;
 
         let mut steps = Vec::new();
         let mut changes = Vec::new();
@@ -65,16 +74,17 @@ impl Executor {
                 continue;
             }
             let frozen = sd.frozen.as_ref().ok_or_else(|| {
-                ExecError::Invalid(format!("snapshot {}, disk {}: no image recorded", snap.name, sd.disk))
+                ExecError::Invalid(format!(
+                    "snapshot {}, disk {}: no image recorded",
+                    snap.name, sd.disk
+                ))
             })?;
             let below = world_chain(self.images(), domain, &sd.disk, &frozen.path)?;
             let path = match req.overlays.get(&sd.disk) {
                 Some(p) => p.clone(),
                 None => (1..)
                     .map(|n| derived_path(&frozen.path, &format!("{}-{n}", snap.name)))
-                    .find(|p| {
-                        !Path::new(p).exists() && !state.images.contains_key(p) && !planned.contains(p)
-                    })
+                    .find(|p| !Path::new(p).exists() && !state.images.contains_key(p) && !planned.contains(p))
                     .unwrap_or_default(),
             };
             check_new_image_path(domain, &sd.disk, &path, &planned)?;
@@ -119,7 +129,11 @@ impl Executor {
             }
             chains.insert(hd.target.clone(), chain);
         }
-        let xml = set_disk_sources(&format!("historic domain of snapshot {}", snap.name), &snap.domain_xml, &sources)?;
+        let xml = set_disk_sources(
+            &format!("historic domain of snapshot {}", snap.name),
+            &snap.domain_xml,
+            &sources,
+        )?;
         changes.push(StateChange::DomainXmlSet {
             domain: domain.clone(),
             xml,
@@ -147,7 +161,11 @@ impl Executor {
         let removed = collect_garbage(&state, domain, &mut changes, &mut steps, false);
         // Abandoned present images the journal did not create are kept.
         let after = super::simulate(&state, &changes);
-        let referenced = after.domains.get(domain).map(|d| d.referenced_images()).unwrap_or_default();
+        let referenced = after
+            .domains
+            .get(domain)
+            .map(|d| d.referenced_images())
+            .unwrap_or_default();
         let kept = dom
             .core
             .disks
@@ -158,7 +176,9 @@ impl Executor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        steps.push(Step::SyncXml { domain: domain.clone() });
+        steps.push(Step::SyncXml {
+            domain: domain.clone(),
+        });
         let plan = Plan {
             steps,
             commit_index,

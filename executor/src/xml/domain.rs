@@ -40,8 +40,9 @@ fn err(what: &str, message: impl Into<String>) -> XmlError {
 
 fn file_disks(root: &Element) -> impl Iterator<Item = &Element> {
     root.child("devices").into_iter().flat_map(|d| {
-        d.children_named("disk")
-            .filter(|d| d.attr("type").unwrap_or("file") == "file" && d.attr("device").unwrap_or("disk") == "disk")
+        d.children_named("disk").filter(|d| {
+            d.attr("type").unwrap_or("file") == "file" && d.attr("device").unwrap_or("disk") == "disk"
+        })
     })
 }
 
@@ -54,7 +55,10 @@ pub fn parse_domain(what: &str, xml: &str) -> Result<ParsedDomain, XmlError> {
 /// Reads a parsed `<domain>` element.
 pub fn domain_from_element(what: &str, root: &Element) -> Result<ParsedDomain, XmlError> {
     if root.name != "domain" {
-        return Err(err(what, format!("root element is <{}>, expected <domain>", root.name)));
+        return Err(err(
+            what,
+            format!("root element is <{}>, expected <domain>", root.name),
+        ));
     }
     let name = root
         .child_text("name")
@@ -121,7 +125,10 @@ pub fn set_disk_sources(
         } else {
             let tag = render_tag(
                 "driver",
-                &[("name".into(), "qemu".into()), ("type".into(), img.format.clone())],
+                &[
+                    ("name".into(), "qemu".into()),
+                    ("type".into(), img.format.clone()),
+                ],
                 true,
             );
             edits.push((d.tag_end, d.tag_end, tag));

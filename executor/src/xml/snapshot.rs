@@ -25,7 +25,10 @@ pub fn render_snapshot(s: &SnapshotRecord) -> Result<String, XmlError> {
     }
     out.push_str(&format!("  <state>{}</state>\n", escape(&s.state)));
     if let Some(p) = &s.parent {
-        out.push_str(&format!("  <parent>\n    <name>{}</name>\n  </parent>\n", escape(p)));
+        out.push_str(&format!(
+            "  <parent>\n    <name>{}</name>\n  </parent>\n",
+            escape(p)
+        ));
     }
     out.push_str(&format!("  <creationTime>{}</creationTime>\n", s.creation_time));
     out.push_str("  <memory snapshot='no'/>\n  <disks>\n");
@@ -47,7 +50,10 @@ pub fn render_snapshot(s: &SnapshotRecord) -> Result<String, XmlError> {
         }
     }
     out.push_str("  </disks>\n  ");
-    out.push_str(domain_element_text(&format!("historic domain of snapshot {}", s.name), &s.domain_xml)?);
+    out.push_str(domain_element_text(
+        &format!("historic domain of snapshot {}", s.name),
+        &s.domain_xml,
+    )?);
     out.push_str("\n</domainsnapshot>\n");
     Ok(out)
 }
@@ -84,11 +90,17 @@ pub struct ParsedSnapshot {
 pub fn parse_snapshot(what: &str, xml: &str) -> Result<ParsedSnapshot, XmlError> {
     let root = parse(what, xml)?;
     if root.name != "domainsnapshot" {
-        return Err(err(what, format!("root element is <{}>, expected <domainsnapshot>", root.name)));
+        return Err(err(
+            what,
+            format!("root element is <{}>, expected <domainsnapshot>", root.name),
+        ));
     }
     if let Some(m) = root.child("memory") {
         if m.attr("snapshot").unwrap_or("no") != "no" {
-            return Err(err(what, "memory snapshots are not supported (only disk-only external snapshots)"));
+            return Err(err(
+                what,
+                "memory snapshots are not supported (only disk-only external snapshots)",
+            ));
         }
     }
     let mut disks = Vec::new();
@@ -151,7 +163,9 @@ pub fn parse_revert(what: &str, xml: &str) -> Result<BTreeMap<String, String>, X
     let mut out = BTreeMap::new();
     if let Some(ds) = root.child("disks") {
         for d in ds.children_named("disk") {
-            let disk = d.attr("name").ok_or_else(|| err(what, "a <disk> has no name attribute"))?;
+            let disk = d
+                .attr("name")
+                .ok_or_else(|| err(what, "a <disk> has no name attribute"))?;
             let file = d
                 .child("source")
                 .and_then(|s| s.attr("file"))
@@ -204,7 +218,10 @@ mod tests {
         assert_eq!(p.creation_time, Some(1700000000));
         assert_eq!(p.request.disks[0].file.as_deref(), Some("/img/vda.s1"));
         assert_eq!(p.request.disks[1].mode, DiskSnapshotMode::No);
-        assert_eq!(p.domain_xml.as_deref(), Some("<domain type='kvm'><name>vm</name></domain>"));
+        assert_eq!(
+            p.domain_xml.as_deref(),
+            Some("<domain type='kvm'><name>vm</name></domain>")
+        );
     }
 
     #[test]
@@ -215,7 +232,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m["vda"], "/x/a");
-        assert!(parse_revert("t", "<domainsnapshotrevert><disks><disk name='vda'/></disks></domainsnapshotrevert>").is_err());
+        assert!(parse_revert(
+            "t",
+            "<domainsnapshotrevert><disks><disk name='vda'/></disks></domainsnapshotrevert>"
+        )
+        .is_err());
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub struct Element {
 impl Element {
     /// The value of attribute `name`.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first child called `name`.
@@ -75,7 +78,10 @@ pub fn parse(what: &str, xml: &str) -> Result<Element, XmlError> {
     if xml.len() > MAX_XML_LEN {
         return Err(err(
             what,
-            format!("document is {} bytes, more than the {MAX_XML_LEN} accepted", xml.len()),
+            format!(
+                "document is {} bytes, more than the {MAX_XML_LEN} accepted",
+                xml.len()
+            ),
         ));
     }
     let mut reader = Reader::from_str(xml);
@@ -163,7 +169,10 @@ pub fn parse(what: &str, xml: &str) -> Result<Element, XmlError> {
         }
     }
     if !stack.is_empty() {
-        return Err(err(what, format!("unclosed element <{}>", stack[stack.len() - 1].name)));
+        return Err(err(
+            what,
+            format!("unclosed element <{}>", stack[stack.len() - 1].name),
+        ));
     }
     root.ok_or_else(|| err(what, "no root element"))
 }
@@ -218,7 +227,14 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for bad in ["", "<a>", "<a></b>", "<a/><b/>", "<!DOCTYPE x><a/>", "<a>&foo;</a>"] {
+        for bad in [
+            "",
+            "<a>",
+            "<a></b>",
+            "<a/><b/>",
+            "<!DOCTYPE x><a/>",
+            "<a>&foo;</a>",
+        ] {
             assert!(parse("test", bad).is_err(), "{bad:?}");
         }
         let big = format!("<a>{}</a>", "x".repeat(MAX_XML_LEN));

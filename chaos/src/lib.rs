@@ -1,0 +1,10 @@
+//! The snapjournal chaos suite: crash-point enumeration, fault injection
+//! and invariant checking on real qcow2 images.
+
+pub mod faults;
+pub mod fixture;
+pub mod invariants;
+pub mod random;
+pub mod report;
+pub mod runner;
+pub mod scenario;

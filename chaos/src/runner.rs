@@ -1,0 +1,169 @@
+//! Crash-point enumeration: a traced run lists the crash points an
+//! operation passes; then, for each one, a fresh fixture runs the operation
+//! in a child that dies exactly there, recovery runs, and every invariant
+//! is checked. Double faults crash recovery too.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::fixture::Fixture;
+use crate::invariants::{check, summary, Summary};
+use crate::scenario::Op;
+
+/// How a case ended.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub enum Outcome {
+    RolledBack,
+    RolledForward,
+    /// The crash point was not reached (the run finished first).
+    NotReached,
+    Violation(Vec<String>),
+}
+
+/// One crash case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub op: String,
+    pub disks: usize,
+    /// 1-based index of the crash point in the operation's trace.
+    pub crash_at: u64,
+    pub point: String,
+    /// For double faults: the crash point in recovery.
+    pub recovery_crash_at: Option<u64>,
+    pub recovery_point: Option<String>,
+    pub outcome: Outcome,
+    pub millis: u128,
+}
+
+/// The reference states of an operation on `disks` disks.
+pub struct Reference {
+    pub pre: Summary,
+    pub post: Summary,
+    pub trace: Vec<String>,
+}
+
+fn trace_file(f: &Fixture, name: &str) -> std::path::PathBuf {
+    f.root.path().join(format!("trace-{name}"))
+}
+
+fn read_trace(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(_, n)| n.to_string()))
+        .collect())
+}
+
+/// Runs `op` once without crashing, tracing its crash points.
+pub fn reference(op: Op, disks: usize) -> Result<Reference> {
+    let f = Fixture::new(disks)?;
+    op.setup(&f)?;
+    let pre = summary(&f)?;
+    let tf = trace_file(&f, "op");
+    let out = f
+        .command(&op.args())
+        .env("SNAPJOURNAL_CRASH_TRACE", &tf)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "reference run of {} on {disks} disk(s) failed: {}",
+            op.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let post = summary(&f)?;
+    Ok(Reference {
+        pre,
+        post,
+        trace: read_trace(&tf)?,
+    })
+}
+
+/// Traces what recovery passes after a crash of `op` at `crash_at`.
+pub fn recovery_trace(op: Op, disks: usize, crash_at: u64) -> Result<Vec<String>> {
+    let f = Fixture::new(disks)?;
+    op.setup(&f)?;
+    let st = f
+        .command(&op.args())
+        .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
+        .status()?;
+    if st.signal() != Some(libc::SIGKILL) {
+        return Ok(vec![]);
+    }
+    let tf = trace_file(&f, "recover");
+    f.command(&["recover"])
+        .env("SNAPJOURNAL_CRASH_TRACE", &tf)
+        .status()?;
+    read_trace(&tf)
+}
+
+/// One crash case: crash `op` at `crash_at` (and recovery at
+/// `recovery_crash_at`), recover, check.
+pub fn run_case(
+    op: Op,
+    disks: usize,
+    reference: &Reference,
+    crash_at: u64,
+    recovery_crash_at: Option<u64>,
+    recovery_point: Option<String>,
+) -> Result<Case> {
+    let started = Instant::now();
+    let f = Fixture::new(disks)?;
+    op.setup(&f)?;
+    let sums = f.user_file_sums()?;
+    let point = reference
+        .trace
+        .get(crash_at as usize - 1)
+        .cloned()
+        .unwrap_or_else(|| "?".into());
+    let mut case = Case {
+        op: op.name().into(),
+        disks,
+        crash_at,
+        point,
+        recovery_crash_at,
+        recovery_point,
+        outcome: Outcome::NotReached,
+        millis: 0,
+    };
+    let st = f
+        .command(&op.args())
+        .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
+        .status()?;
+    if st.signal() != Some(libc::SIGKILL) {
+        case.millis = started.elapsed().as_millis();
+        return Ok(case);
+    }
+    if let Some(j) = recovery_crash_at {
+        let st = f
+            .command(&["recover"])
+            .env("SNAPJOURNAL_CRASH_AT", j.to_string())
+            .status()?;
+        if st.signal() != Some(libc::SIGKILL) && !st.success() {
+            case.outcome = Outcome::Violation(vec![format!("crashed recovery exited with {st}")]);
+            return Ok(case);
+        }
+    }
+    let out = f.run(&["recover"])?;
+    if !out.status.success() {
+        case.outcome = Outcome::Violation(vec![format!(
+            "recover failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )]);
+        return Ok(case);
+    }
+    let violations = check(&f, op, &reference.pre, &reference.post, &sums)?;
+    case.outcome = if !violations.is_empty() {
+        Outcome::Violation(violations)
+    } else if summary(&f)? == reference.post {
+        Outcome::RolledForward
+    } else {
+        Outcome::RolledBack
+    };
+    case.millis = started.elapsed().as_millis();
+    Ok(case)
+}

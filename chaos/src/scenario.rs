@@ -1,0 +1,138 @@
+//! The operations the chaos suite crashes, each with its setup and the data
+//! every view must hold before and after.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::fixture::Fixture;
+
+/// Pattern bytes written into the layers, one region each.
+pub const A: u8 = 0xa1;
+pub const B: u8 = 0xb2;
+pub const C: u8 = 0xc3;
+pub const D: u8 = 0xd4;
+
+/// What a view (region → pattern) must read; regions not listed read 0.
+pub type View = BTreeMap<u64, u8>;
+
+fn view(p: &[(u64, u8)]) -> View {
+    p.iter().copied().collect()
+}
+
+/// An operation under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    /// `snapshot create vm s1` on a fresh domain.
+    Create,
+    /// `snapshot create vm s3` with s1 and s2 present.
+    CreateOnChain,
+    /// `snapshot revert vm s1` with s1 and s2 present.
+    Revert,
+    /// `snapshot delete vm s1`: the root-adjacent snapshot (pull into s1's
+    /// overlay: the base is a user file).
+    DeleteRoot,
+    /// `snapshot delete vm s2`: the newest snapshot (commit or pull between
+    /// two journal overlays).
+    DeleteLeaf,
+    /// `snapshot delete vm s2` of s1 ← s2 ← s3: a middle snapshot.
+    DeleteMiddle,
+    /// `snapshot delete vm s1 --metadata-only`.
+    DeleteMetadataOnly,
+}
+
+impl Op {
+    /// Every operation.
+    pub const ALL: [Op; 7] = [
+        Op::Create,
+        Op::CreateOnChain,
+        Op::Revert,
+        Op::DeleteRoot,
+        Op::DeleteLeaf,
+        Op::DeleteMiddle,
+        Op::DeleteMetadataOnly,
+    ];
+
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::CreateOnChain => "create-on-chain",
+            Op::Revert => "revert",
+            Op::DeleteRoot => "delete-root",
+            Op::DeleteLeaf => "delete-leaf",
+            Op::DeleteMiddle => "delete-middle",
+            Op::DeleteMetadataOnly => "delete-metadata-only",
+        }
+    }
+
+    /// Parses a short name.
+    pub fn parse(s: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|o| o.name() == s)
+    }
+
+    /// The CLI arguments of the operation.
+    pub fn args(self) -> Vec<&'static str> {
+        match self {
+            Op::Create => vec!["snapshot", "create", "vm", "s1"],
+            Op::CreateOnChain => vec!["snapshot", "create", "vm", "s3"],
+            Op::Revert => vec!["snapshot", "revert", "vm", "s1"],
+            Op::DeleteRoot => vec!["snapshot", "delete", "vm", "s1"],
+            Op::DeleteLeaf | Op::DeleteMiddle => vec!["snapshot", "delete", "vm", "s2"],
+            Op::DeleteMetadataOnly => vec!["snapshot", "delete", "vm", "s1", "--metadata-only"],
+        }
+    }
+
+    /// Brings a fresh fixture to the state the operation starts from:
+    /// A in region 0 of the base; s1; B in region 1; s2; C in region 2
+    /// (and s3, D in region 3, for a middle delete).
+    pub fn setup(self, f: &Fixture) -> Result<()> {
+        f.write_present(A, 0)?;
+        if self == Op::Create {
+            return Ok(());
+        }
+        f.ok(&["snapshot", "create", "vm", "s1"])?;
+        f.write_present(B, 1)?;
+        f.ok(&["snapshot", "create", "vm", "s2"])?;
+        f.write_present(C, 2)?;
+        if self == Op::DeleteMiddle {
+            f.ok(&["snapshot", "create", "vm", "s3"])?;
+            f.write_present(D, 3)?;
+        }
+        Ok(())
+    }
+
+    /// What each snapshot's view holds (the same before and after).
+    pub fn snapshot_views(self) -> BTreeMap<&'static str, View> {
+        let mut m = BTreeMap::new();
+        match self {
+            Op::Create => {
+                m.insert("s1", view(&[(0, A)]));
+            }
+            _ => {
+                m.insert("s1", view(&[(0, A)]));
+                m.insert("s2", view(&[(0, A), (1, B)]));
+                m.insert("s3", view(&[(0, A), (1, B), (2, C)]));
+            }
+        }
+        m
+    }
+
+    /// The present view before the operation.
+    pub fn present_before(self) -> View {
+        match self {
+            Op::Create => view(&[(0, A)]),
+            Op::DeleteMiddle => view(&[(0, A), (1, B), (2, C), (3, D)]),
+            _ => view(&[(0, A), (1, B), (2, C)]),
+        }
+    }
+
+    /// The present view after the operation.
+    pub fn present_after(self) -> View {
+        match self {
+            Op::Revert => view(&[(0, A)]),
+            other => other.present_before(),
+        }
+    }
+}

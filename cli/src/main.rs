@@ -202,7 +202,9 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 DomainCmd::Define { file } => {
                     let xml = read_input(file)?;
                     let txn = exec.define_domain(&xml)?;
-                    let name = executor::xml::domain::parse_domain("domain", &xml)?.name;
+                    let name = executor::xml::domain::parse_domain("domain", &xml)
+                        .map_err(executor::ExecError::from)?
+                        .name;
                     out.done(
                         json!({"domain": name, "txn": txn.to_string()}),
                         &format!("Domain '{name}' defined ({txn})"),
@@ -247,7 +249,8 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     };
                     if let Some(x) = xml {
                         let text = read_input(x)?;
-                        let parsed = parse_snapshot(&x.display().to_string(), &text)?;
+                        let parsed = parse_snapshot(&x.display().to_string(), &text)
+                            .map_err(executor::ExecError::from)?;
                         if req.name.is_empty() {
                             req.name = parsed.request.name.clone().unwrap_or_default();
                         }
@@ -301,7 +304,8 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 }
                 SnapshotCmd::Revert { domain, name, xml } => {
                     let overlays = match xml {
-                        Some(x) => parse_revert(&x.display().to_string(), &read_input(x)?)?,
+                        Some(x) => parse_revert(&x.display().to_string(), &read_input(x)?)
+                            .map_err(executor::ExecError::from)?,
                         None => Default::default(),
                     };
                     let r = exec.snapshot_revert(&RevertRequest {

@@ -30,9 +30,11 @@ pub enum ExecError {
     ForwardIncomplete { txn: TxnId, what: String, cause: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error(transparent)]
+    /// A qemu-img call made while planning failed.
+    #[error("{0}; nothing was changed")]
     Image(#[from] ImageError),
-    #[error(transparent)]
+    /// An XML document was refused.
+    #[error("{0}; nothing was changed")]
     Xml(#[from] XmlError),
     #[error("metadata file {path}: {message}")]
     Metadata { path: String, message: String },

@@ -30,8 +30,8 @@ fn active(f: &Fixture, disk: &str) -> String {
 fn one_disk_create_revert_alternate_history_delete() {
     let f = Fixture::new(1).unwrap();
     let base = f.base("vda");
-    let user = f.user_file_sums().unwrap();
     f.write_present(A, 0).unwrap();
+    let user = f.user_file_sums().unwrap();
     let out = json(
         &f.ok(&[
             "--json",

@@ -100,8 +100,62 @@ pub fn recovery_trace(op: Op, disks: usize, crash_at: u64) -> Result<Vec<String>
     read_trace(&tf)
 }
 
-/// One crash case: crash `op` at `crash_at` (and recovery at
-/// `recovery_crash_at`), recover, check.
+/// A fixture brought to an operation's starting state once, saved, and
+/// restored at the same absolute path before each case (paths inside the
+/// journal and the qcow2 headers stay valid), so a case costs only the
+/// operation, the recovery and the checks.
+pub struct Prepared {
+    pub fixture: Fixture,
+    saved: tempfile::TempDir,
+    pub op: Op,
+    sums: Vec<(String, u32)>,
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()?;
+    if !st.success() {
+        bail!("cp -a {} {} failed", from.display(), to.display());
+    }
+    Ok(())
+}
+
+impl Prepared {
+    /// Builds the starting state of `op` on `disks` disks.
+    pub fn new(op: Op, disks: usize) -> Result<Prepared> {
+        let fixture = Fixture::new(disks)?;
+        op.setup(&fixture)?;
+        let sums = fixture.user_file_sums()?;
+        let saved = tempfile::Builder::new().prefix("sj-saved-").tempdir()?;
+        copy_tree(fixture.root.path(), saved.path())?;
+        Ok(Prepared {
+            fixture,
+            saved,
+            op,
+            sums,
+        })
+    }
+
+    /// Puts the fixture back in the starting state.
+    pub fn restore(&self) -> Result<()> {
+        let root = self.fixture.root.path();
+        for e in std::fs::read_dir(root)? {
+            let p = e?.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        copy_tree(self.saved.path(), root)
+    }
+}
+
+/// One crash case on a fresh fixture: crash `op` at `crash_at` (and
+/// recovery at `recovery_crash_at`), recover, check.
 pub fn run_case(
     op: Op,
     disks: usize,
@@ -110,10 +164,24 @@ pub fn run_case(
     recovery_crash_at: Option<u64>,
     recovery_point: Option<String>,
 ) -> Result<Case> {
+    let p = Prepared::new(op, disks)?;
+    run_case_on(&p, reference, crash_at, recovery_crash_at, recovery_point)
+}
+
+/// One crash case on a prepared fixture (restored first).
+pub fn run_case_on(
+    prepared: &Prepared,
+    reference: &Reference,
+    crash_at: u64,
+    recovery_crash_at: Option<u64>,
+    recovery_point: Option<String>,
+) -> Result<Case> {
     let started = Instant::now();
-    let f = Fixture::new(disks)?;
-    op.setup(&f)?;
-    let sums = f.user_file_sums()?;
+    prepared.restore()?;
+    let f = &prepared.fixture;
+    let op = prepared.op;
+    let disks = f.disks.len();
+    let sums = prepared.sums.clone();
     let point = reference
         .trace
         .get(crash_at as usize - 1)
@@ -156,10 +224,10 @@ pub fn run_case(
         )]);
         return Ok(case);
     }
-    let violations = check(&f, op, &reference.pre, &reference.post, &sums)?;
+    let violations = check(f, op, &reference.pre, &reference.post, &sums)?;
     case.outcome = if !violations.is_empty() {
         Outcome::Violation(violations)
-    } else if summary(&f)? == reference.post {
+    } else if summary(f)? == reference.post {
         Outcome::RolledForward
     } else {
         Outcome::RolledBack

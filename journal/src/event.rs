@@ -172,6 +172,9 @@ impl StateChange {
 }
 
 /// One entry of the transaction lifecycle.
+// Events are built once per journal write; boxing the intent record would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The intent record: written and synced before the world changes.

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{JournalError, Result};
 
+/// How long a second opener waits for the lock before it is refused.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Holds an exclusive `flock` on `<dir>/lock` for as long as it lives; the
 /// file names the holder's PID.
 #[derive(Debug)]
@@ -30,10 +33,21 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        // A holder that is exiting, or a child forked by a holder that has
+        // not yet exec'd (it shares the lock until then), releases the lock
+        // within moments: wait up to LOCK_WAIT before refusing.
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
             let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) && started.elapsed() < LOCK_WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);

@@ -147,7 +147,7 @@ fn delete_chooses_commit_or_pull_by_data_moved() {
         let m = out["merges"][0].as_str().unwrap();
         assert!(m.contains(expect), "expected {expect}: {m}");
         let a = active(&f, "vda");
-        assert!(region_holds(&a, if s1_layer_big { A } else { A }, 0).unwrap());
+        assert!(region_holds(&a, A, 0).unwrap());
         for r in regions {
             assert!(region_holds(&a, B, r).unwrap(), "region {r} after {expect}");
         }

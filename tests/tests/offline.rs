@@ -411,3 +411,88 @@ fn library_api_round_trip() {
     let err = f.fails(&["domain", "list"]).unwrap();
     assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
 }
+
+#[test]
+fn revert_with_overlays_named_by_the_caller() {
+    let f = Fixture::new(2).unwrap();
+    f.write_present(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.write_present(B, 1).unwrap();
+    let mine = f
+        .img
+        .join("vda-after-revert.qcow2")
+        .to_string_lossy()
+        .into_owned();
+    let revert = f.root.path().join("revert.xml");
+    std::fs::write(
+        &revert,
+        format!("<domainsnapshotrevert><disks><disk name='vda'><source file='{mine}'/></disk></disks></domainsnapshotrevert>"),
+    )
+    .unwrap();
+    let out = json(
+        &f.ok(&[
+            "--json",
+            "snapshot",
+            "revert",
+            "vm",
+            "s1",
+            "--xml",
+            &revert.to_string_lossy(),
+        ])
+        .unwrap(),
+    );
+    assert_eq!(out["overlays"][0]["file"], mine.as_str(), "{out}");
+    assert!(
+        out["overlays"][1]["file"].as_str().unwrap().ends_with("vdb.s1-1"),
+        "{out}"
+    );
+    assert_eq!(active(&f, "vda"), mine);
+    assert_view(&mine, &[(0, A)]);
+    // A second revert generates the next free name.
+    let out = json(&f.ok(&["--json", "snapshot", "revert", "vm", "s1"]).unwrap());
+    assert!(
+        out["overlays"][1]["file"].as_str().unwrap().ends_with("vdb.s1-1"),
+        "the old one was removed: {out}"
+    );
+    // Naming a disk the snapshot does not have is refused.
+    std::fs::write(
+        &revert,
+        "<domainsnapshotrevert><disks><disk name='vdq'><source file='/tmp/x'/></disk></disks></domainsnapshotrevert>",
+    )
+    .unwrap();
+    let err = f
+        .fails(&[
+            "snapshot",
+            "revert",
+            "vm",
+            "s1",
+            "--xml",
+            &revert.to_string_lossy(),
+        ])
+        .unwrap();
+    assert!(
+        err.contains("no external disk vdq") && err.contains("nothing was changed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mixed_internal_and_external_trees_are_refused() {
+    let f = Fixture::new(1).unwrap();
+    tool("qemu-img", &["snapshot", "-c", "internal1", &f.base("vda")]).unwrap();
+    let err = f.fails(&["snapshot", "create", "vm", "s1"]).unwrap();
+    assert!(
+        err.contains("internal snapshots") && err.contains("refused"),
+        "{err}"
+    );
+    let xml = f.root.path().join("vm2.xml");
+    std::fs::write(&xml, domain_xml("vm2", &[("vda".into(), f.base("vda"))])).unwrap();
+    let err = f.fails(&["domain", "define", &xml.to_string_lossy()]).unwrap();
+    assert!(err.contains("internal snapshots"), "{err}");
+    let x = f.root.path().join("snap.xml");
+    std::fs::write(&x, "<domainsnapshot><name>i</name><disks><disk name='vda' snapshot='internal'/></disks></domainsnapshot>").unwrap();
+    let err = f
+        .fails(&["snapshot", "create", "vm", "--xml", &x.to_string_lossy()])
+        .unwrap();
+    assert!(err.contains("internal snapshots are not supported"), "{err}");
+}

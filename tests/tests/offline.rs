@@ -448,11 +448,16 @@ fn revert_with_overlays_named_by_the_caller() {
     );
     assert_eq!(active(&f, "vda"), mine);
     assert_view(&mine, &[(0, A)]);
-    // A second revert generates the next free name.
+    // A second revert generates the next free name (the present overlay
+    // still exists while the revert is planned) and removes the old one.
     let out = json(&f.ok(&["--json", "snapshot", "revert", "vm", "s1"]).unwrap());
     assert!(
-        out["overlays"][1]["file"].as_str().unwrap().ends_with("vdb.s1-1"),
-        "the old one was removed: {out}"
+        out["overlays"][1]["file"].as_str().unwrap().ends_with("vdb.s1-2"),
+        "{out}"
+    );
+    assert!(
+        !f.img.join("vdb.s1-1").exists() && !std::path::Path::new(&mine).exists(),
+        "{out}"
     );
     // Naming a disk the snapshot does not have is refused.
     std::fs::write(

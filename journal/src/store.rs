@@ -185,9 +185,22 @@ impl Journal {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
+        // Writers of different domains overlap: the WAL write of one group
+        // proceeds while the previous group fills its memtables.
+        opts.set_enable_pipelined_write(true);
+        // Bound the WAL (and so the replay at the next open): memtables are
+        // flushed once the logs hold 64 MiB.
+        opts.set_max_total_wal_size(64 << 20);
+        // Waiting writers block instead of spinning: spinning threads on a
+        // small machine steal the cores the group leader needs.
+        opts.set_enable_write_thread_adaptive_yield(false);
         let cfs = [CF_EVENTS, CF_OPEN, CF_STATE, CF_HISTORY, CF_META]
             .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            .map(|n| {
+                let mut cf = Options::default();
+                cf.set_write_buffer_size(16 << 20);
+                ColumnFamilyDescriptor::new(n, cf)
+            });
         let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| JournalError::Db {
             dir: db_dir.clone(),
             message: e.to_string(),

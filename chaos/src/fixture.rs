@@ -193,11 +193,16 @@ impl Fixture {
 
     /// The active image of every disk.
     pub fn active(&self) -> Result<Vec<(String, String)>> {
+        self.active_of(&self.domain)
+    }
+
+    /// The active image of every disk of `domain`.
+    pub fn active_of(&self, domain: &str) -> Result<Vec<(String, String)>> {
         let s = self.state()?;
         let d = s
             .domains
-            .get(&self.domain)
-            .ok_or_else(|| anyhow!("domain gone"))?;
+            .get(domain)
+            .ok_or_else(|| anyhow!("domain {domain} is gone"))?;
         Ok(d.core
             .disks
             .values()
@@ -207,7 +212,13 @@ impl Fixture {
 
     /// Writes `pattern` into `region` of every disk's active image.
     pub fn write_present(&self, pattern: u8, region: u64) -> Result<()> {
-        for (_, a) in self.active()? {
+        self.write_present_of(&self.domain, pattern, region)
+    }
+
+    /// Writes `pattern` into `region` of every disk's active image of
+    /// `domain`.
+    pub fn write_present_of(&self, domain: &str, pattern: u8, region: u64) -> Result<()> {
+        for (_, a) in self.active_of(domain)? {
             write_pattern(&a, pattern, region)?;
         }
         Ok(())
@@ -217,11 +228,41 @@ impl Fixture {
     /// not create, to prove they are untouched (I8).
     pub fn user_file_sums(&self) -> Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
-        for d in &self.disks {
-            let p = self.base(d);
-            out.push((p.clone(), crc32c::crc32c(&std::fs::read(&p)?)));
+        for e in std::fs::read_dir(&self.img)? {
+            let p = e?.path();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.ends_with(".qcow2") {
+                out.push((
+                    p.to_string_lossy().into_owned(),
+                    crc32c::crc32c(&std::fs::read(&p)?),
+                ));
+            }
         }
+        out.sort();
         Ok(out)
+    }
+
+    /// Defines another domain `name` with `disks` base images of its own
+    /// (`<name>-vda.qcow2`, …) in the same state directory.
+    pub fn add_domain(&self, name: &str, disks: usize) -> Result<()> {
+        let mut pairs = Vec::new();
+        for i in 0..disks {
+            let d = format!("vd{}", (b'a' + i as u8) as char);
+            let p = self
+                .img
+                .join(format!("{name}-{d}.qcow2"))
+                .to_string_lossy()
+                .into_owned();
+            tool("qemu-img", &["create", "-q", "-f", "qcow2", &p, DISK_SIZE])?;
+            pairs.push((d, p));
+        }
+        let xml_path = self.root.path().join(format!("{name}.xml"));
+        std::fs::write(&xml_path, domain_xml(name, &pairs))?;
+        self.ok(&["domain", "define", &xml_path.to_string_lossy()])?;
+        Ok(())
     }
 }
 

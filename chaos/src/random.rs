@@ -37,14 +37,19 @@ pub struct Schedule {
 pub fn run_schedule(seed: u64, disks: usize, steps: usize) -> Result<Schedule> {
     let mut rng = Rng::new(seed);
     let f = Fixture::new(disks)?;
-    let sums = f.user_file_sums()?;
+    // Several domains share the state directory; operations interleave.
+    let domains = ["vm", "vm2"];
+    f.add_domain("vm2", disks)?;
     let mut log = Vec::new();
     let mut violations = Vec::new();
     let mut next = 1;
     for _ in 0..steps {
-        let snaps: Vec<String> = f.state()?.domains["vm"].snapshots.keys().cloned().collect();
+        let dom = domains[rng.below(domains.len() as u64) as usize];
+        let snaps: Vec<String> = f.state()?.domains[dom].snapshots.keys().cloned().collect();
         let pattern = 0x10 + rng.below(0xe0) as u8;
-        f.write_present(pattern, rng.below(6))?;
+        let region = rng.below(6);
+        f.write_present_of(dom, pattern, region)?;
+        let sums = f.user_file_sums()?;
         let args: Vec<String> = match rng.below(4) {
             0 | 1 => {
                 next += 1;
@@ -57,11 +62,11 @@ pub fn run_schedule(seed: u64, disks: usize, steps: usize) -> Result<Schedule> {
             }
             2 if !snaps.is_empty() => {
                 let s = &snaps[rng.below(snaps.len() as u64) as usize];
-                vec!["snapshot".into(), "revert".into(), "vm".into(), s.clone()]
+                vec!["snapshot".into(), "revert".into(), dom.into(), s.clone()]
             }
             _ if !snaps.is_empty() => {
                 let s = &snaps[rng.below(snaps.len() as u64) as usize];
-                let mut a = vec!["snapshot".into(), "delete".into(), "vm".into(), s.clone()];
+                let mut a = vec!["snapshot".into(), "delete".into(), dom.into(), s.clone()];
                 if rng.below(4) == 0 {
                     a.push("--children".into());
                 }

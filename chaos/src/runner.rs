@@ -89,14 +89,15 @@ pub fn recovery_trace(op: Op, disks: usize, crash_at: u64) -> Result<Vec<String>
     let st = f
         .command(&op.args())
         .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
-        .status()?;
+        .output()?
+        .status;
     if st.signal() != Some(libc::SIGKILL) {
         return Ok(vec![]);
     }
     let tf = trace_file(&f, "recover");
     f.command(&["recover"])
         .env("SNAPJOURNAL_CRASH_TRACE", &tf)
-        .status()?;
+        .output()?;
     read_trace(&tf)
 }
 
@@ -200,7 +201,8 @@ pub fn run_case_on(
     let st = f
         .command(&op.args())
         .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
-        .status()?;
+        .output()?
+        .status;
     if st.signal() != Some(libc::SIGKILL) {
         case.millis = started.elapsed().as_millis();
         return Ok(case);
@@ -209,7 +211,8 @@ pub fn run_case_on(
         let st = f
             .command(&["recover"])
             .env("SNAPJOURNAL_CRASH_AT", j.to_string())
-            .status()?;
+            .output()?
+            .status;
         if st.signal() != Some(libc::SIGKILL) && !st.success() {
             case.outcome = Outcome::Violation(vec![format!("crashed recovery exited with {st}")]);
             return Ok(case);

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -121,6 +121,21 @@ struct Inner {
     next_txn: u64,
 }
 
+/// The group-commit queue: batches waiting for the next write, and which
+/// group is durable. One writer (the leader) writes a whole group — each
+/// batch atomically — and syncs the WAL once for all of them.
+#[derive(Default)]
+struct Group {
+    queue: Vec<WriteBatch>,
+    queue_needs_sync: bool,
+    /// The number the queued group will have.
+    next_group: u64,
+    /// The last group known durable.
+    durable: u64,
+    leader_active: bool,
+    failed: Option<String>,
+}
+
 /// Counts of what [`Journal::compact`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CompactionReport {
@@ -135,6 +150,8 @@ pub struct Journal {
     dir: PathBuf,
     inner: Mutex<Inner>,
     poisoned: AtomicBool,
+    group: Mutex<Group>,
+    group_done: Condvar,
     options: JournalOptions,
     _lock: DirLock,
 }
@@ -167,6 +184,17 @@ fn projection_key(t: &Touched) -> String {
         Touched::Snapshot(d, s) => format!("s\0{d}\0{s}"),
         Touched::Checkpoint(d, c) => format!("c\0{d}\0{c}"),
         Touched::Image(p) => format!("i\0{p}"),
+    }
+}
+
+impl Drop for Journal {
+    /// Writes unsynced records still queued behind a group commit.
+    fn drop(&mut self) {
+        let batches = match self.group.get_mut() {
+            Ok(g) if g.failed.is_none() => std::mem::take(&mut g.queue),
+            _ => return,
+        };
+        let _ = self.write_group(batches, false);
     }
 }
 
@@ -216,6 +244,11 @@ impl Journal {
                 next_txn: 1,
             }),
             poisoned: AtomicBool::new(false),
+            group: Mutex::new(Group {
+                next_group: 1,
+                ..Group::default()
+            }),
+            group_done: Condvar::new(),
             options,
             _lock: lock,
         };
@@ -298,15 +331,71 @@ impl Journal {
             .map_err(|_| JournalError::Poisoned("a journal thread panicked".into()))
     }
 
+    /// Makes `batch` durable (synced when `sync`), through group commit:
+    /// concurrent callers queue their batches; one of them writes the whole
+    /// queue and syncs the WAL once; the others wait for their group.
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         crash_point("journal.append.before");
-        let mut wo = WriteOptions::default();
-        wo.set_sync(sync && self.options.sync);
-        self.db.write_opt(batch, &wo).map_err(|e| {
-            self.poisoned.store(true, Ordering::Release);
-            self.db_err(e)
-        })?;
+        let poisoned = |what: &str| JournalError::Poisoned(what.to_string());
+        let mut g = self.group.lock().map_err(|_| poisoned("group lock poisoned"))?;
+        g.queue.push(batch);
+        g.queue_needs_sync |= sync;
+        let mine = g.next_group;
+        // An unsynced record need not wait for a group another thread is
+        // writing: the next group (at the latest the transaction's next
+        // synced record) carries it, in order. Recovery probes the step
+        // after the last recorded one, so losing it in a crash is harmless.
+        if !sync && g.leader_active {
+            drop(g);
+            crash_point("journal.append.after");
+            return Ok(());
+        }
+        loop {
+            if let Some(e) = &g.failed {
+                return Err(poisoned(e));
+            }
+            if g.durable >= mine {
+                break;
+            }
+            if g.leader_active {
+                g = self
+                    .group_done
+                    .wait(g)
+                    .map_err(|_| poisoned("group lock poisoned"))?;
+                continue;
+            }
+            g.leader_active = true;
+            let batches = std::mem::take(&mut g.queue);
+            let needs_sync = std::mem::replace(&mut g.queue_needs_sync, false);
+            let number = g.next_group;
+            g.next_group += 1;
+            drop(g);
+            let result = self.write_group(batches, needs_sync);
+            g = self.group.lock().map_err(|_| poisoned("group lock poisoned"))?;
+            g.leader_active = false;
+            match result {
+                Ok(()) => g.durable = number,
+                Err(e) => {
+                    self.poisoned.store(true, Ordering::Release);
+                    g.failed = Some(e.to_string());
+                }
+            }
+            self.group_done.notify_all();
+        }
+        drop(g);
         crash_point("journal.append.after");
+        Ok(())
+    }
+
+    /// Writes each batch atomically, in order; when the group needs it, the
+    /// last write is synced, which makes the whole WAL before it durable.
+    fn write_group(&self, batches: Vec<WriteBatch>, sync: bool) -> Result<()> {
+        let n = batches.len();
+        for (i, b) in batches.into_iter().enumerate() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(sync && self.options.sync && i + 1 == n);
+            self.db.write_opt(b, &wo).map_err(|e| self.db_err(e))?;
+        }
         Ok(())
     }
 

@@ -137,7 +137,7 @@ impl MetadataStore {
         let expected = self.expected_files(state, domain)?;
         for (path, content) in &expected {
             if fs::read(path).ok().as_deref() != Some(content.as_bytes()) {
-                write_atomic(path, content.as_bytes(), domain)?;
+                write_atomic(path, content.as_bytes())?;
             }
         }
         for p in self.present_files(domain)? {
@@ -156,7 +156,7 @@ impl MetadataStore {
 
 /// Writes `content` to `path` atomically: a temp file in the same
 /// directory, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, content: &[u8], tag: &str) -> Result<()> {
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| meta_err(path, "no parent directory"))?;
@@ -166,7 +166,6 @@ pub fn write_atomic(path: &Path, content: &[u8], tag: &str) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!("{TEMP_PREFIX}{}-{name}", std::process::id()));
-    let _ = tag;
     {
         let mut f = fs::File::create(&tmp).map_err(|e| meta_err(&tmp, format!("cannot create: {e}")))?;
         f.write_all(content)

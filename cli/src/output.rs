@@ -104,7 +104,10 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
         print!("{text}");
         return;
     }
-    println!("{:<24} {:<12} {:<14} Parent", "Name", "Creation", "State");
+    println!(
+        "{:<24} {:<20} {:<14} Parent",
+        "Name", "Creation Time (UTC)", "State"
+    );
     let mut snaps: Vec<_> = d.snapshots.values().collect();
     snaps.sort_by_key(|s| (s.creation_time, s.name.clone()));
     for s in snaps {
@@ -114,9 +117,9 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
             ""
         };
         println!(
-            "{:<24} {:<12} {:<14} {}",
+            "{:<24} {:<20} {:<14} {}",
             format!("{}{mark}", s.name),
-            s.creation_time,
+            utc(s.creation_time),
             s.state,
             s.parent.as_deref().unwrap_or("-")
         );
@@ -170,8 +173,11 @@ pub fn history(out: &Out, h: &[HistoryEntry]) {
             Outcome::Aborted { reason } => format!("aborted: {reason}"),
         };
         println!(
-            "{} {:>14} {} by {}: {outcome}",
-            e.txn, e.began_ms, e.what, e.actor
+            "{} {} {} by {}: {outcome}",
+            e.txn,
+            utc((e.began_ms / 1000) as i64),
+            e.what,
+            e.actor
         );
     }
 }
@@ -201,5 +207,39 @@ pub fn fsck(out: &Out, r: &recovery::FsckReport) {
     }
     for c in &r.could_not_check {
         println!("could not check: {c}");
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the Unix epoch.
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20");
     }
 }

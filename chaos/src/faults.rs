@@ -262,7 +262,7 @@ pub fn corrupt_record() -> Result<FaultCase> {
     if !stdout.contains("I9") || !stdout.contains("event #") {
         problems.push(format!("fsck does not name the corrupt record: {stdout}"));
     }
-    if out.status.signal_or_panic() {
+    if died_or_panicked(&out.status) {
         problems.push("fsck panicked".into());
     }
     Ok(FaultCase {
@@ -284,12 +284,8 @@ pub fn corrupt_record() -> Result<FaultCase> {
     })
 }
 
-trait PanicCheck {
-    fn signal_or_panic(&self) -> bool;
-}
-impl PanicCheck for std::process::ExitStatus {
-    fn signal_or_panic(&self) -> bool {
-        use std::os::unix::process::ExitStatusExt;
-        self.signal().is_some() || self.code() == Some(101)
-    }
+/// Whether a process was killed by a signal or panicked (exit code 101).
+fn died_or_panicked(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().is_some() || status.code() == Some(101)
 }

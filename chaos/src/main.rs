@@ -149,16 +149,15 @@ fn main() -> Result<()> {
         vec![1, 2]
     };
     let mut report = Report {
-        mode: format!("{:?}", args.mode as u8),
+        mode: match args.mode {
+            Mode::Bounded => "bounded",
+            Mode::Full => "full",
+            Mode::One => "one",
+            Mode::Random => "random",
+        }
+        .into(),
         ..Default::default()
     };
-    report.mode = match args.mode {
-        Mode::Bounded => "bounded",
-        Mode::Full => "full",
-        Mode::One => "one",
-        Mode::Random => "random",
-    }
-    .into();
 
     if args.mode == Mode::Random {
         let mut bad = 0;

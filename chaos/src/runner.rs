@@ -82,16 +82,21 @@ pub fn reference(op: Op, disks: usize) -> Result<Reference> {
     })
 }
 
+/// Runs `op` armed to die at its `crash_at`-th crash point; whether it
+/// died there (false: it finished first).
+fn crash_op(f: &Fixture, op: Op, crash_at: u64) -> Result<bool> {
+    let out = f
+        .command(&op.args())
+        .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
+        .output()?;
+    Ok(out.status.signal() == Some(libc::SIGKILL))
+}
+
 /// Traces what recovery passes after a crash of `op` at `crash_at`.
 pub fn recovery_trace(op: Op, disks: usize, crash_at: u64) -> Result<Vec<String>> {
     let f = Fixture::new(disks)?;
     op.setup(&f)?;
-    let st = f
-        .command(&op.args())
-        .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
-        .output()?
-        .status;
-    if st.signal() != Some(libc::SIGKILL) {
+    if !crash_op(&f, op, crash_at)? {
         return Ok(vec![]);
     }
     let tf = trace_file(&f, "recover");
@@ -198,12 +203,7 @@ pub fn run_case_on(
         outcome: Outcome::NotReached,
         millis: 0,
     };
-    let st = f
-        .command(&op.args())
-        .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
-        .output()?
-        .status;
-    if st.signal() != Some(libc::SIGKILL) {
+    if !crash_op(f, op, crash_at)? {
         case.millis = started.elapsed().as_millis();
         return Ok(case);
     }

@@ -2,6 +2,7 @@
 //! virtual machines. virsh-like verbs, human or `--json` output.
 
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,26 @@ enum DomainCmd {
     Dumpxml { domain: String },
     /// A domain's transaction history.
     History { domain: String },
+    /// Start QEMU for a domain (q35, TCG; vCPUs running unless --paused).
+    Start {
+        domain: String,
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Stop a domain's QEMU (QMP quit: QEMU flushes and closes its images).
+    Stop { domain: String },
+    /// Use a QEMU started by someone else, reached at its QMP socket.
+    Attach {
+        domain: String,
+        /// The QMP unix socket.
+        #[arg(long)]
+        qmp: String,
+        /// QEMU's pid, to tell a dead QEMU from a busy monitor.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Forget a domain's QEMU without touching it.
+    Detach { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -229,10 +250,43 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     out.raw(&d.core.xml);
                 }
                 DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
+                DomainCmd::Start { domain, paused } => {
+                    let rt = exec.domain_start(domain, *paused)?;
+                    out.done(
+                        json!({"domain": domain, "qmp": rt.qmp_socket, "pid": rt.process(), "paused": paused}),
+                        &format!(
+                            "Domain '{domain}' started{} (QMP socket {})",
+                            if *paused { " paused" } else { "" },
+                            rt.qmp_socket
+                        ),
+                    );
+                }
+                DomainCmd::Stop { domain } => {
+                    let txn = exec.domain_stop(domain)?;
+                    out.done(
+                        json!({"domain": domain, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' stopped ({txn})"),
+                    );
+                }
+                DomainCmd::Attach { domain, qmp, pid } => {
+                    let txn = exec.domain_attach(domain, qmp, *pid)?;
+                    out.done(
+                        json!({"domain": domain, "qmp": qmp, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' attached to the QEMU at {qmp} ({txn})"),
+                    );
+                }
+                DomainCmd::Detach { domain } => {
+                    let txn = exec.domain_detach(domain)?;
+                    out.done(
+                        json!({"domain": domain, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' detached ({txn})"),
+                    );
+                }
             }
         }
         Cmd::Snapshot(c) => {
-            let exec = open(cli, out)?;
+            let mut exec = open(cli, out)?;
+            exec.set_progress(progress::reporter(out.json));
             match c {
                 SnapshotCmd::Create {
                     domain,
@@ -322,7 +376,7 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     out.done(
                         json!({"domain": domain, "snapshot": name, "txn": r.txn.to_string(),
                                "overlays": r.overlays.iter().map(|(d, p)| json!({"disk": d, "file": p})).collect::<Vec<_>>(),
-                               "removed": r.removed, "kept": r.kept}),
+                               "removed": r.removed, "kept": r.kept, "restarted_running": r.restarted}),
                         &msg,
                     );
                 }

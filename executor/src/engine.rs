@@ -9,13 +9,15 @@ use journal::{DomainState, Intent, Journal, OpenTxn, Plan, TxnId, TxnPhase};
 use crate::error::{ExecError, Result};
 use crate::images::QemuImg;
 use crate::metadata::MetadataStore;
-use crate::steps::World;
+use crate::live::{Live, ProgressFn};
+use crate::steps::{StepCtx, World};
 
 /// Runs transactions against one state directory.
 pub struct Executor {
     journal: Arc<Journal>,
     images: QemuImg,
     metadata: MetadataStore,
+    live: Live,
 }
 
 impl Executor {
@@ -26,7 +28,18 @@ impl Executor {
             journal,
             images: QemuImg::default(),
             metadata,
+            live: Live::default(),
         }
+    }
+
+    /// Sets the callback block jobs of live deletes report progress to.
+    pub fn set_progress(&mut self, f: ProgressFn) {
+        self.live.set_progress(f);
+    }
+
+    /// The live backend (QMP connections of running domains).
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// The journal.
@@ -50,7 +63,17 @@ impl Executor {
             journal: &self.journal,
             images: &self.images,
             metadata: &self.metadata,
+            live: &self.live,
         }
+    }
+
+    fn record_done(&self, txn: TxnId, index: u32, step: &journal::Step) -> Result<()> {
+        if step.completion_must_sync() {
+            self.journal.step_done_synced(txn, index)?;
+        } else {
+            self.journal.step_done(txn, index)?;
+        }
+        Ok(())
     }
 
     /// Writes the intent, runs the steps before the commit point (undoing
@@ -74,12 +97,30 @@ impl Executor {
         let world = self.world();
         for (i, step) in plan.steps.iter().enumerate().take(plan.commit_index as usize) {
             crash_point("step.apply.before");
-            if let Err(e) = world.apply(step) {
+            let ctx = StepCtx { txn, index: i as u32 };
+            if let Err(e) = world.apply(ctx, step) {
                 let cause = format!("{}: {e}", step.describe());
+                // The data-safety rule: if QEMU switched onto the overlays
+                // (the reply was lost, say), the guest may be writing to
+                // them; the transaction goes forward, never back.
+                if self.switched_in_plan(&plan) {
+                    let open = self
+                        .journal
+                        .open_transaction(txn)?
+                        .ok_or(journal::JournalError::NotOpen(txn))?;
+                    return match self.roll_forward(&open) {
+                        Ok(()) => Ok(txn),
+                        Err(e2) => Err(ExecError::ForwardIncomplete {
+                            txn,
+                            what,
+                            cause: format!("{cause}; QEMU switched anyway, so it goes forward: {e2}"),
+                        }),
+                    };
+                }
                 return Err(self.abort_after_failure(txn, &what, cause));
             }
             crash_point("step.apply.after");
-            self.journal.step_done(txn, i as u32)?;
+            self.record_done(txn, i as u32, step)?;
         }
         crash_point("commit.before");
         self.journal.commit(txn, plan.changes.clone())?;
@@ -95,6 +136,14 @@ impl Executor {
                 cause: e.to_string(),
             })?;
         Ok(txn)
+    }
+
+    /// Whether the plan has a live switch that QEMU shows done.
+    fn switched_in_plan(&self, plan: &Plan) -> bool {
+        let world = self.world();
+        plan.steps
+            .iter()
+            .any(|s| matches!(world.switch_seen(s), Ok(Some(true))))
     }
 
     fn abort_after_failure(&self, txn: TxnId, what: &str, cause: String) -> ExecError {
@@ -139,8 +188,8 @@ impl Executor {
                 .take(open.plan.commit_index as usize)
             {
                 if !open.done.contains(&(i as u32)) {
-                    world.apply(step)?;
-                    self.journal.step_done(txn, i as u32)?;
+                    world.apply(StepCtx { txn, index: i as u32 }, step)?;
+                    self.record_done(txn, i as u32, step)?;
                 }
             }
             crash_point("commit.before");
@@ -158,9 +207,9 @@ impl Executor {
                 continue;
             }
             crash_point("step.apply.before");
-            world.apply(step)?;
+            world.apply(StepCtx { txn, index: i as u32 }, step)?;
             crash_point("step.apply.after");
-            self.journal.step_done(txn, i as u32)?;
+            self.record_done(txn, i as u32, step)?;
         }
         crash_point("finish.before");
         self.journal.finish(txn)?;

@@ -36,6 +36,10 @@ pub enum ExecError {
     /// An XML document was refused.
     #[error("{0}; nothing was changed")]
     Xml(#[from] XmlError),
+    /// A running QEMU refused a command, did not answer, or a block job
+    /// failed.
+    #[error("live operation: {0}")]
+    Live(String),
     #[error("metadata file {path}: {message}")]
     Metadata { path: String, message: String },
 }

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod error;
 pub mod images;
+pub mod live;
 pub mod metadata;
 pub mod names;
 pub mod ops;

@@ -4,10 +4,14 @@
 use std::path::Path;
 
 use journal::crashpoint::crash_point;
-use journal::{Journal, Step};
+use journal::{Journal, LiveMerge, Runtime, Step, TxnId};
+use serde_json::json;
 
 use crate::error::{ExecError, ImageError, Result};
 use crate::images::QemuImg;
+use crate::live::graph::{file_node, BlockGraph};
+use crate::live::qmp::{Cmd, Qmp, QmpError};
+use crate::live::{jobs, qemu, Live};
 use crate::metadata::MetadataStore;
 
 /// What steps act on.
@@ -15,6 +19,18 @@ pub struct World<'a> {
     pub journal: &'a Journal,
     pub images: &'a QemuImg,
     pub metadata: &'a MetadataStore,
+    pub live: &'a Live,
+}
+
+/// Which step of which transaction is running (block job ids derive from it).
+#[derive(Debug, Clone, Copy)]
+pub struct StepCtx {
+    pub txn: TxnId,
+    pub index: u32,
+}
+
+fn qmp_err(e: QmpError) -> ExecError {
+    ExecError::Live(e.to_string())
 }
 
 fn remove_file_if_exists(path: &str) -> Result<()> {
@@ -67,12 +83,254 @@ impl World<'_> {
                 let state = self.journal.state()?;
                 self.metadata.in_sync(&state, domain)?
             }
+            // With QEMU gone, the nodes went with it: nothing is left to do
+            // or undo in QEMU.
+            Step::BlockdevAdd { domain, node, .. } => self
+                .on_qemu(domain, |q| Ok(BlockGraph::read(q)?.has_node(node)))?
+                .unwrap_or(true),
+            Step::LiveSnapshot { .. } => self.switch_seen(step)?.unwrap_or(true),
+            Step::BlockJob { domain, disk, merge } => {
+                match self.on_qemu(domain, |q| Ok(jobs::merge_done(&BlockGraph::read(q)?, disk, merge)))? {
+                    Some(done) => done,
+                    None => self.offline_merge_done(merge)?,
+                }
+            }
+            Step::BlockdevDel { domain, node } => !self
+                .on_qemu(domain, |q| Ok(BlockGraph::read(q)?.has_node(node)))?
+                .unwrap_or(false),
+            Step::LaunchQemu {
+                qmp_socket, pidfile, ..
+            } => qemu::read_pidfile(Path::new(pidfile))
+                .is_some_and(|pid| qemu::is_qemu_on(pid, Path::new(qmp_socket))),
+            Step::ResumeGuest { domain } => self.on_qemu(domain, |q| q.running())?.unwrap_or(true),
+            Step::StopQemu { qmp_socket, pid, .. } => {
+                !pid.is_some_and(|p| qemu::is_qemu_on(p, Path::new(qmp_socket)))
+                    && std::os::unix::net::UnixStream::connect(qmp_socket).is_err()
+            }
         })
     }
 
-    /// Runs `step`; running it again after success (or after a crash in the
-    /// middle of it) is harmless.
-    pub fn apply(&self, step: &Step) -> Result<()> {
+    /// For a [`Step::LiveSnapshot`]: whether QEMU shows every disk switched
+    /// onto its overlay (`None`: QEMU is gone and cannot tell).
+    pub fn switch_seen(&self, step: &Step) -> Result<Option<bool>> {
+        let Step::LiveSnapshot { domain, disks } = step else {
+            return Ok(None);
+        };
+        self.on_qemu(domain, |q| {
+            let graph = BlockGraph::read(q)?;
+            Ok(disks.iter().all(|d| {
+                graph
+                    .devices
+                    .iter()
+                    .any(|dev| dev.chain.first().map(|l| l.node.as_str()) == Some(d.overlay_node.as_str()))
+            }))
+        })
+    }
+
+    /// The runtime of a running domain, as the committed state records it.
+    fn runtime(&self, domain: &str) -> Result<Option<Runtime>> {
+        Ok(self.journal.domain(domain)?.and_then(|d| d.core.runtime))
+    }
+
+    /// Runs `f` on the domain's QEMU; `None` when the domain has no QEMU
+    /// or its QEMU is gone.
+    fn on_qemu<R>(
+        &self,
+        domain: &str,
+        f: impl FnOnce(&mut Qmp) -> std::result::Result<R, QmpError>,
+    ) -> Result<Option<R>> {
+        let Some(rt) = self.runtime(domain)? else {
+            return Ok(None);
+        };
+        self.live.with_qemu(&rt, f).map_err(qmp_err)
+    }
+
+    fn offline_merge_done(&self, merge: &LiveMerge) -> Result<bool> {
+        Ok(match merge {
+            LiveMerge::Commit { top, .. } => !exists(&top.path),
+            LiveMerge::Stream { top, below, .. } => self.probe(&Step::RebaseImage {
+                disk: String::new(),
+                image: top.path.clone(),
+                backing: below.clone(),
+                safe: true,
+            })?,
+        })
+    }
+
+    /// A block job's merge through qemu-img, for when QEMU is gone. Safe to
+    /// repeat: a commit rewrites the same data into the base (no guest
+    /// wrote to the base after a pivot the journal has not recorded: the
+    /// vCPUs were stopped), a stream is a safe rebase that probes first.
+    fn offline_merge(&self, merge: &LiveMerge) -> Result<()> {
+        match merge {
+            LiveMerge::Commit { top, base, .. } => {
+                if exists(&top.path) {
+                    self.images.commit(&top.path, &base.path)?;
+                }
+                Ok(())
+            }
+            LiveMerge::Stream { top, below, .. } => self.apply_plain(&Step::RebaseImage {
+                disk: String::new(),
+                image: top.path.clone(),
+                backing: below.clone(),
+                safe: true,
+            }),
+        }
+    }
+
+    /// Runs step `ctx.index` of transaction `ctx.txn`; running it again
+    /// after success (or after a crash in the middle of it) is harmless.
+    pub fn apply(&self, ctx: StepCtx, step: &Step) -> Result<()> {
+        match step {
+            Step::BlockdevAdd { domain, node, path, .. } => {
+                self.on_qemu(domain, |q| {
+                    if BlockGraph::read(q)?.has_node(node) {
+                        return Ok(());
+                    }
+                    q.execute(
+                        Cmd::BlockdevAdd,
+                        json!({
+                            "driver": "qcow2",
+                            "node-name": node,
+                            "file": { "driver": "file", "filename": path, "node-name": file_node(path) },
+                            "backing": null,
+                        }),
+                    )
+                    .map(|_| ())
+                })?;
+                Ok(())
+            }
+            Step::LiveSnapshot { domain, disks } => {
+                if self.switch_seen(step)?.unwrap_or(true) {
+                    return Ok(());
+                }
+                let actions: Vec<_> = disks
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "type": "blockdev-snapshot",
+                            "data": { "node": d.top_node, "overlay": d.overlay_node },
+                        })
+                    })
+                    .collect();
+                crash_point("live.switch.before");
+                self.on_qemu(domain, |q| q.execute(Cmd::Transaction, json!({ "actions": actions })))?;
+                crash_point("live.switch.after");
+                Ok(())
+            }
+            Step::BlockJob { domain, disk, merge } => {
+                let Some(rt) = self.runtime(domain)? else {
+                    return self.offline_merge(merge);
+                };
+                let id = jobs::job_id(ctx.txn, ctx.index);
+                let ran = self.live.with_qemu(&rt, |q| {
+                    Ok(jobs::run(self.live, q, domain, disk, &id, merge))
+                });
+                match ran.map_err(qmp_err)? {
+                    None => self.offline_merge(merge),
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(e)) => Err(ExecError::Live(format!(
+                        "domain {domain}, disk {disk}: {e}"
+                    ))),
+                }
+            }
+            Step::BlockdevDel { domain, node } => {
+                self.on_qemu(domain, |q| {
+                    if !BlockGraph::read(q)?.has_node(node) {
+                        return Ok(());
+                    }
+                    q.execute(Cmd::BlockdevDel, json!({ "node-name": node })).map(|_| ())
+                })?;
+                Ok(())
+            }
+            Step::LaunchQemu {
+                domain,
+                qmp_socket,
+                pidfile,
+                ..
+            } => {
+                if self.probe(step)? {
+                    return Ok(());
+                }
+                let dom = self
+                    .journal
+                    .domain(domain)?
+                    .ok_or_else(|| ExecError::Invalid(format!("domain {domain} is not defined")))?;
+                let pid = qemu::launch(&dom.core, Path::new(qmp_socket), Path::new(pidfile))
+                    .map_err(|e| ExecError::Live(format!("domain {domain}: {e}")))?;
+                crash_point("live.launched");
+                // Wait until the monitor answers, so the runtime the commit
+                // records is usable.
+                let rt = Runtime {
+                    qmp_socket: qmp_socket.clone(),
+                    pid: Some(pid),
+                    pidfile: None,
+                    managed: true,
+                };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                loop {
+                    match self.live.with_qemu(&rt, |q| q.running()) {
+                        Ok(Some(_)) => return Ok(()),
+                        _ if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_millis(10))
+                        }
+                        Ok(None) => {
+                            return Err(ExecError::Live(format!(
+                                "domain {domain}: QEMU (pid {pid}) exited right after starting"
+                            )))
+                        }
+                        Err(e) => return Err(qmp_err(e)),
+                    }
+                }
+            }
+            Step::ResumeGuest { domain } => {
+                self.on_qemu(domain, |q| {
+                    if !q.running()? {
+                        q.execute(Cmd::Cont, json!({}))?;
+                    }
+                    Ok(())
+                })?;
+                Ok(())
+            }
+            Step::StopQemu {
+                domain,
+                qmp_socket,
+                pid,
+            } => {
+                let rt = Runtime {
+                    qmp_socket: qmp_socket.clone(),
+                    pid: *pid,
+                    pidfile: None,
+                    managed: true,
+                };
+                // `quit` flushes and closes the images; a QEMU whose
+                // monitor does not answer gets SIGTERM (which also flushes).
+                let quit = self.live.with_qemu(&rt, |q| match q.execute(Cmd::Quit, json!({})) {
+                    Ok(_) => Ok(()),
+                    Err(QmpError::Connection { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                });
+                self.live.forget(qmp_socket);
+                if let Some(p) = pid {
+                    if quit.is_err() && qemu::is_qemu_on(*p, Path::new(qmp_socket)) {
+                        qemu::signal(*p, libc::SIGTERM);
+                    }
+                    if !qemu::wait_exit(*p, std::time::Duration::from_secs(20)) {
+                        return Err(ExecError::Live(format!(
+                            "domain {domain}: QEMU (pid {p}) did not exit after quit and SIGTERM"
+                        )));
+                    }
+                } else {
+                    quit.map_err(qmp_err)?;
+                }
+                Ok(())
+            }
+            other => self.apply_plain(other),
+        }
+    }
+
+    /// The steps that touch only files.
+    fn apply_plain(&self, step: &Step) -> Result<()> {
         match step {
             Step::CreateOverlay { path, backing, .. } => {
                 if self.probe(step)? {
@@ -102,6 +360,12 @@ impl World<'_> {
                 let state = self.journal.state()?;
                 self.metadata.sync_domain(&state, domain)?;
             }
+            other => {
+                return Err(ExecError::Invalid(format!(
+                    "step \"{}\" is not a file step",
+                    other.describe()
+                )))
+            }
         }
         Ok(())
     }
@@ -113,6 +377,34 @@ impl World<'_> {
             Step::CreateOverlay { path, .. } => {
                 crash_point("step.undo.remove_overlay");
                 remove_file_if_exists(path)
+            }
+            Step::BlockdevAdd { domain, node, .. } => {
+                self.on_qemu(domain, |q| {
+                    if !BlockGraph::read(q)?.has_node(node) {
+                        return Ok(());
+                    }
+                    q.execute(Cmd::BlockdevDel, json!({ "node-name": node })).map(|_| ())
+                })?;
+                Ok(())
+            }
+            Step::LiveSnapshot { domain, .. } => match self.switch_seen(step)? {
+                Some(true) => Err(ExecError::Live(format!(
+                    "domain {domain}: QEMU already switched onto the overlays, which may hold guest writes; the transaction must go forward, not back"
+                ))),
+                _ => Ok(()),
+            },
+            Step::LaunchQemu {
+                qmp_socket, pidfile, ..
+            } => {
+                if let Some(pid) = qemu::read_pidfile(Path::new(pidfile)) {
+                    if qemu::is_qemu_on(pid, Path::new(qmp_socket)) {
+                        qemu::signal(pid, libc::SIGKILL);
+                        qemu::wait_exit(pid, std::time::Duration::from_secs(10));
+                    }
+                }
+                self.live.forget(qmp_socket);
+                remove_file_if_exists(qmp_socket)?;
+                remove_file_if_exists(pidfile)
             }
             other => Err(ExecError::Invalid(format!(
                 "step \"{}\" runs after the commit point and cannot be undone",

@@ -54,6 +54,13 @@ pub enum Intent {
         domain: String,
         what: String,
     },
+    /// Start QEMU for a defined domain.
+    DomainStart { domain: String, paused: bool },
+    /// Stop the domain's QEMU (`crashed`: it was found gone and the state
+    /// catches up).
+    DomainStop { domain: String, crashed: bool },
+    /// Record a QEMU someone else started as the domain's runtime.
+    DomainAttach { domain: String, qmp_socket: String },
 }
 
 impl Intent {
@@ -65,7 +72,10 @@ impl Intent {
             | Intent::SnapshotCreate { domain, .. }
             | Intent::SnapshotRevert { domain, .. }
             | Intent::SnapshotDelete { domain, .. }
-            | Intent::Other { domain, .. } => domain,
+            | Intent::Other { domain, .. }
+            | Intent::DomainStart { domain, .. }
+            | Intent::DomainStop { domain, .. }
+            | Intent::DomainAttach { domain, .. } => domain,
         }
     }
 
@@ -91,6 +101,16 @@ impl Intent {
                 if *metadata_only { " (metadata only)" } else { "" }
             ),
             Intent::Other { domain, what } => format!("{what} on domain {domain}"),
+            Intent::DomainStart { domain, paused } => {
+                format!("start domain {domain}{}", if *paused { " paused" } else { "" })
+            }
+            Intent::DomainStop { domain, crashed: false } => format!("stop domain {domain}"),
+            Intent::DomainStop { domain, crashed: true } => {
+                format!("record that the QEMU of domain {domain} is gone")
+            }
+            Intent::DomainAttach { domain, qmp_socket } => {
+                format!("attach domain {domain} to the QEMU at {qmp_socket}")
+            }
         }
     }
 }

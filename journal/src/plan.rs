@@ -34,6 +34,85 @@ pub enum Step {
     /// Make the domain's XML files equal the rendering of the state
     /// (post-commit).
     SyncXml { domain: String },
+    /// Open `path` in the domain's running QEMU as format node `node`, with
+    /// `backing: null` (pre-commit; undone by `blockdev-del`).
+    BlockdevAdd {
+        domain: String,
+        disk: String,
+        node: String,
+        path: String,
+    },
+    /// The live commit point: ONE QMP `transaction` of `blockdev-snapshot`
+    /// actions moves every disk onto its overlay at once. It is the last
+    /// step before the commit point and has no undo: once QEMU switched, the
+    /// guest may have written to the overlays.
+    LiveSnapshot {
+        domain: String,
+        disks: Vec<LiveSwitch>,
+    },
+    /// A QMP block job that merges images of a running domain (post-commit):
+    /// `block-commit` of `top` into `base`, or `block-stream` of `base`'s
+    /// data into `top`. When QEMU is gone, the same merge runs through
+    /// qemu-img. The job's id derives from the transaction and the step
+    /// (`sj-<txn>-<step>`), so recovery finds the job again.
+    BlockJob {
+        domain: String,
+        disk: String,
+        merge: LiveMerge,
+    },
+    /// Remove a node QEMU no longer uses from its graph (post-commit;
+    /// nothing to do when the node or QEMU is gone).
+    BlockdevDel { domain: String, node: String },
+    /// Launch QEMU for the domain (pre-commit; undone by killing it).
+    LaunchQemu {
+        domain: String,
+        qmp_socket: String,
+        pidfile: String,
+        paused: bool,
+    },
+    /// Let the guest's vCPUs run again after a block job stopped them for
+    /// its pivot (post-commit; nothing to do when QEMU is gone).
+    ResumeGuest { domain: String },
+    /// Stop the domain's QEMU (post-commit; done once the process is gone).
+    StopQemu {
+        domain: String,
+        qmp_socket: String,
+        pid: Option<u32>,
+    },
+}
+
+/// One disk of a [`Step::LiveSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveSwitch {
+    pub disk: String,
+    /// The node that is the disk's active layer now.
+    pub top_node: String,
+    /// The overlay's node, added by a [`Step::BlockdevAdd`].
+    pub overlay_node: String,
+}
+
+/// How a [`Step::BlockJob`] merges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LiveMerge {
+    /// `block-commit` of `top` into `base`. `active`: `top` is the disk's
+    /// active layer (the job waits in ready and is completed; the guest is
+    /// paused across the pivot so no write lands after it unrecorded).
+    Commit {
+        device_node: String,
+        top: ChainImage,
+        top_node: String,
+        base: ChainImage,
+        base_node: String,
+        active: bool,
+    },
+    /// `block-stream` of everything between `top` and `below` into `top`,
+    /// which then stands on `below` (`None`: standalone).
+    Stream {
+        top: ChainImage,
+        top_node: String,
+        below: Option<ChainImage>,
+        below_node: Option<String>,
+    },
 }
 
 impl Step {
@@ -61,7 +140,49 @@ impl Step {
             ),
             Step::RemoveImage { path } => format!("remove unreferenced image {path}"),
             Step::SyncXml { domain } => format!("render the XML files of domain {domain}"),
+            Step::BlockdevAdd { domain, disk, node, path } => {
+                format!("open {path} as node {node} in the QEMU of domain {domain} for disk {disk}")
+            }
+            Step::LiveSnapshot { domain, disks } => format!(
+                "switch disk{} {} of running domain {domain} onto their overlays (one QMP transaction)",
+                if disks.len() == 1 { "" } else { "s" },
+                disks.iter().map(|d| d.disk.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            Step::BlockJob { domain, disk, merge } => match merge {
+                LiveMerge::Commit { top, base, active, .. } => format!(
+                    "{}block-commit {} into {} for disk {disk} of running domain {domain}",
+                    if *active { "active " } else { "" },
+                    top.path,
+                    base.path
+                ),
+                LiveMerge::Stream { top, below, .. } => format!(
+                    "block-stream into {} down to {} for disk {disk} of running domain {domain}",
+                    top.path,
+                    below.as_ref().map(|b| b.path.as_str()).unwrap_or("nothing (standalone)")
+                ),
+            },
+            Step::BlockdevDel { domain, node } => {
+                format!("remove node {node} from the QEMU of domain {domain}")
+            }
+            Step::LaunchQemu { domain, paused, .. } => {
+                format!("start QEMU for domain {domain}{}", if *paused { " (paused)" } else { "" })
+            }
+            Step::StopQemu { domain, .. } => format!("stop the QEMU of domain {domain}"),
+            Step::ResumeGuest { domain } => format!("resume the vCPUs of domain {domain}"),
         }
+    }
+
+    /// Whether the step's completion must be durable before the next step
+    /// runs: recovery could not tell from the world that an active commit
+    /// pivoted, and the next step lets the guest write again.
+    pub fn completion_must_sync(&self) -> bool {
+        matches!(
+            self,
+            Step::BlockJob {
+                merge: LiveMerge::Commit { active: true, .. },
+                ..
+            }
+        )
     }
 }
 

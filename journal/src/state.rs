@@ -45,9 +45,22 @@ impl DiskState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Runtime {
     pub qmp_socket: String,
+    /// The QEMU process, when known.
     pub pid: Option<u32>,
+    /// Where QEMU writes its pid (managed QEMUs), read when `pid` is unset.
+    pub pidfile: Option<String>,
     /// Whether snapjournal started the QEMU process itself.
     pub managed: bool,
+}
+
+impl Runtime {
+    /// The QEMU process id: the recorded one, else the pidfile's.
+    pub fn process(&self) -> Option<u32> {
+        self.pid.or_else(|| {
+            let text = std::fs::read_to_string(self.pidfile.as_ref()?).ok()?;
+            text.trim().parse().ok()
+        })
+    }
 }
 
 /// A domain without its snapshots and checkpoints.

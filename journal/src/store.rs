@@ -438,6 +438,16 @@ impl Journal {
         self.append(Event::StepDone { txn, step })
     }
 
+    /// Records that step `step` of `txn` completed, synced: for steps whose
+    /// completion recovery cannot tell from the world afterwards.
+    pub fn step_done_synced(&self, txn: TxnId, step: u32) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut g = self.lock_inner()?;
+        self.prepare(&mut g, Event::StepDone { txn, step }, &mut batch)?;
+        drop(g);
+        self.write(batch, true)
+    }
+
     /// Passes the commit point: applies `changes` to the projection and
     /// writes the synced `Committed` record, in one batch.
     pub fn commit(&self, txn: TxnId, changes: Vec<StateChange>) -> Result<()> {

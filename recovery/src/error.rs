@@ -11,6 +11,8 @@ pub enum RecoveryError {
     Exec(#[from] executor::ExecError),
     #[error("transaction {txn}: probing \"{step}\" failed: {cause}; nothing was changed")]
     Probe { txn: TxnId, step: String, cause: String },
+    #[error("recording domains whose QEMU is gone as stopped failed: {0}; `snapjournal recover` retries it")]
+    Reap(String),
 }
 
 /// Result alias of recovery.

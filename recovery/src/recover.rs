@@ -45,6 +45,9 @@ pub struct TxnOutcome {
 pub struct RecoveryReport {
     pub dry_run: bool,
     pub transactions: Vec<TxnOutcome>,
+    /// Domains recorded running whose QEMU was found gone (now recorded
+    /// stopped, unless dry).
+    pub gone: Vec<String>,
 }
 
 impl RecoveryReport {
@@ -55,10 +58,21 @@ impl RecoveryReport {
 
     /// Plain words for a person.
     pub fn explain(&self) -> String {
-        if self.transactions.is_empty() {
-            return "no open transactions: nothing to recover\n".into();
-        }
         let mut out = String::new();
+        for g in &self.gone {
+            out.push_str(&format!(
+                "domain {g}: its QEMU is gone; {}\n",
+                if self.dry_run {
+                    "will record it stopped"
+                } else {
+                    "recorded it stopped"
+                }
+            ));
+        }
+        if self.transactions.is_empty() {
+            out.push_str("no open transactions: nothing to recover\n");
+            return out;
+        }
         for t in &self.transactions {
             let p = &t.plan;
             out.push_str(&format!(
@@ -132,6 +146,13 @@ pub fn plan_for(exec: &Executor, open: &OpenTxn) -> Result<TxnPlan> {
         };
         if before {
             probe.pre_commit_done.push(world_done.unwrap_or(recorded_done));
+            if matches!(step, journal::Step::LiveSnapshot { .. }) && open.phase == TxnPhase::Running {
+                probe.switch_seen = world.switch_seen(step).map_err(|e| RecoveryError::Probe {
+                    txn: open.txn,
+                    step: step.describe(),
+                    cause: e.to_string(),
+                })?;
+            }
         }
         steps.push(StepView {
             index: i,
@@ -186,6 +207,7 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
     let mut report = RecoveryReport {
         dry_run,
         transactions: Vec::new(),
+        gone: Vec::new(),
     };
     for open in exec.journal().open_transactions()? {
         let plan = match plan_for(exec, &open) {
@@ -229,5 +251,27 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
         };
         report.transactions.push(TxnOutcome { plan, error });
     }
+    // Domains whose QEMU died: the state catches up (after the open
+    // transactions, which may still have needed to look at QEMU).
+    if report.all_closed() {
+        report.gone = if dry_run {
+            gone_domains(exec)?
+        } else {
+            exec.reap_gone_domains().map_err(|e| RecoveryError::Reap(e.to_string()))?
+        };
+    }
     Ok(report)
+}
+
+/// Domains recorded running whose QEMU does not answer and is not alive.
+fn gone_domains(exec: &Executor) -> Result<Vec<String>> {
+    let state = exec.journal().state()?;
+    Ok(state
+        .domains
+        .iter()
+        .filter_map(|(name, d)| {
+            let rt = d.core.runtime.as_ref()?;
+            matches!(exec.live().reachable(rt), Ok(false)).then(|| name.clone())
+        })
+        .collect())
 }

@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use journal::{
-    ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, SnapshotDisk, SnapshotRecord, StateChange, Step,
-    TxnId,
+    ChainImage, DiskSnapshotMode, ImageRecord, Intent, LiveSwitch, Plan, SnapshotDisk, SnapshotRecord,
+    StateChange, Step, TxnId,
 };
 
-use super::{check_new_image_path, check_world_chains, derived_path, now_secs, require_domain};
+use super::{check_new_image_path, check_world_chains, derived_path, live_chains, now_secs, require_defined};
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 use crate::names::validate_name;
@@ -35,11 +35,20 @@ pub struct CreateReport {
 }
 
 impl Executor {
-    /// Takes an external, disk-only snapshot of a stopped domain.
+    /// Takes an external, disk-only snapshot of a domain. Of a running
+    /// domain: the overlays are opened in QEMU and ONE QMP `transaction`
+    /// switches every disk at once (the commit point).
     pub fn snapshot_create(&self, req: &CreateRequest) -> Result<CreateReport> {
         validate_name("snapshot", &req.name)?;
         let state = self.journal().state()?;
-        let dom = require_domain(&state, &req.domain)?;
+        let dom = require_defined(&state, &req.domain)?;
+        let running = dom.core.runtime.clone();
+        // QEMU's view of each disk: the active node, checked against the
+        // journal's chain.
+        let live = match &running {
+            Some(rt) => Some(live_chains(self, dom, rt)?),
+            None => None,
+        };
         let domain = &req.domain;
         if dom.snapshots.contains_key(&req.name) {
             return Err(ExecError::Invalid(format!(
@@ -68,6 +77,8 @@ impl Executor {
         let mut overlays = Vec::new();
         let mut planned = BTreeSet::new();
         let mut sources = BTreeMap::new();
+        let mut adds = Vec::new();
+        let mut switches = Vec::new();
         for disk in dom.core.disks.values() {
             let r = requested.get(disk.target.as_str());
             let mode = r.map(|r| r.mode).unwrap_or(DiskSnapshotMode::External);
@@ -123,7 +134,33 @@ impl Executor {
                 overlay: Some(path.clone()),
                 frozen: Some(active.clone()),
             });
+            if let Some(live) = &live {
+                let top_node = live
+                    .get(&disk.target)
+                    .and_then(|d| d.chain.first())
+                    .map(|l| l.node.clone())
+                    .unwrap_or_default();
+                let overlay_node = crate::live::graph::format_node(&path);
+                adds.push(Step::BlockdevAdd {
+                    domain: domain.clone(),
+                    disk: disk.target.clone(),
+                    node: overlay_node.clone(),
+                    path: path.clone(),
+                });
+                switches.push(LiveSwitch {
+                    disk: disk.target.clone(),
+                    top_node,
+                    overlay_node,
+                });
+            }
             overlays.push((disk.target.clone(), path));
+        }
+        if !switches.is_empty() {
+            steps.extend(adds);
+            steps.push(Step::LiveSnapshot {
+                domain: domain.clone(),
+                disks: switches,
+            });
         }
         if overlays.is_empty() {
             return Err(ExecError::Invalid(format!(
@@ -142,7 +179,7 @@ impl Executor {
                 name: req.name.clone(),
                 description: req.description.clone(),
                 creation_time: now_secs(),
-                state: "shutoff".into(),
+                state: if running.is_some() { "disk-snapshot" } else { "shutoff" }.into(),
                 parent: dom.core.current_snapshot.clone(),
                 disks: snap_disks,
                 domain_xml: dom.core.xml.clone(),

@@ -4,9 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use journal::{ChainImage, DiskSnapshotMode, DomainState, Intent, Plan, State, StateChange, Step, TxnId};
+use journal::{
+    ChainImage, DiskSnapshotMode, DomainState, Intent, LiveMerge, Plan, State, StateChange, Step, TxnId,
+};
 
-use super::{check_world_chains, collect_garbage, replace_image, require_domain, simulate, world_chain};
+use super::{
+    check_world_chains, collect_garbage, live_chains, replace_image, require_defined, simulate, world_chain,
+};
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 
@@ -107,10 +111,120 @@ impl Executor {
         Ok(backing)
     }
 
-    /// Deletes a snapshot of a stopped domain.
+    /// Turns the merges of an offline plan into QMP block jobs where they
+    /// touch images the running QEMU holds: `block-commit` (active when
+    /// the top is the active layer) or `block-stream`, each followed by the
+    /// `blockdev-del` of the node that left the chain. Merges of images
+    /// outside the running chains stay qemu-img steps.
+    fn live_merge_steps(
+        &self,
+        dom: &DomainState,
+        rt: &journal::Runtime,
+        steps: Vec<Step>,
+    ) -> Result<Vec<Step>> {
+        let domain = &dom.core.name;
+        let devices = live_chains(self, dom, rt)?;
+        let vcpus_running = self
+            .live()
+            .with_qemu(rt, |q| q.running())
+            .map_err(|e| ExecError::Invalid(format!("domain {domain}: {e}")))?
+            .unwrap_or(false);
+        let layer = |disk: &str, i: usize| -> Option<(ChainImage, String)> {
+            let dev = devices.get(disk)?;
+            let img = dom.core.disks.get(disk)?.chain.get(i)?.clone();
+            Some((img, dev.chain.get(i)?.node.clone()))
+        };
+        let position = |disk: &str, path: &str| {
+            devices
+                .get(disk)
+                .and_then(|d| d.chain.iter().position(|l| l.path == path))
+        };
+        let mut out = Vec::new();
+        for step in steps {
+            match &step {
+                Step::CommitImage { disk, top, base } => {
+                    if let Some(i) = position(disk, top) {
+                        let (Some((top_img, top_node)), Some((base_img, base_node)), Some((_, device_node))) =
+                            (layer(disk, i), layer(disk, i + 1), layer(disk, 0))
+                        else {
+                            return Err(ExecError::Invalid(format!(
+                                "domain {domain}, disk {disk}: {top} has no base below it in QEMU"
+                            )));
+                        };
+                        if &base_img.path != base {
+                            return Err(ExecError::Invalid(format!(
+                                "domain {domain}, disk {disk}: QEMU has {} below {top}, not {base}",
+                                base_img.path
+                            )));
+                        }
+                        let active = i == 0;
+                        out.push(Step::BlockJob {
+                            domain: domain.clone(),
+                            disk: disk.clone(),
+                            merge: LiveMerge::Commit {
+                                device_node,
+                                top: top_img,
+                                top_node: top_node.clone(),
+                                base: base_img,
+                                base_node,
+                                active,
+                            },
+                        });
+                        if active && vcpus_running {
+                            out.push(Step::ResumeGuest {
+                                domain: domain.clone(),
+                            });
+                        }
+                        out.push(Step::BlockdevDel {
+                            domain: domain.clone(),
+                            node: top_node,
+                        });
+                        continue;
+                    }
+                }
+                Step::RebaseImage {
+                    disk,
+                    image,
+                    backing,
+                    safe: true,
+                } => {
+                    if let Some(i) = position(disk, image) {
+                        let (Some((top_img, top_node)), Some((_, dropped_node))) =
+                            (layer(disk, i), layer(disk, i + 1))
+                        else {
+                            return Err(ExecError::Invalid(format!(
+                                "domain {domain}, disk {disk}: {image} has no backing image in QEMU"
+                            )));
+                        };
+                        let below_node = layer(disk, i + 2).map(|(_, n)| n);
+                        out.push(Step::BlockJob {
+                            domain: domain.clone(),
+                            disk: disk.clone(),
+                            merge: LiveMerge::Stream {
+                                top: top_img,
+                                top_node,
+                                below: backing.clone(),
+                                below_node,
+                            },
+                        });
+                        out.push(Step::BlockdevDel {
+                            domain: domain.clone(),
+                            node: dropped_node,
+                        });
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            out.push(step);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a snapshot (of a running domain: through QMP block jobs).
     pub fn snapshot_delete(&self, req: &DeleteRequest) -> Result<DeleteReport> {
         let state = self.journal().state()?;
-        let dom = require_domain(&state, &req.domain)?;
+        let dom = require_defined(&state, &req.domain)?;
         let domain = &req.domain;
         let snap = dom.snapshots.get(&req.snapshot).ok_or_else(|| {
             ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
@@ -219,6 +333,9 @@ impl Executor {
                     });
                 }
             }
+        }
+        if let Some(rt) = &dom.core.runtime {
+            steps = self.live_merge_steps(dom, rt, steps)?;
         }
         // Metadata: remove the doomed snapshots, re-parent the survivors.
         for name in &doomed {

@@ -6,6 +6,7 @@ pub mod create;
 pub mod delete;
 pub mod domain;
 pub mod revert;
+pub mod runtime;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -26,7 +27,57 @@ pub(crate) fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// The domain called `name`, or a clear error.
+/// The domain called `name`, running or not, or a clear error.
+pub(crate) fn require_defined<'a>(state: &'a State, name: &str) -> Result<&'a DomainState> {
+    state
+        .domains
+        .get(name)
+        .ok_or_else(|| ExecError::Invalid(format!("domain {name} is not defined")))
+}
+
+/// QEMU's chain of every disk of a running domain, checked against the
+/// journal's (I2 for running domains): disk → device.
+pub(crate) fn live_chains(
+    exec: &crate::Executor,
+    dom: &DomainState,
+    rt: &journal::Runtime,
+) -> Result<BTreeMap<String, crate::live::graph::Device>> {
+    let name = &dom.core.name;
+    let graph = exec
+        .live()
+        .with_qemu(rt, crate::live::graph::BlockGraph::read)
+        .map_err(|e| ExecError::Invalid(format!("domain {name}: {e}")))?
+        .ok_or_else(|| {
+            ExecError::Invalid(format!(
+                "domain {name} is recorded running on {} but its QEMU is gone; run `snapjournal recover`",
+                rt.qmp_socket
+            ))
+        })?;
+    let mut out = BTreeMap::new();
+    for disk in dom.core.disks.values() {
+        let active = disk.active().map(|a| a.path.as_str()).unwrap_or_default();
+        let dev = graph.device(&disk.target, active).ok_or_else(|| {
+            ExecError::Invalid(format!(
+                "domain {name}, disk {}: the running QEMU shows no device on {active}",
+                disk.target
+            ))
+        })?;
+        let real: Vec<&str> = dev.chain.iter().map(|l| l.path.as_str()).collect();
+        let ours: Vec<&str> = disk.chain.iter().map(|c| c.path.as_str()).collect();
+        if real != ours || dev.chain.iter().any(|l| l.node.is_empty()) {
+            return Err(ExecError::Invalid(format!(
+                "domain {name}, disk {}: QEMU's chain ({}) differs from the journal's ({}); run `snapjournal fsck`",
+                disk.target,
+                real.join(" -> "),
+                ours.join(" -> ")
+            )));
+        }
+        out.insert(disk.target.clone(), dev.clone());
+    }
+    Ok(out)
+}
+
+/// The domain called `name`, stopped, or a clear error.
 pub(crate) fn require_domain<'a>(state: &'a State, name: &str) -> Result<&'a DomainState> {
     let d = state
         .domains

@@ -34,11 +34,50 @@ pub struct RevertReport {
     /// Abandoned images the journal did not create (a disk the user
     /// swapped): kept.
     pub kept: Vec<String>,
+    /// For a domain that was running: whether its vCPUs were running (it is
+    /// started again the same way, on the reverted disks).
+    pub restarted: Option<bool>,
 }
 
 impl Executor {
-    /// Reverts a stopped domain to an external snapshot.
+    /// Reverts a domain to an external snapshot.
+    ///
+    /// A running domain is stopped first (QEMU flushes and closes its
+    /// images, so every guest write is in the abandoned present, never in
+    /// the reverted disks), reverted like a stopped one, and started again
+    /// paused or running as it was. Three transactions: a crash between
+    /// them leaves the domain stopped, reverted or not, never half-reverted.
     pub fn snapshot_revert(&self, req: &RevertRequest) -> Result<RevertReport> {
+        let Some(dom) = self.journal().domain(&req.domain)? else {
+            return Err(ExecError::Invalid(format!("domain {} is not defined", req.domain)));
+        };
+        let Some(rt) = dom.core.runtime.clone() else {
+            return self.snapshot_revert_stopped(req);
+        };
+        if !dom.snapshots.contains_key(&req.snapshot) {
+            return Err(ExecError::Invalid(format!(
+                "domain {} has no snapshot called {}",
+                req.domain, req.snapshot
+            )));
+        }
+        let was_running = self
+            .live()
+            .with_qemu(&rt, |q| q.running())
+            .map_err(|e| ExecError::Invalid(format!("domain {}: {e}", req.domain)))?
+            .unwrap_or(false);
+        self.domain_stop(&req.domain)?;
+        let mut report = self.snapshot_revert_stopped(req).map_err(|e| {
+            ExecError::Invalid(format!(
+                "domain {} was stopped for the revert, which then failed ({e}); the domain stays stopped",
+                req.domain
+            ))
+        })?;
+        self.domain_start(&req.domain, !was_running)?;
+        report.restarted = Some(was_running);
+        Ok(report)
+    }
+
+    fn snapshot_revert_stopped(&self, req: &RevertRequest) -> Result<RevertReport> {
         let state = self.journal().state()?;
         let dom = require_domain(&state, &req.domain)?;
         let domain = &req.domain;
@@ -197,6 +236,7 @@ impl Executor {
             overlays,
             removed,
             kept,
+            restarted: None,
         })
     }
 }

@@ -1,0 +1,150 @@
+//! QEMU's block graph as snapjournal needs it: which device shows which
+//! chain of images, under which node names; and the node names snapjournal
+//! gives the images it opens.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::qmp::{Cmd, Qmp, QmpError};
+
+/// FNV-1a, 64 bits: stable across Rust versions and processes, so a node
+/// name computed by recovery equals the one computed by the crashed agent.
+fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The format node name snapjournal gives the image at `path` (19
+/// characters; QEMU allows 31).
+pub fn format_node(path: &str) -> String {
+    format!("sjf{:016x}", fnv1a64(path.as_bytes()))
+}
+
+/// The protocol (file) node name under [`format_node`].
+pub fn file_node(path: &str) -> String {
+    format!("sjp{:016x}", fnv1a64(path.as_bytes()))
+}
+
+/// One layer of a device's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub node: String,
+    pub path: String,
+}
+
+/// A guest-visible block device and the chain under it, active layer first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The qdev id (`vda` for `/machine/peripheral/vda/virtio-backend`).
+    pub id: String,
+    pub chain: Vec<Layer>,
+}
+
+/// What QEMU's graph holds.
+#[derive(Debug, Clone, Default)]
+pub struct BlockGraph {
+    pub devices: Vec<Device>,
+    /// Every named node: node name → (driver, file name).
+    pub nodes: BTreeMap<String, (String, String)>,
+}
+
+fn qdev_id(qdev: &str) -> String {
+    qdev.strip_prefix("/machine/peripheral/")
+        .map(|r| r.split('/').next().unwrap_or(r))
+        .unwrap_or(qdev)
+        .to_string()
+}
+
+impl BlockGraph {
+    /// Reads the graph (`query-block` and `query-named-block-nodes`).
+    pub fn read(qmp: &mut Qmp) -> Result<BlockGraph, QmpError> {
+        let nodes_v = qmp.execute(Cmd::QueryNamedBlockNodes, json!({ "flat": true }))?;
+        let mut nodes = BTreeMap::new();
+        for n in nodes_v.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let name = n.get("node-name").and_then(Value::as_str).unwrap_or_default();
+            let drv = n.get("drv").and_then(Value::as_str).unwrap_or_default();
+            let file = n.get("file").and_then(Value::as_str).unwrap_or_default();
+            if !name.is_empty() {
+                nodes.insert(name.to_string(), (drv.to_string(), file.to_string()));
+            }
+        }
+        // The format node of each file: the node reading it whose driver
+        // is a format (not the protocol node, not a job's filter).
+        let mut by_file: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, (drv, file)) in &nodes {
+            if drv == "qcow2" || drv == "raw" {
+                by_file.entry(file.as_str()).or_insert(name.as_str());
+            }
+        }
+        let block_v = qmp.execute(Cmd::QueryBlock, json!({}))?;
+        let mut devices = Vec::new();
+        for b in block_v.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let qdev = b.get("qdev").and_then(Value::as_str).unwrap_or_default();
+            let Some(inserted) = b.get("inserted") else { continue };
+            let root = inserted.get("node-name").and_then(Value::as_str).unwrap_or_default();
+            let mut chain = Vec::new();
+            let mut image = inserted.get("image");
+            while let Some(img) = image {
+                let path = img.get("filename").and_then(Value::as_str).unwrap_or_default();
+                let node = if chain.is_empty() && !root.is_empty() {
+                    root.to_string()
+                } else {
+                    by_file.get(path).map(|s| s.to_string()).unwrap_or_default()
+                };
+                chain.push(Layer {
+                    node,
+                    path: path.to_string(),
+                });
+                image = img.get("backing-image");
+            }
+            devices.push(Device {
+                id: qdev_id(qdev),
+                chain,
+            });
+        }
+        Ok(BlockGraph { devices, nodes })
+    }
+
+    /// The device of disk `target`: the one with that qdev id, or else the
+    /// one whose active image is `active_path` (a QEMU started by someone
+    /// else names its devices its own way).
+    pub fn device(&self, target: &str, active_path: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.id == target).or_else(|| {
+            self.devices
+                .iter()
+                .find(|d| d.chain.first().map(|l| l.path.as_str()) == Some(active_path))
+        })
+    }
+
+    /// Whether a node called `name` exists.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.nodes.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_stable_and_legal() {
+        let f = format_node("/var/lib/images/vda.qcow2");
+        assert_eq!(f, format_node("/var/lib/images/vda.qcow2"));
+        assert_ne!(f, format_node("/var/lib/images/vdb.qcow2"));
+        assert!(f.len() <= 31);
+        assert!(f.chars().next().is_some_and(|c| c.is_ascii_alphabetic()));
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn qdev_ids() {
+        assert_eq!(qdev_id("/machine/peripheral/vda/virtio-backend"), "vda");
+        assert_eq!(qdev_id("weird"), "weird");
+    }
+}

@@ -1,0 +1,223 @@
+//! Starting and stopping a QEMU process for a domain: the command line
+//! built from the journal's disk chains, and the process checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use journal::{ChainImage, DomainCore};
+use serde_json::json;
+
+use super::graph::{file_node, format_node};
+
+/// The QEMU binary: `$SNAPJOURNAL_QEMU`, or `qemu-system-x86_64` on the PATH.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("SNAPJOURNAL_QEMU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+/// Whether `id` is usable as a qdev id (the device is named after the disk).
+fn legal_device_id(id: &str) -> bool {
+    id.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && id.len() <= 31
+}
+
+/// The `-blockdev` JSON of one image whose backing is `backing` (format
+/// nodes named after their paths).
+fn blockdev_json(image: &ChainImage, backing: Option<&ChainImage>) -> serde_json::Value {
+    let mut v = json!({
+        "driver": image.format,
+        "node-name": format_node(&image.path),
+        "file": {
+            "driver": "file",
+            "filename": image.path,
+            "node-name": file_node(&image.path),
+        },
+    });
+    if image.format == "qcow2" {
+        v["backing"] = match backing {
+            Some(b) => json!(format_node(&b.path)),
+            None => serde_json::Value::Null,
+        };
+    }
+    v
+}
+
+/// The QEMU command line for `core`: q35, TCG, no default devices, vCPUs
+/// stopped (`-S`), daemonized with a pidfile and a QMP socket; each disk a
+/// chain of `-blockdev` nodes under a virtio-blk device called after the
+/// disk.
+pub fn command_line(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Result<Vec<String>, String> {
+    let mut args: Vec<String> = [
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+        "-m",
+        "64",
+        "-daemonize",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("-name".into());
+    args.push(format!("guest={},debug-threads=off", core.name.replace(',', ",,")));
+    args.push("-pidfile".into());
+    args.push(pidfile.display().to_string());
+    args.push("-qmp".into());
+    args.push(format!(
+        "unix:{},server=on,wait=off",
+        qmp_socket.display().to_string().replace(',', ",,")
+    ));
+    for disk in core.disks.values() {
+        if !legal_device_id(&disk.target) {
+            return Err(format!(
+                "disk {} of domain {}: the name cannot be a QEMU device id",
+                disk.target, core.name
+            ));
+        }
+        let Some(active) = disk.active() else {
+            return Err(format!("disk {} of domain {} has no image", disk.target, core.name));
+        };
+        for (i, image) in disk.chain.iter().enumerate().rev() {
+            args.push("-blockdev".into());
+            args.push(blockdev_json(image, disk.chain.get(i + 1)).to_string());
+        }
+        args.push("-device".into());
+        args.push(format!(
+            "virtio-blk-pci,id={},drive={}",
+            disk.target,
+            format_node(&active.path)
+        ));
+    }
+    Ok(args)
+}
+
+/// Starts QEMU for `core`, paused, and returns its pid once it daemonized.
+pub fn launch(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Result<u32, String> {
+    let args = command_line(core, qmp_socket, pidfile)?;
+    let _ = std::fs::remove_file(qmp_socket);
+    let _ = std::fs::remove_file(pidfile);
+    let bin = qemu_binary();
+    let out = Command::new(&bin)
+        .args(&args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    read_pidfile(pidfile).ok_or_else(|| format!("QEMU started but wrote no pid to {}", pidfile.display()))
+}
+
+/// The pid in `pidfile`, if it names a live process.
+pub fn read_pidfile(pidfile: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Whether process `pid` is a QEMU listening on `qmp_socket` (its command
+/// line names the socket): a recycled pid is not mistaken for our QEMU.
+pub fn is_qemu_on(pid: u32, qmp_socket: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = qmp_socket.display().to_string();
+    alive(pid) && String::from_utf8_lossy(&cmdline).contains(&needle)
+}
+
+/// Waits up to `timeout` for `pid` to exit.
+pub fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journal::DiskState;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn chain_is_opened_bottom_up_with_explicit_backing() {
+        let mut disks = BTreeMap::new();
+        disks.insert(
+            "vda".to_string(),
+            DiskState {
+                target: "vda".into(),
+                chain: vec![
+                    ChainImage::qcow2("/i/vda.s1"),
+                    ChainImage {
+                        path: "/i/vda.raw".into(),
+                        format: "raw".into(),
+                    },
+                ],
+            },
+        );
+        let core = DomainCore {
+            name: "d".into(),
+            xml: String::new(),
+            disks,
+            current_snapshot: None,
+            runtime: None,
+        };
+        let args = command_line(&core, Path::new("/run/d.qmp"), Path::new("/run/d.pid")).unwrap();
+        let blockdevs: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(a, _)| *a == "-blockdev")
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(blockdevs.len(), 2);
+        assert!(blockdevs[0].contains("\"driver\":\"raw\"") && !blockdevs[0].contains("backing"));
+        assert!(blockdevs[1].contains(&format!("\"backing\":\"{}\"", format_node("/i/vda.raw"))));
+        assert!(args.contains(&format!("virtio-blk-pci,id=vda,drive={}", format_node("/i/vda.s1"))));
+    }
+
+    #[test]
+    fn bad_device_names_are_refused() {
+        assert!(legal_device_id("vda"));
+        assert!(!legal_device_id("1vda"));
+        assert!(!legal_device_id("vd a"));
+        assert!(!legal_device_id("vda,drive=x"));
+    }
+}

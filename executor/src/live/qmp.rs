@@ -1,0 +1,327 @@
+//! The one place that speaks QMP: connect and negotiate over a unix socket,
+//! execute commands, keep the event stream polled, track block jobs, and
+//! reconnect after the connection dropped.
+//!
+//! Transport, framing, negotiation and reply matching come from the `qapi`
+//! crate. Commands are sent with JSON arguments and their replies read as
+//! JSON: the crate's generated types follow QEMU 9.1's schema, and some
+//! replies of the QEMU we run against (7.2) do not fit it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use qapi::futures::{QapiEvents, QapiService, QmpStreamTokio};
+use serde_json::{json, Value};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::UnixStream;
+
+type Reader = QmpStreamTokio<ReadHalf<UnixStream>>;
+type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
+
+/// How long one command may take before the connection is given up.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting waits for QEMU's greeting.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many events are kept for callers that look at them.
+const EVENT_BACKLOG: usize = 256;
+
+/// What went wrong talking to QEMU.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QmpError {
+    /// Nothing listens on the socket: QEMU is not running there.
+    #[error("no QEMU answers on QMP socket {socket}: {message}")]
+    Unreachable { socket: String, message: String },
+    /// The connection broke or timed out; whether the command ran is unknown.
+    #[error("QMP {command} on {socket}: the connection failed ({message}); whether QEMU ran the command is unknown")]
+    Connection {
+        socket: String,
+        command: String,
+        message: String,
+    },
+    /// QEMU refused the command.
+    #[error("QMP {command} on {socket}: QEMU refused it: {desc} ({class})")]
+    Refused {
+        socket: String,
+        command: String,
+        class: String,
+        desc: String,
+    },
+}
+
+impl QmpError {
+    /// Whether QEMU answered with an error whose text contains `needle`.
+    pub fn refused_with(&self, needle: &str) -> bool {
+        matches!(self, QmpError::Refused { desc, .. } if desc.contains(needle))
+    }
+}
+
+macro_rules! raw_commands {
+    ($($ty:ident => $name:literal),* $(,)?) => {
+        /// The QMP commands snapjournal sends.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Cmd { $($ty),* }
+
+        impl Cmd {
+            /// The command's QMP name.
+            pub fn name(self) -> &'static str {
+                match self { $(Cmd::$ty => $name),* }
+            }
+        }
+
+        $(
+            #[derive(serde::Serialize)]
+            #[serde(transparent)]
+            struct $ty(Value);
+            impl qapi::Command for $ty {
+                type Ok = Value;
+                const NAME: &'static str = $name;
+                const ALLOW_OOB: bool = false;
+            }
+            impl qapi::qmp::QmpCommand for $ty {}
+        )*
+
+        async fn send(service: &QapiService<Writer>, cmd: Cmd, args: Value) -> Result<Value, qapi::ExecuteError> {
+            match cmd { $(Cmd::$ty => service.execute($ty(args)).await),* }
+        }
+    };
+}
+
+raw_commands! {
+    QueryStatus => "query-status",
+    QueryBlock => "query-block",
+    QueryNamedBlockNodes => "query-named-block-nodes",
+    QueryJobs => "query-jobs",
+    BlockdevAdd => "blockdev-add",
+    BlockdevDel => "blockdev-del",
+    Transaction => "transaction",
+    BlockCommit => "block-commit",
+    BlockStream => "block-stream",
+    JobComplete => "job-complete",
+    JobCancel => "job-cancel",
+    JobDismiss => "job-dismiss",
+    Stop => "stop",
+    Cont => "cont",
+    Quit => "quit",
+    HumanMonitorCommand => "human-monitor-command",
+}
+
+struct Connection {
+    service: QapiService<Writer>,
+    events: QapiEvents<Reader>,
+}
+
+/// A blocking QMP client of one QEMU. It owns a small tokio runtime, so the
+/// synchronous executor can use it; it reconnects on the next command after
+/// the connection dropped.
+pub struct Qmp {
+    socket: PathBuf,
+    rt: tokio::runtime::Runtime,
+    conn: Option<Connection>,
+    events: VecDeque<qapi::qmp::Event>,
+}
+
+impl Qmp {
+    /// Connects to the QMP socket at `socket` and negotiates capabilities.
+    pub fn connect(socket: &Path) -> Result<Qmp, QmpError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| QmpError::Unreachable {
+                socket: socket.display().to_string(),
+                message: format!("cannot start the I/O runtime: {e}"),
+            })?;
+        let mut q = Qmp {
+            socket: socket.to_path_buf(),
+            rt,
+            conn: None,
+            events: VecDeque::new(),
+        };
+        q.reconnect()?;
+        Ok(q)
+    }
+
+    /// Connects, retrying until `deadline` while the socket does not exist
+    /// or refuses (QEMU starting up).
+    pub fn connect_until(socket: &Path, deadline: Instant) -> Result<Qmp, QmpError> {
+        loop {
+            match Qmp::connect(socket) {
+                Ok(q) => return Ok(q),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn socket_name(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    fn reconnect(&mut self) -> Result<(), QmpError> {
+        self.conn = None;
+        let socket = self.socket.clone();
+        let unreachable = |message: String| QmpError::Unreachable {
+            socket: socket.display().to_string(),
+            message,
+        };
+        let conn = self.rt.block_on(async {
+            let negotiation = tokio::time::timeout(GREETING_TIMEOUT, QmpStreamTokio::open_uds(&socket))
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "no greeting within {GREETING_TIMEOUT:?} (another client may hold the monitor)"
+                    ))
+                })?
+                .map_err(|e| unreachable(e.to_string()))?;
+            let (service, mut events) = negotiation.stream.into_parts();
+            // Negotiation is a command like any other: its reply arrives
+            // only while the read half is polled.
+            let caps = service.execute(qapi::qmp::qmp_capabilities { enable: None });
+            tokio::pin!(caps);
+            let deadline = tokio::time::sleep(GREETING_TIMEOUT);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    r = &mut caps => {
+                        r.map_err(|e| unreachable(format!("capability negotiation failed: {e}")))?;
+                        break;
+                    }
+                    ev = events.next() => {
+                        if !matches!(ev, Some(Ok(_))) {
+                            return Err(unreachable("the connection closed during negotiation".into()));
+                        }
+                    }
+                    _ = &mut deadline => return Err(unreachable("capability negotiation timed out".into())),
+                }
+            }
+            Ok(Connection { service, events })
+        })?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Executes `cmd` with `args` and returns QEMU's reply. A broken
+    /// connection is reopened first; after a failure in flight, the next
+    /// call reconnects.
+    pub fn execute(&mut self, cmd: Cmd, args: Value) -> Result<Value, QmpError> {
+        if self.conn.is_none() {
+            self.reconnect()?;
+        }
+        let socket = self.socket_name();
+        let conn_err = |message: String| QmpError::Connection {
+            socket: socket.clone(),
+            command: cmd.name().to_string(),
+            message,
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(conn_err("not connected".into()));
+        };
+        let events = &mut self.events;
+        let result = self.rt.block_on(async {
+            let reply = send(&conn.service, cmd, args);
+            tokio::pin!(reply);
+            let deadline = tokio::time::sleep(COMMAND_TIMEOUT);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    r = &mut reply => return Ok(r),
+                    ev = conn.events.next() => match ev {
+                        Some(Ok(e)) => {
+                            if events.len() >= EVENT_BACKLOG {
+                                events.pop_front();
+                            }
+                            events.push_back(e);
+                        }
+                        // An event the schema does not know ends the
+                        // stream: the connection is reopened next time.
+                        Some(Err(e)) => return Err(conn_err(e.to_string())),
+                        None => return Err(conn_err("QEMU closed the connection".into())),
+                    },
+                    _ = &mut deadline => return Err(conn_err(format!("no reply within {COMMAND_TIMEOUT:?}"))),
+                }
+            }
+        });
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(qapi::ExecuteError::Qapi(e))) => Err(QmpError::Refused {
+                socket,
+                command: cmd.name().to_string(),
+                class: format!("{:?}", e.class),
+                desc: e.desc,
+            }),
+            Ok(Err(qapi::ExecuteError::Io(e))) => {
+                self.conn = None;
+                Err(conn_err(e.to_string()))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Events received so far (oldest first), removed from the backlog.
+    pub fn take_events(&mut self) -> Vec<qapi::qmp::Event> {
+        self.events.drain(..).collect()
+    }
+
+    /// `query-status`: whether the guest's vCPUs run.
+    pub fn running(&mut self) -> Result<bool, QmpError> {
+        let v = self.execute(Cmd::QueryStatus, json!({}))?;
+        Ok(v.get("running").and_then(Value::as_bool).unwrap_or(false))
+    }
+
+    /// The block jobs QEMU knows (`query-jobs`).
+    pub fn jobs(&mut self) -> Result<Vec<JobInfo>, QmpError> {
+        let v = self.execute(Cmd::QueryJobs, json!({}))?;
+        Ok(serde_json::from_value(v).unwrap_or_default())
+    }
+
+    /// The job called `id`, if QEMU has it.
+    pub fn job(&mut self, id: &str) -> Result<Option<JobInfo>, QmpError> {
+        Ok(self.jobs()?.into_iter().find(|j| j.id == id))
+    }
+
+    /// Writes `pattern` at `offset` for `len` bytes through the guest-visible
+    /// device `qdev_id` (qemu-io in QEMU's monitor), then flushes. For tests
+    /// and the chaos suite.
+    pub fn guest_write(&mut self, qdev_id: &str, pattern: u8, offset: u64, len: u64) -> Result<(), QmpError> {
+        let line = format!(
+            "qemu-io -d /machine/peripheral/{qdev_id}/virtio-backend \"write -P 0x{pattern:02x} {offset} {len}\""
+        );
+        let out = self.execute(Cmd::HumanMonitorCommand, json!({ "command-line": line }))?;
+        let text = out.as_str().unwrap_or_default();
+        if text.contains("error") || text.contains("failed") {
+            return Err(QmpError::Refused {
+                socket: self.socket_name(),
+                command: "human-monitor-command qemu-io write".into(),
+                class: "GenericError".into(),
+                desc: text.trim().to_string(),
+            });
+        }
+        let line = format!("qemu-io -d /machine/peripheral/{qdev_id}/virtio-backend \"flush\"");
+        self.execute(Cmd::HumanMonitorCommand, json!({ "command-line": line }))?;
+        Ok(())
+    }
+}
+
+/// One entry of `query-jobs`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    #[serde(rename = "current-progress", default)]
+    pub current: u64,
+    #[serde(rename = "total-progress", default)]
+    pub total: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+}

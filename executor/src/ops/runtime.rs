@@ -1,0 +1,227 @@
+//! Running a domain: `domain start`, `stop`, `attach`, `detach`, and the
+//! bookkeeping when a QEMU is found gone.
+
+use std::path::{Path, PathBuf};
+
+use journal::{Intent, Plan, Runtime, StateChange, Step, TxnId};
+use serde_json::json;
+
+use super::check_world_chains;
+use crate::engine::Executor;
+use crate::error::{ExecError, Result};
+use crate::live::graph::BlockGraph;
+use crate::live::qmp::{Cmd, Qmp};
+
+/// Where a managed QEMU keeps its socket and pidfile.
+pub fn run_paths(state_dir: &Path, domain: &str) -> (PathBuf, PathBuf) {
+    let run = state_dir.join("run");
+    (run.join(format!("{domain}.qmp")), run.join(format!("{domain}.pid")))
+}
+
+impl Executor {
+    fn defined(&self, domain: &str) -> Result<journal::DomainState> {
+        self.journal()
+            .domain(domain)?
+            .ok_or_else(|| ExecError::Invalid(format!("domain {domain} is not defined")))
+    }
+
+    /// Starts QEMU for a stopped domain (vCPUs running unless `paused`).
+    pub fn domain_start(&self, domain: &str, paused: bool) -> Result<Runtime> {
+        let dom = self.defined(domain)?;
+        if let Some(rt) = &dom.core.runtime {
+            return Err(ExecError::Invalid(format!(
+                "domain {domain} is already running (QMP socket {})",
+                rt.qmp_socket
+            )));
+        }
+        check_world_chains(self.images(), &dom)?;
+        let (socket, pidfile) = run_paths(self.journal().dir(), domain);
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ExecError::Metadata {
+                path: dir.display().to_string(),
+                message: format!("cannot create the run directory: {e}"),
+            })?;
+        }
+        if socket.as_os_str().len() >= 108 {
+            return Err(ExecError::Invalid(format!(
+                "the QMP socket path {} is too long for a unix socket; use a shorter state directory",
+                socket.display()
+            )));
+        }
+        let socket_s = socket.display().to_string();
+        let pidfile_s = pidfile.display().to_string();
+        // The pid is only known once QEMU runs: the runtime names the
+        // pidfile QEMU writes it to.
+        let plan = Plan {
+            steps: vec![Step::LaunchQemu {
+                domain: domain.to_string(),
+                qmp_socket: socket_s.clone(),
+                pidfile: pidfile_s.clone(),
+                paused,
+            }],
+            commit_index: 1,
+            changes: vec![StateChange::RuntimeSet {
+                domain: domain.to_string(),
+                runtime: Some(Runtime {
+                    qmp_socket: socket_s,
+                    pid: None,
+                    pidfile: Some(pidfile_s),
+                    managed: true,
+                }),
+            }],
+        };
+        let intent = Intent::DomainStart {
+            domain: domain.to_string(),
+            paused,
+        };
+        self.run(intent, plan, Some(&dom))?;
+        let rt = self
+            .defined(domain)?
+            .core
+            .runtime
+            .ok_or_else(|| ExecError::Live(format!("domain {domain}: started but no runtime recorded")))?;
+        if !paused {
+            self.live()
+                .with_qemu(&rt, |q| q.execute(Cmd::Cont, json!({})).map(|_| ()))
+                .map_err(|e| ExecError::Live(e.to_string()))?;
+        }
+        Ok(rt)
+    }
+
+    /// Stops the domain's QEMU (`quit`: QEMU flushes and closes its images).
+    pub fn domain_stop(&self, domain: &str) -> Result<TxnId> {
+        let dom = self.defined(domain)?;
+        let Some(rt) = dom.core.runtime.clone() else {
+            return Err(ExecError::Invalid(format!("domain {domain} is not running")));
+        };
+        self.stop_transaction(domain, &dom, rt, false)
+    }
+
+    fn stop_transaction(
+        &self,
+        domain: &str,
+        dom: &journal::DomainState,
+        rt: Runtime,
+        crashed: bool,
+    ) -> Result<TxnId> {
+        let plan = Plan {
+            steps: vec![Step::StopQemu {
+                domain: domain.to_string(),
+                qmp_socket: rt.qmp_socket.clone(),
+                pid: rt.process(),
+            }],
+            commit_index: 0,
+            changes: vec![StateChange::RuntimeSet {
+                domain: domain.to_string(),
+                runtime: None,
+            }],
+        };
+        let txn = self.run(
+            Intent::DomainStop {
+                domain: domain.to_string(),
+                crashed,
+            },
+            plan,
+            Some(dom),
+        )?;
+        if rt.managed {
+            let _ = std::fs::remove_file(&rt.qmp_socket);
+            let (_, pidfile) = run_paths(self.journal().dir(), domain);
+            let _ = std::fs::remove_file(pidfile);
+        }
+        Ok(txn)
+    }
+
+    /// Records a QEMU started by someone else as the domain's runtime,
+    /// after checking that every disk's chain in QEMU is the journal's.
+    pub fn domain_attach(&self, domain: &str, qmp_socket: &str, pid: Option<u32>) -> Result<TxnId> {
+        let dom = self.defined(domain)?;
+        if dom.core.runtime.is_some() {
+            return Err(ExecError::Invalid(format!("domain {domain} is already running")));
+        }
+        let mut q = Qmp::connect(Path::new(qmp_socket)).map_err(|e| ExecError::Invalid(e.to_string()))?;
+        let graph = BlockGraph::read(&mut q).map_err(|e| ExecError::Invalid(e.to_string()))?;
+        drop(q);
+        for disk in dom.core.disks.values() {
+            let active = disk.active().map(|a| a.path.as_str()).unwrap_or_default();
+            let dev = graph.device(&disk.target, active).ok_or_else(|| {
+                ExecError::Invalid(format!(
+                    "domain {domain}, disk {}: QEMU at {qmp_socket} has no device on {active}",
+                    disk.target
+                ))
+            })?;
+            let real: Vec<&str> = dev.chain.iter().map(|l| l.path.as_str()).collect();
+            let ours: Vec<&str> = disk.chain.iter().map(|c| c.path.as_str()).collect();
+            if real != ours {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain}, disk {}: QEMU's chain ({}) differs from the journal's ({})",
+                    disk.target,
+                    real.join(" -> "),
+                    ours.join(" -> ")
+                )));
+            }
+        }
+        let plan = Plan {
+            steps: vec![],
+            commit_index: 0,
+            changes: vec![StateChange::RuntimeSet {
+                domain: domain.to_string(),
+                runtime: Some(Runtime {
+                    qmp_socket: qmp_socket.to_string(),
+                    pid,
+                    pidfile: None,
+                    managed: false,
+                }),
+            }],
+        };
+        self.run(
+            Intent::DomainAttach {
+                domain: domain.to_string(),
+                qmp_socket: qmp_socket.to_string(),
+            },
+            plan,
+            Some(&dom),
+        )
+    }
+
+    /// Forgets the domain's runtime without touching QEMU.
+    pub fn domain_detach(&self, domain: &str) -> Result<TxnId> {
+        let dom = self.defined(domain)?;
+        if dom.core.runtime.is_none() {
+            return Err(ExecError::Invalid(format!("domain {domain} is not running")));
+        }
+        let plan = Plan {
+            steps: vec![],
+            commit_index: 0,
+            changes: vec![StateChange::RuntimeSet {
+                domain: domain.to_string(),
+                runtime: None,
+            }],
+        };
+        self.run(
+            Intent::Other {
+                domain: domain.to_string(),
+                what: "detach from QEMU".into(),
+            },
+            plan,
+            Some(&dom),
+        )
+    }
+
+    /// For every domain the state says runs: if its QEMU is gone, records
+    /// it stopped. Returns the domains found gone.
+    pub fn reap_gone_domains(&self) -> Result<Vec<String>> {
+        let state = self.journal().state()?;
+        let mut gone = Vec::new();
+        for (name, dom) in &state.domains {
+            let Some(rt) = dom.core.runtime.clone() else { continue };
+            match self.live().reachable(&rt) {
+                Ok(true) | Err(_) => continue,
+                Ok(false) => {}
+            }
+            self.stop_transaction(name, dom, rt, true)?;
+            gone.push(name.clone());
+        }
+        Ok(gone)
+    }
+}

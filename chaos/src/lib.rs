@@ -4,6 +4,8 @@
 pub mod faults;
 pub mod fixture;
 pub mod invariants;
+pub mod live;
+pub mod livechaos;
 pub mod random;
 pub mod report;
 pub mod runner;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use chaos::faults;
+use chaos::livechaos::{self, LiveOp};
 use chaos::report::Report;
 use chaos::runner::{recovery_trace, reference, run_case_on, Case, Prepared, Reference};
 use chaos::scenario::Op;
@@ -25,6 +26,9 @@ enum Mode {
     One,
     /// Seeded random schedules: --seed, --schedules, --steps.
     Random,
+    /// Only the live operations on a real QEMU (every crash point, QEMU
+    /// surviving or killed, double faults at the live commit points).
+    Live,
 }
 
 #[derive(Parser)]
@@ -45,6 +49,13 @@ struct Args {
     crash_at: Option<u64>,
     #[arg(long)]
     recovery_crash_at: Option<u64>,
+    /// Only these live operations (live-create, live-delete-active-commit,
+    /// live-delete-stream, live-revert).
+    #[arg(long = "live-op")]
+    live_ops: Vec<String>,
+    /// Leave out the live operations (bounded and full modes).
+    #[arg(long)]
+    no_live: bool,
     /// Parallel cases.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -154,6 +165,7 @@ fn main() -> Result<()> {
             Mode::Full => "full",
             Mode::One => "one",
             Mode::Random => "random",
+            Mode::Live => "live",
         }
         .into(),
         ..Default::default()
@@ -189,7 +201,8 @@ fn main() -> Result<()> {
     }
 
     let mut jobs = Vec::new();
-    for op in &ops {
+    let offline_ops: &[Op] = if args.mode == Mode::Live { &[] } else { &ops };
+    for op in offline_ops {
         for d in &disks {
             let r = Arc::new(reference(*op, *d)?);
             eprintln!("{} on {d} disk(s): {} crash points", op.name(), r.trace.len());
@@ -240,7 +253,21 @@ fn main() -> Result<()> {
     eprintln!("running {} crash cases with {} jobs", jobs.len(), args.jobs);
     report.cases = run_jobs(jobs, args.jobs);
 
-    if args.mode != Mode::One {
+    if matches!(args.mode, Mode::Live | Mode::Bounded | Mode::Full) && !args.no_live {
+        let live_ops: Vec<LiveOp> = if args.live_ops.is_empty() {
+            LiveOp::ALL.to_vec()
+        } else {
+            args.live_ops
+                .iter()
+                .map(|o| LiveOp::parse(o).ok_or_else(|| anyhow::anyhow!("unknown live operation {o}")))
+                .collect::<Result<_>>()?
+        };
+        let jobs = livechaos::jobs(&live_ops, true)?;
+        eprintln!("running {} live crash cases with {} jobs", jobs.len(), args.jobs);
+        report.cases.extend(livechaos::run_jobs(jobs, args.jobs));
+    }
+
+    if !matches!(args.mode, Mode::One | Mode::Live) {
         eprintln!("running fault cases");
         report.faults.push(faults::storage_fault("readonly")?);
         report.faults.push(faults::storage_fault("full")?);

@@ -8,8 +8,8 @@ use journal::{DomainState, Intent, Journal, OpenTxn, Plan, TxnId, TxnPhase};
 
 use crate::error::{ExecError, Result};
 use crate::images::QemuImg;
-use crate::metadata::MetadataStore;
 use crate::live::{Live, ProgressFn};
+use crate::metadata::MetadataStore;
 use crate::steps::{StepCtx, World};
 
 /// Runs transactions against one state directory.

@@ -90,7 +90,9 @@ impl World<'_> {
                 .unwrap_or(true),
             Step::LiveSnapshot { .. } => self.switch_seen(step)?.unwrap_or(true),
             Step::BlockJob { domain, disk, merge } => {
-                match self.on_qemu(domain, |q| Ok(jobs::merge_done(&BlockGraph::read(q)?, disk, merge)))? {
+                match self.on_qemu(domain, |q| {
+                    Ok(jobs::merge_done(&BlockGraph::read(q)?, disk, merge))
+                })? {
                     Some(done) => done,
                     None => self.offline_merge_done(merge)?,
                 }
@@ -182,7 +184,9 @@ impl World<'_> {
     /// after success (or after a crash in the middle of it) is harmless.
     pub fn apply(&self, ctx: StepCtx, step: &Step) -> Result<()> {
         match step {
-            Step::BlockdevAdd { domain, node, path, .. } => {
+            Step::BlockdevAdd {
+                domain, node, path, ..
+            } => {
                 self.on_qemu(domain, |q| {
                     if BlockGraph::read(q)?.has_node(node) {
                         return Ok(());
@@ -214,7 +218,9 @@ impl World<'_> {
                     })
                     .collect();
                 crash_point("live.switch.before");
-                self.on_qemu(domain, |q| q.execute(Cmd::Transaction, json!({ "actions": actions })))?;
+                self.on_qemu(domain, |q| {
+                    q.execute(Cmd::Transaction, json!({ "actions": actions }))
+                })?;
                 crash_point("live.switch.after");
                 Ok(())
             }
@@ -223,15 +229,13 @@ impl World<'_> {
                     return self.offline_merge(merge);
                 };
                 let id = jobs::job_id(ctx.txn, ctx.index);
-                let ran = self.live.with_qemu(&rt, |q| {
-                    Ok(jobs::run(self.live, q, domain, disk, &id, merge))
-                });
+                let ran = self
+                    .live
+                    .with_qemu(&rt, |q| Ok(jobs::run(self.live, q, domain, disk, &id, merge)));
                 match ran.map_err(qmp_err)? {
                     None => self.offline_merge(merge),
                     Some(Ok(())) => Ok(()),
-                    Some(Err(e)) => Err(ExecError::Live(format!(
-                        "domain {domain}, disk {disk}: {e}"
-                    ))),
+                    Some(Err(e)) => Err(ExecError::Live(format!("domain {domain}, disk {disk}: {e}"))),
                 }
             }
             Step::BlockdevDel { domain, node } => {
@@ -239,7 +243,8 @@ impl World<'_> {
                     if !BlockGraph::read(q)?.has_node(node) {
                         return Ok(());
                     }
-                    q.execute(Cmd::BlockdevDel, json!({ "node-name": node })).map(|_| ())
+                    q.execute(Cmd::BlockdevDel, json!({ "node-name": node }))
+                        .map(|_| ())
                 })?;
                 Ok(())
             }
@@ -305,11 +310,13 @@ impl World<'_> {
                 };
                 // `quit` flushes and closes the images; a QEMU whose
                 // monitor does not answer gets SIGTERM (which also flushes).
-                let quit = self.live.with_qemu(&rt, |q| match q.execute(Cmd::Quit, json!({})) {
-                    Ok(_) => Ok(()),
-                    Err(QmpError::Connection { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                });
+                let quit = self
+                    .live
+                    .with_qemu(&rt, |q| match q.execute(Cmd::Quit, json!({})) {
+                        Ok(_) => Ok(()),
+                        Err(QmpError::Connection { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    });
                 self.live.forget(qmp_socket);
                 if let Some(p) = pid {
                     if quit.is_err() && qemu::is_qemu_on(*p, Path::new(qmp_socket)) {

@@ -55,12 +55,21 @@ pub enum Intent {
         what: String,
     },
     /// Start QEMU for a defined domain.
-    DomainStart { domain: String, paused: bool },
+    DomainStart {
+        domain: String,
+        paused: bool,
+    },
     /// Stop the domain's QEMU (`crashed`: it was found gone and the state
     /// catches up).
-    DomainStop { domain: String, crashed: bool },
+    DomainStop {
+        domain: String,
+        crashed: bool,
+    },
     /// Record a QEMU someone else started as the domain's runtime.
-    DomainAttach { domain: String, qmp_socket: String },
+    DomainAttach {
+        domain: String,
+        qmp_socket: String,
+    },
 }
 
 impl Intent {
@@ -104,8 +113,14 @@ impl Intent {
             Intent::DomainStart { domain, paused } => {
                 format!("start domain {domain}{}", if *paused { " paused" } else { "" })
             }
-            Intent::DomainStop { domain, crashed: false } => format!("stop domain {domain}"),
-            Intent::DomainStop { domain, crashed: true } => {
+            Intent::DomainStop {
+                domain,
+                crashed: false,
+            } => format!("stop domain {domain}"),
+            Intent::DomainStop {
+                domain,
+                crashed: true,
+            } => {
                 format!("record that the QEMU of domain {domain} is gone")
             }
             Intent::DomainAttach { domain, qmp_socket } => {

@@ -46,10 +46,7 @@ pub enum Step {
     /// actions moves every disk onto its overlay at once. It is the last
     /// step before the commit point and has no undo: once QEMU switched, the
     /// guest may have written to the overlays.
-    LiveSnapshot {
-        domain: String,
-        disks: Vec<LiveSwitch>,
-    },
+    LiveSnapshot { domain: String, disks: Vec<LiveSwitch> },
     /// A QMP block job that merges images of a running domain (post-commit):
     /// `block-commit` of `top` into `base`, or `block-stream` of `base`'s
     /// data into `top`. When QEMU is gone, the same merge runs through
@@ -140,16 +137,27 @@ impl Step {
             ),
             Step::RemoveImage { path } => format!("remove unreferenced image {path}"),
             Step::SyncXml { domain } => format!("render the XML files of domain {domain}"),
-            Step::BlockdevAdd { domain, disk, node, path } => {
+            Step::BlockdevAdd {
+                domain,
+                disk,
+                node,
+                path,
+            } => {
                 format!("open {path} as node {node} in the QEMU of domain {domain} for disk {disk}")
             }
             Step::LiveSnapshot { domain, disks } => format!(
                 "switch disk{} {} of running domain {domain} onto their overlays (one QMP transaction)",
                 if disks.len() == 1 { "" } else { "s" },
-                disks.iter().map(|d| d.disk.as_str()).collect::<Vec<_>>().join(", ")
+                disks
+                    .iter()
+                    .map(|d| d.disk.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Step::BlockJob { domain, disk, merge } => match merge {
-                LiveMerge::Commit { top, base, active, .. } => format!(
+                LiveMerge::Commit {
+                    top, base, active, ..
+                } => format!(
                     "{}block-commit {} into {} for disk {disk} of running domain {domain}",
                     if *active { "active " } else { "" },
                     top.path,
@@ -158,14 +166,20 @@ impl Step {
                 LiveMerge::Stream { top, below, .. } => format!(
                     "block-stream into {} down to {} for disk {disk} of running domain {domain}",
                     top.path,
-                    below.as_ref().map(|b| b.path.as_str()).unwrap_or("nothing (standalone)")
+                    below
+                        .as_ref()
+                        .map(|b| b.path.as_str())
+                        .unwrap_or("nothing (standalone)")
                 ),
             },
             Step::BlockdevDel { domain, node } => {
                 format!("remove node {node} from the QEMU of domain {domain}")
             }
             Step::LaunchQemu { domain, paused, .. } => {
-                format!("start QEMU for domain {domain}{}", if *paused { " (paused)" } else { "" })
+                format!(
+                    "start QEMU for domain {domain}{}",
+                    if *paused { " (paused)" } else { "" }
+                )
             }
             Step::StopQemu { domain, .. } => format!("stop the QEMU of domain {domain}"),
             Step::ResumeGuest { domain } => format!("resume the vCPUs of domain {domain}"),

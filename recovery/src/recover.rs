@@ -257,7 +257,8 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
         report.gone = if dry_run {
             gone_domains(exec)?
         } else {
-            exec.reap_gone_domains().map_err(|e| RecoveryError::Reap(e.to_string()))?
+            exec.reap_gone_domains()
+                .map_err(|e| RecoveryError::Reap(e.to_string()))?
         };
     }
     Ok(report)

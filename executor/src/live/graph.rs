@@ -85,8 +85,13 @@ impl BlockGraph {
         let mut devices = Vec::new();
         for b in block_v.as_array().map(Vec::as_slice).unwrap_or_default() {
             let qdev = b.get("qdev").and_then(Value::as_str).unwrap_or_default();
-            let Some(inserted) = b.get("inserted") else { continue };
-            let root = inserted.get("node-name").and_then(Value::as_str).unwrap_or_default();
+            let Some(inserted) = b.get("inserted") else {
+                continue;
+            };
+            let root = inserted
+                .get("node-name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let mut chain = Vec::new();
             let mut image = inserted.get("image");
             while let Some(img) = image {

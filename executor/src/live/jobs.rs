@@ -110,6 +110,7 @@ pub fn run(
                 });
             }
             start(q, id, merge)?;
+            journal::crashpoint::crash_point("live.job.started");
             started = true;
             continue;
         };
@@ -127,11 +128,14 @@ pub fn run(
                 // No guest write may land in the base after the pivot
                 // without the journal knowing the pivot happened: the vCPUs
                 // stay stopped until the step is recorded.
+                journal::crashpoint::crash_point("live.job.ready");
                 q.execute(Cmd::Stop, json!({}))?;
                 q.execute(Cmd::JobComplete, json!({ "id": id }))?;
+                journal::crashpoint::crash_point("live.job.completing");
                 completing = true;
             }
             "concluded" => {
+                journal::crashpoint::crash_point("live.job.concluded");
                 q.execute(Cmd::JobDismiss, json!({ "id": id }))?;
                 if let Some(message) = job.error {
                     return Err(JobError::Failed {

@@ -67,7 +67,10 @@ pub fn command_line(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Res
     .map(|s| s.to_string())
     .collect();
     args.push("-name".into());
-    args.push(format!("guest={},debug-threads=off", core.name.replace(',', ",,")));
+    args.push(format!(
+        "guest={},debug-threads=off",
+        core.name.replace(',', ",,")
+    ));
     args.push("-pidfile".into());
     args.push(pidfile.display().to_string());
     args.push("-qmp".into());
@@ -83,7 +86,10 @@ pub fn command_line(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Res
             ));
         }
         let Some(active) = disk.active() else {
-            return Err(format!("disk {} of domain {} has no image", disk.target, core.name));
+            return Err(format!(
+                "disk {} of domain {} has no image",
+                disk.target, core.name
+            ));
         };
         for (i, image) in disk.chain.iter().enumerate().rev() {
             args.push("-blockdev".into());
@@ -210,7 +216,10 @@ mod tests {
         assert_eq!(blockdevs.len(), 2);
         assert!(blockdevs[0].contains("\"driver\":\"raw\"") && !blockdevs[0].contains("backing"));
         assert!(blockdevs[1].contains(&format!("\"backing\":\"{}\"", format_node("/i/vda.raw"))));
-        assert!(args.contains(&format!("virtio-blk-pci,id=vda,drive={}", format_node("/i/vda.s1"))));
+        assert!(args.contains(&format!(
+            "virtio-blk-pci,id=vda,drive={}",
+            format_node("/i/vda.s1")
+        )));
     }
 
     #[test]

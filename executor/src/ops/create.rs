@@ -179,7 +179,12 @@ impl Executor {
                 name: req.name.clone(),
                 description: req.description.clone(),
                 creation_time: now_secs(),
-                state: if running.is_some() { "disk-snapshot" } else { "shutoff" }.into(),
+                state: if running.is_some() {
+                    "disk-snapshot"
+                } else {
+                    "shutoff"
+                }
+                .into(),
                 parent: dom.core.current_snapshot.clone(),
                 disks: snap_disks,
                 domain_xml: dom.core.xml.clone(),

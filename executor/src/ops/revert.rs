@@ -49,7 +49,10 @@ impl Executor {
     /// them leaves the domain stopped, reverted or not, never half-reverted.
     pub fn snapshot_revert(&self, req: &RevertRequest) -> Result<RevertReport> {
         let Some(dom) = self.journal().domain(&req.domain)? else {
-            return Err(ExecError::Invalid(format!("domain {} is not defined", req.domain)));
+            return Err(ExecError::Invalid(format!(
+                "domain {} is not defined",
+                req.domain
+            )));
         };
         let Some(rt) = dom.core.runtime.clone() else {
             return self.snapshot_revert_stopped(req);

@@ -15,7 +15,10 @@ use crate::live::qmp::{Cmd, Qmp};
 /// Where a managed QEMU keeps its socket and pidfile.
 pub fn run_paths(state_dir: &Path, domain: &str) -> (PathBuf, PathBuf) {
     let run = state_dir.join("run");
-    (run.join(format!("{domain}.qmp")), run.join(format!("{domain}.pid")))
+    (
+        run.join(format!("{domain}.qmp")),
+        run.join(format!("{domain}.pid")),
+    )
 }
 
 impl Executor {
@@ -75,11 +78,10 @@ impl Executor {
             paused,
         };
         self.run(intent, plan, Some(&dom))?;
-        let rt = self
-            .defined(domain)?
-            .core
-            .runtime
-            .ok_or_else(|| ExecError::Live(format!("domain {domain}: started but no runtime recorded")))?;
+        let rt =
+            self.defined(domain)?.core.runtime.ok_or_else(|| {
+                ExecError::Live(format!("domain {domain}: started but no runtime recorded"))
+            })?;
         if !paused {
             self.live()
                 .with_qemu(&rt, |q| q.execute(Cmd::Cont, json!({})).map(|_| ()))
@@ -214,7 +216,9 @@ impl Executor {
         let state = self.journal().state()?;
         let mut gone = Vec::new();
         for (name, dom) in &state.domains {
-            let Some(rt) = dom.core.runtime.clone() else { continue };
+            let Some(rt) = dom.core.runtime.clone() else {
+                continue;
+            };
             match self.live().reachable(&rt) {
                 Ok(true) | Err(_) => continue,
                 Ok(false) => {}

@@ -1,0 +1,101 @@
+//! A fixture's running QEMU: start it through the CLI, write guest-visible
+//! patterns through QEMU's own device (qemu-io in the monitor), read its
+//! block graph, kill it. Every QEMU a fixture started is killed when the
+//! fixture is dropped.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use executor::live::graph::BlockGraph;
+use executor::live::qemu;
+use executor::live::qmp::Qmp;
+
+use crate::fixture::{Fixture, REGION};
+
+impl Fixture {
+    /// The QMP socket of the domain's managed QEMU.
+    pub fn qmp_socket(&self) -> String {
+        self.state
+            .join("run")
+            .join(format!("{}.qmp", self.domain))
+            .display()
+            .to_string()
+    }
+
+    /// The pid of the domain's managed QEMU, if it runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        let pidfile = self.state.join("run").join(format!("{}.pid", self.domain));
+        qemu::read_pidfile(&pidfile)
+    }
+
+    /// Starts the domain (vCPUs stopped: no guest OS is needed).
+    pub fn start(&self) -> Result<()> {
+        self.ok(&["domain", "start", &self.domain, "--paused"])?;
+        Ok(())
+    }
+
+    /// A QMP connection to the domain's QEMU. QEMU's monitor serves one
+    /// client at a time: drop it before running `snapjournal`.
+    pub fn qmp(&self) -> Result<Qmp> {
+        Qmp::connect(Path::new(&self.qmp_socket())).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Writes `pattern` over `region` of every disk through the running
+    /// guest's devices, and flushes.
+    pub fn guest_write(&self, pattern: u8, region: u64) -> Result<()> {
+        let mut q = self.qmp()?;
+        for d in &self.disks {
+            q.guest_write(d, pattern, region * REGION, REGION)
+                .map_err(|e| anyhow!("{e}"))
+                .with_context(|| format!("guest write to {d}"))?;
+        }
+        Ok(())
+    }
+
+    /// QEMU's block graph.
+    pub fn graph(&self) -> Result<BlockGraph> {
+        let mut q = self.qmp()?;
+        BlockGraph::read(&mut q).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// QEMU's chain of each disk (paths, active first).
+    pub fn qemu_chains(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let g = self.graph()?;
+        Ok(g.devices
+            .iter()
+            .map(|d| (d.id.clone(), d.chain.iter().map(|l| l.path.clone()).collect()))
+            .collect())
+    }
+
+    /// Whether the guest's vCPUs run.
+    pub fn vcpus_running(&self) -> Result<bool> {
+        self.qmp()?.running().map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Kills the domain's QEMU the hard way (SIGKILL), as a host crash of
+    /// QEMU would.
+    pub fn kill_qemu(&self) {
+        if let Some(pid) = self.qemu_pid() {
+            qemu::signal(pid, libc::SIGKILL);
+            qemu::wait_exit(pid, std::time::Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(self.state.join("run"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pid") {
+                if let Some(pid) = qemu::read_pidfile(&p) {
+                    qemu::signal(pid, libc::SIGKILL);
+                    qemu::wait_exit(pid, std::time::Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Crash-point enumeration of live operations on a real QEMU.
+//!
+//! For each operation a traced run lists its crash points; then, for each
+//! point and for each fate of QEMU (it survives the agent, or it is killed
+//! too), a fresh fixture with a running QEMU is brought to the starting
+//! state, the operation dies at that point, the guest writes once more
+//! through QEMU (when QEMU is alive), recovery runs, and the invariants are
+//! checked: fsck clean, recovery again a no-op, the state the pre-op or the
+//! post-op state, QEMU's graph equal to the journal's with no job or node
+//! left behind, and, after QEMU is stopped, every pattern the guest wrote
+//! readable through the chains.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+
+use crate::fixture::{region_holds, Fixture};
+use crate::invariants::{summary, Summary};
+use crate::runner::{Case, Outcome};
+use crate::scenario::{A, B, C, D};
+
+/// A live operation of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LiveOp {
+    /// Snapshot both disks of a running domain (one QMP transaction).
+    Create,
+    /// Delete the newest snapshot: active block-commit.
+    DeleteActive,
+    /// Delete the oldest snapshot, over the user's base: block-stream into
+    /// an intermediate image.
+    DeleteStream,
+    /// Revert a running domain: stop, revert, start.
+    Revert,
+}
+
+impl LiveOp {
+    /// Every live operation.
+    pub const ALL: [LiveOp; 4] = [
+        LiveOp::Create,
+        LiveOp::DeleteActive,
+        LiveOp::DeleteStream,
+        LiveOp::Revert,
+    ];
+
+    /// The operation's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            LiveOp::Create => "live-create",
+            LiveOp::DeleteActive => "live-delete-active-commit",
+            LiveOp::DeleteStream => "live-delete-stream",
+            LiveOp::Revert => "live-revert",
+        }
+    }
+
+    /// Parses a name from [`LiveOp::name`].
+    pub fn parse(s: &str) -> Option<LiveOp> {
+        LiveOp::ALL.into_iter().find(|o| o.name() == s)
+    }
+
+    fn args(self) -> Vec<&'static str> {
+        match self {
+            LiveOp::Create => vec!["snapshot", "create", "vm", "s9"],
+            LiveOp::DeleteActive => vec!["snapshot", "delete", "vm", "s2"],
+            LiveOp::DeleteStream => vec!["snapshot", "delete", "vm", "s1"],
+            LiveOp::Revert => vec!["snapshot", "revert", "vm", "s1"],
+        }
+    }
+
+    /// Starts QEMU and writes/snapshots up to the starting state.
+    fn setup(self, f: &Fixture) -> Result<()> {
+        f.start()?;
+        f.guest_write(A, 0)?;
+        if self == LiveOp::Create {
+            return Ok(());
+        }
+        f.ok(&["snapshot", "create", "vm", "s1"])?;
+        f.guest_write(B, 1)?;
+        if self == LiveOp::Revert {
+            return Ok(());
+        }
+        f.ok(&["snapshot", "create", "vm", "s2"])?;
+        f.guest_write(C, 2)?;
+        Ok(())
+    }
+
+    /// What the present must read (region → pattern) after the operation
+    /// (`post`) or without it.
+    fn present(self, post: bool) -> Vec<(u64, u8)> {
+        match self {
+            LiveOp::Create => vec![(0, A)],
+            LiveOp::DeleteActive | LiveOp::DeleteStream => vec![(0, A), (1, B), (2, C)],
+            LiveOp::Revert if post => vec![(0, A)],
+            LiveOp::Revert => vec![(0, A), (1, B)],
+        }
+    }
+}
+
+/// What happens to QEMU when the agent dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QemuFate {
+    Survives,
+    Killed,
+}
+
+/// The region the guest writes after the crash.
+const AFTER_CRASH_REGION: u64 = 4;
+
+fn read_trace(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(_, n)| n.to_string()))
+        .collect()
+}
+
+/// The reference run: pre and post summaries and the crash points passed.
+pub struct LiveReference {
+    pub pre: Summary,
+    pub post: Summary,
+    pub trace: Vec<String>,
+}
+
+/// Runs `op` once without crashing, tracing its crash points.
+pub fn reference(op: LiveOp) -> Result<LiveReference> {
+    let f = Fixture::new(2)?;
+    op.setup(&f)?;
+    let pre = summary(&f)?;
+    let tf = f.root.path().join("trace-live");
+    let out = f
+        .command(&op.args())
+        .env("SNAPJOURNAL_CRASH_TRACE", &tf)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "reference run of {} failed: {}",
+            op.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(LiveReference {
+        pre,
+        post: summary(&f)?,
+        trace: read_trace(&tf),
+    })
+}
+
+/// One case: `op` dies at its `crash_at`-th crash point, QEMU meets
+/// `fate`, recovery (itself killed at `recovery_crash_at`, then run
+/// again), checks.
+pub fn run_case(
+    op: LiveOp,
+    reference: &LiveReference,
+    crash_at: u64,
+    fate: QemuFate,
+    recovery_crash_at: Option<u64>,
+) -> Result<Case> {
+    let started = Instant::now();
+    let f = Fixture::new(2)?;
+    op.setup(&f)?;
+    // The guest legitimately writes to a user image while it is a disk's
+    // active layer: I8 covers the user images below the active layers.
+    let active: Vec<String> = f.active()?.into_iter().map(|(_, p)| p).collect();
+    let user_sums: Vec<(String, u32)> = f
+        .user_file_sums()?
+        .into_iter()
+        .filter(|(p, _)| !active.contains(p))
+        .collect();
+    let mut case = Case {
+        op: format!(
+            "{}{}",
+            op.name(),
+            if fate == QemuFate::Killed {
+                "+qemu-killed"
+            } else {
+                ""
+            }
+        ),
+        disks: 2,
+        crash_at,
+        point: reference
+            .trace
+            .get(crash_at as usize - 1)
+            .cloned()
+            .unwrap_or_else(|| "?".into()),
+        recovery_crash_at,
+        recovery_point: None,
+        outcome: Outcome::NotReached,
+        millis: 0,
+    };
+    let st = f
+        .command(&op.args())
+        .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
+        .output()?
+        .status;
+    if st.signal() != Some(libc::SIGKILL) {
+        case.millis = started.elapsed().as_millis();
+        return Ok(case);
+    }
+    let mut want = Vec::new();
+    match fate {
+        QemuFate::Killed => f.kill_qemu(),
+        QemuFate::Survives => {
+            // The guest keeps writing while nobody recovers yet.
+            if f.qemu_pid().is_some() {
+                f.guest_write(D, AFTER_CRASH_REGION)?;
+                want.push((AFTER_CRASH_REGION, D));
+            }
+        }
+    }
+    if let Some(j) = recovery_crash_at {
+        let st = f
+            .command(&["recover"])
+            .env("SNAPJOURNAL_CRASH_AT", j.to_string())
+            .output()?
+            .status;
+        if st.signal() != Some(libc::SIGKILL) && !st.success() {
+            case.outcome = Outcome::Violation(vec![format!("crashed recovery exited with {st}")]);
+            return Ok(case);
+        }
+    }
+    let out = f.run(&["recover"])?;
+    if !out.status.success() {
+        case.outcome = Outcome::Violation(vec![format!(
+            "recover failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )]);
+        return Ok(case);
+    }
+    let (violations, post) = check(&f, op, reference, &user_sums, &want)?;
+    case.outcome = if !violations.is_empty() {
+        Outcome::Violation(violations)
+    } else if post {
+        Outcome::RolledForward
+    } else {
+        Outcome::RolledBack
+    };
+    case.millis = started.elapsed().as_millis();
+    Ok(case)
+}
+
+/// The invariants after recovery; returns the violations and whether the
+/// state is the post-op one.
+fn check(
+    f: &Fixture,
+    op: LiveOp,
+    reference: &LiveReference,
+    user_sums: &[(String, u32)],
+    after_crash: &[(u64, u8)],
+) -> Result<(Vec<String>, bool)> {
+    let mut v = Vec::new();
+    {
+        let exec = recovery::open_without_recovery(&f.state)?;
+        let report = recovery::fsck(&exec, None, false)?;
+        for x in &report.findings {
+            v.push(format!("{} {} {}: {}", x.invariant, x.kind, x.subject, x.message));
+        }
+        for x in &report.could_not_check {
+            v.push(format!("fsck could not check: {x}"));
+        }
+    }
+    let again: serde_json::Value = serde_json::from_str(&f.ok(&["--json", "recover"])?)?;
+    if again["transactions"].as_array().is_none_or(|a| !a.is_empty()) {
+        v.push(format!("I7 a second recovery found work: {again}"));
+    }
+    let now = summary(f)?;
+    let post = if now == reference.post {
+        true
+    } else if now == reference.pre {
+        false
+    } else {
+        v.push(format!(
+            "I6 the state is neither the pre-op nor the post-op state:\n  now  {now:?}\n  pre  {:?}\n  post {:?}",
+            reference.pre, reference.post
+        ));
+        return Ok((v, false));
+    };
+    let state = f.state()?;
+    let dom = state
+        .domains
+        .get(&f.domain)
+        .ok_or_else(|| anyhow!("domain {} is gone", f.domain))?;
+    // A domain recorded running: QEMU's graph is the journal's (I2), with
+    // no job and no node of ours left behind.
+    if dom.core.runtime.is_some() {
+        match f.graph() {
+            Err(e) => v.push(format!(
+                "I2 the domain is recorded running but QEMU does not answer: {e}"
+            )),
+            Ok(g) => {
+                for d in dom.core.disks.values() {
+                    let ours: Vec<&str> = d.chain.iter().map(|c| c.path.as_str()).collect();
+                    let real: Option<Vec<&str>> = g
+                        .devices
+                        .iter()
+                        .find(|x| x.id == d.target)
+                        .map(|x| x.chain.iter().map(|l| l.path.as_str()).collect());
+                    if real.as_deref() != Some(&ours[..]) {
+                        v.push(format!(
+                            "I2 disk {}: QEMU has {real:?}, the journal {ours:?}",
+                            d.target
+                        ));
+                    }
+                }
+                let in_chains: std::collections::BTreeSet<&str> = dom
+                    .core
+                    .disks
+                    .values()
+                    .flat_map(|d| d.chain.iter().map(|c| c.path.as_str()))
+                    .collect();
+                for (node, (_, file)) in &g.nodes {
+                    if !in_chains.contains(file.as_str()) {
+                        v.push(format!("I3 QEMU still has node {node} on {file}, in no chain"));
+                    }
+                }
+            }
+        }
+        match f.qmp().and_then(|mut q| q.jobs().map_err(|e| anyhow!("{e}"))) {
+            Ok(jobs) if !jobs.is_empty() => v.push(format!("I7 block jobs left in QEMU: {jobs:?}")),
+            Ok(_) => {}
+            Err(e) => v.push(format!("cannot list QEMU's jobs: {e}")),
+        }
+        if let Err(e) = f.ok(&["domain", "stop", "vm"]) {
+            v.push(format!("stopping the domain failed: {e}"));
+            return Ok((v, post));
+        }
+    }
+    // I3: no stray file; I8: user images untouched.
+    let state = f.state()?;
+    let dom = state
+        .domains
+        .get(&f.domain)
+        .ok_or_else(|| anyhow!("domain gone"))?;
+    let referenced = dom.referenced_images();
+    for e in std::fs::read_dir(&f.img)? {
+        let p = e?.path().to_string_lossy().into_owned();
+        if !referenced.contains(&p) && !p.ends_with(".qcow2") {
+            v.push(format!("I3 orphan file {p} in the image directory"));
+        }
+    }
+    let active_now: Vec<&str> = dom
+        .core
+        .disks
+        .values()
+        .map(|d| d.chain[0].path.as_str())
+        .collect();
+    for (p, sum) in user_sums {
+        if active_now.contains(&p.as_str()) {
+            continue;
+        }
+        match std::fs::read(p) {
+            Ok(b) if crc32c::crc32c(&b) == *sum => {}
+            Ok(_) => v.push(format!("I8 user image {p} was modified")),
+            Err(_) => v.push(format!("I8 user image {p} was deleted")),
+        }
+    }
+    // I5: everything the guest wrote reads back through the chains.
+    let mut want = op.present(post);
+    want.extend_from_slice(after_crash);
+    for d in dom.core.disks.values() {
+        for r in 0..5u64 {
+            let p = want.iter().find(|(x, _)| *x == r).map(|(_, p)| *p).unwrap_or(0);
+            if !region_holds(&d.chain[0].path, p, r)? {
+                v.push(format!(
+                    "I5 disk {}: region {r} of {} does not hold {p:#04x}",
+                    d.target, d.chain[0].path
+                ));
+            }
+        }
+    }
+    Ok((v, post))
+}
+
+/// One case to run.
+pub struct LiveJob {
+    pub op: LiveOp,
+    pub reference: std::sync::Arc<LiveReference>,
+    pub crash_at: u64,
+    pub fate: QemuFate,
+    pub recovery_crash_at: Option<u64>,
+}
+
+/// Every crash point of `ops`, for both fates of QEMU; with `double`,
+/// recovery is also killed at each of its first crash points for the cases
+/// at the live commit points (the switch, the commit job in ready).
+pub fn jobs(ops: &[LiveOp], double: bool) -> Result<Vec<LiveJob>> {
+    let mut out = Vec::new();
+    for &op in ops {
+        let reference = std::sync::Arc::new(reference(op)?);
+        eprintln!("{} on 2 disks: {} crash points", op.name(), reference.trace.len());
+        for crash_at in 1..=reference.trace.len() as u64 {
+            for fate in [QemuFate::Survives, QemuFate::Killed] {
+                out.push(LiveJob {
+                    op,
+                    reference: reference.clone(),
+                    crash_at,
+                    fate,
+                    recovery_crash_at: None,
+                });
+            }
+            let point = &reference.trace[crash_at as usize - 1];
+            if double && (point == "live.switch.after" || point == "live.job.ready") {
+                for j in 1..=12u64 {
+                    out.push(LiveJob {
+                        op,
+                        reference: reference.clone(),
+                        crash_at,
+                        fate: QemuFate::Survives,
+                        recovery_crash_at: Some(j),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `jobs` on `parallel` threads; cases come back in order.
+pub fn run_jobs(jobs: Vec<LiveJob>, parallel: usize) -> Vec<Case> {
+    let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                let Some((i, j)) = next else { break };
+                let case = run_case(j.op, &j.reference, j.crash_at, j.fate, j.recovery_crash_at)
+                    .unwrap_or_else(|e| Case {
+                        op: j.op.name().into(),
+                        disks: 2,
+                        crash_at: j.crash_at,
+                        point: "?".into(),
+                        recovery_crash_at: j.recovery_crash_at,
+                        recovery_point: None,
+                        outcome: Outcome::Violation(vec![format!("the case could not run: {e:#}")]),
+                        millis: 0,
+                    });
+                if let Ok(mut r) = results.lock() {
+                    r.push((i, case));
+                }
+            });
+        }
+    });
+    let mut r = results.into_inner().unwrap_or_default();
+    r.sort_by_key(|(i, _)| *i);
+    r.into_iter().map(|(_, c)| c).collect()
+}

@@ -1,0 +1,293 @@
+//! Live operations on a real QEMU (q35, TCG, virtio-blk on -blockdev
+//! chains): guest writes through QEMU's devices before and after every
+//! operation and every crash, read back through the chains once QEMU is
+//! stopped.
+
+use snapjournal_tests::*;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn chain(f: &Fixture, disk: &str) -> Vec<String> {
+    f.state().unwrap().domains["vm"].core.disks[disk]
+        .chain
+        .iter()
+        .map(|c| c.path.clone())
+        .collect()
+}
+
+fn img(f: &Fixture, name: &str) -> String {
+    f.img.join(name).display().to_string()
+}
+
+/// The journal's chains equal QEMU's, and fsck finds nothing.
+fn assert_consistent(f: &Fixture) {
+    let qemu = f.qemu_chains().unwrap();
+    for (disk, q) in &qemu {
+        assert_eq!(
+            &chain(f, disk),
+            q,
+            "disk {disk}: QEMU's chain differs from the journal's"
+        );
+    }
+    f.ok(&["fsck"]).unwrap();
+}
+
+/// Stops QEMU and checks every disk's active image reads `want`.
+fn stop_and_assert(f: &Fixture, want: &[(u64, u8)]) {
+    if f.state().unwrap().domains["vm"].core.runtime.is_some() {
+        f.ok(&["domain", "stop", "vm"]).unwrap();
+    }
+    assert!(f.qemu_pid().is_none(), "QEMU still runs after stop");
+    for d in &f.disks {
+        assert_view(&chain(f, d)[0], want);
+    }
+}
+
+fn with_crash(f: &Fixture, name: &str, args: &[&str]) {
+    let out = f
+        .command(args)
+        .env("SNAPJOURNAL_CRASH_NAME", name)
+        .env("SNAPJOURNAL_CRASH_AT", "1")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{args:?} should have been killed at {name}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        f.state().unwrap().domains["vm"].core.runtime.is_some() || name.is_empty(),
+        "the domain should still be recorded running"
+    );
+}
+
+#[test]
+fn start_stop_and_two_disk_create_switches_both_disks() {
+    let f = Fixture::new(2).unwrap();
+    f.start().unwrap();
+    let list = json(&f.ok(&["--json", "domain", "list"]).unwrap());
+    assert_eq!(list[0]["running"], true);
+    f.guest_write(A, 0).unwrap();
+    let r = json(&f.ok(&["--json", "snapshot", "create", "vm", "s1"]).unwrap());
+    assert_eq!(r["overlays"].as_array().unwrap().len(), 2);
+    assert_eq!(chain(&f, "vda"), vec![img(&f, "vda.s1"), img(&f, "vda.qcow2")]);
+    assert_eq!(chain(&f, "vdb"), vec![img(&f, "vdb.s1"), img(&f, "vdb.qcow2")]);
+    assert_consistent(&f);
+    let snap = f.ok(&["snapshot", "dumpxml", "vm", "s1"]).unwrap();
+    assert!(snap.contains("<state>disk-snapshot</state>"), "{snap}");
+    // The guest now writes into the overlays, never into the bases.
+    f.guest_write(B, 1).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B)]);
+    assert_view(&f.base("vda"), &[(0, A)]);
+    // A stopped domain starts again on its new chain.
+    f.start().unwrap();
+    assert_consistent(&f);
+    f.guest_write(C, 2).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B), (2, C)]);
+}
+
+#[test]
+fn live_delete_active_commit_and_intermediate_stream() {
+    let f = Fixture::new(2).unwrap();
+    f.start().unwrap();
+    f.guest_write(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.guest_write(B, 1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s2"]).unwrap();
+    f.guest_write(C, 2).unwrap();
+    // s2's overlay is the active layer: an active block-commit into vda.s1.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s2"]).unwrap());
+    let merges = r["merges"].to_string();
+    assert!(merges.contains("commit"), "{merges}");
+    assert_eq!(chain(&f, "vda"), vec![img(&f, "vda.s1"), img(&f, "vda.qcow2")]);
+    assert!(!f.img.join("vda.s2").exists(), "the committed overlay is removed");
+    assert_consistent(&f);
+    assert!(!f.vcpus_running().unwrap(), "a paused domain stays paused");
+    f.guest_write(D, 3).unwrap();
+    // Now s1 over the user's base: its data is pulled into vda.s1 with
+    // block-stream (the base is not ours to write).
+    f.ok(&["snapshot", "create", "vm", "s3"]).unwrap();
+    f.guest_write(C, 4).unwrap();
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s1"]).unwrap());
+    assert!(r["merges"].to_string().contains("pull"), "{}", r["merges"]);
+    assert_eq!(chain(&f, "vda"), vec![img(&f, "vda.s3"), img(&f, "vda.s1")]);
+    assert_consistent(&f);
+    f.guest_write(A, 5).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B), (2, C), (3, D), (4, C), (5, A)]);
+    assert_view(&f.base("vda"), &[(0, A)]);
+}
+
+#[test]
+fn live_revert_stops_reverts_and_restarts_as_it_was() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["domain", "start", "vm"]).unwrap();
+    assert!(f.vcpus_running().unwrap());
+    f.guest_write(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.guest_write(B, 1).unwrap();
+    let r = json(&f.ok(&["--json", "snapshot", "revert", "vm", "s1"]).unwrap());
+    assert_eq!(r["restarted_running"], true);
+    assert!(f.vcpus_running().unwrap(), "the domain runs again");
+    assert_consistent(&f);
+    let active = chain(&f, "vda");
+    assert_eq!(
+        active[1],
+        img(&f, "vda.qcow2"),
+        "the new overlay stands on s1's image"
+    );
+    f.guest_write(C, 2).unwrap();
+    stop_and_assert(&f, &[(0, A), (2, C)]);
+}
+
+#[test]
+fn killed_after_the_switch_goes_forward() {
+    let f = Fixture::new(2).unwrap();
+    f.start().unwrap();
+    f.guest_write(A, 0).unwrap();
+    with_crash(&f, "live.switch.after", &["snapshot", "create", "vm", "s1"]);
+    // QEMU already writes to the overlays: the guest keeps writing there.
+    f.guest_write(B, 1).unwrap();
+    let out = f.ok(&["recover"]).unwrap();
+    assert!(out.contains("roll FORWARD"), "{out}");
+    assert!(f.state().unwrap().domains["vm"].snapshots.contains_key("s1"));
+    assert_consistent(&f);
+    stop_and_assert(&f, &[(0, A), (1, B)]);
+}
+
+#[test]
+fn killed_before_the_switch_goes_back_and_leaves_nothing() {
+    let f = Fixture::new(2).unwrap();
+    f.start().unwrap();
+    f.guest_write(A, 0).unwrap();
+    with_crash(&f, "live.switch.before", &["snapshot", "create", "vm", "s1"]);
+    let out = f.ok(&["recover"]).unwrap();
+    assert!(out.contains("roll BACK"), "{out}");
+    assert!(f.state().unwrap().domains["vm"].snapshots.is_empty());
+    assert!(!f.img.join("vda.s1").exists() && !f.img.join("vdb.s1").exists());
+    let g = f.graph().unwrap();
+    assert!(
+        !g.nodes.values().any(|(_, file)| file.ends_with(".s1")),
+        "the overlays' nodes are removed from QEMU: {:?}",
+        g.nodes
+    );
+    assert_consistent(&f);
+    f.guest_write(B, 1).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B)]);
+}
+
+#[test]
+fn qemu_killed_after_the_switch_goes_forward_and_the_domain_is_stopped() {
+    let f = Fixture::new(2).unwrap();
+    f.start().unwrap();
+    f.guest_write(A, 0).unwrap();
+    with_crash(&f, "live.switch.after", &["snapshot", "create", "vm", "s1"]);
+    f.guest_write(B, 1).unwrap();
+    f.kill_qemu();
+    let out = f.ok(&["recover"]).unwrap();
+    assert!(out.contains("roll FORWARD"), "{out}");
+    assert!(out.contains("QEMU is gone"), "{out}");
+    let st = f.state().unwrap();
+    assert!(st.domains["vm"].core.runtime.is_none());
+    assert!(st.domains["vm"].snapshots.contains_key("s1"));
+    f.ok(&["fsck"]).unwrap();
+    // B went to the overlays after the switch: it must be there.
+    stop_and_assert(&f, &[(0, A), (1, B)]);
+}
+
+fn two_snapshots(f: &Fixture) {
+    f.guest_write(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.guest_write(B, 1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s2"]).unwrap();
+    f.guest_write(C, 2).unwrap();
+}
+
+#[test]
+fn killed_while_the_commit_job_waits_in_ready_recovery_completes_it() {
+    let f = Fixture::new(2).unwrap();
+    f.ok(&["domain", "start", "vm"]).unwrap();
+    two_snapshots(&f);
+    with_crash(&f, "live.job.ready", &["snapshot", "delete", "vm", "s2"]);
+    let jobs = f.qmp().unwrap().jobs().unwrap();
+    assert!(
+        jobs.iter().any(|j| j.status == "ready"),
+        "the job outlives the agent: {jobs:?}"
+    );
+    let out = f.ok(&["recover"]).unwrap();
+    assert!(out.contains("roll FORWARD"), "{out}");
+    assert!(
+        f.qmp().unwrap().jobs().unwrap().is_empty(),
+        "the job is dismissed"
+    );
+    assert!(!f.state().unwrap().domains["vm"].snapshots.contains_key("s2"));
+    assert!(!f.img.join("vda.s2").exists());
+    assert!(f.vcpus_running().unwrap(), "the vCPUs run again");
+    assert_consistent(&f);
+    f.guest_write(D, 3).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B), (2, C), (3, D)]);
+}
+
+#[test]
+fn killed_after_job_complete_with_the_guest_paused_recovery_resumes_it() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["domain", "start", "vm"]).unwrap();
+    two_snapshots(&f);
+    with_crash(&f, "live.job.completing", &["snapshot", "delete", "vm", "s2"]);
+    f.ok(&["recover"]).unwrap();
+    assert!(f.vcpus_running().unwrap());
+    assert_consistent(&f);
+    f.guest_write(D, 3).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B), (2, C), (3, D)]);
+}
+
+#[test]
+fn qemu_killed_during_the_commit_job_recovery_finishes_it_offline() {
+    let f = Fixture::new(2).unwrap();
+    f.start().unwrap();
+    two_snapshots(&f);
+    with_crash(&f, "live.job.started", &["snapshot", "delete", "vm", "s2"]);
+    f.kill_qemu();
+    let out = f.ok(&["recover"]).unwrap();
+    assert!(out.contains("roll FORWARD"), "{out}");
+    let st = f.state().unwrap();
+    assert!(st.domains["vm"].core.runtime.is_none());
+    assert!(!st.domains["vm"].snapshots.contains_key("s2"));
+    assert!(!f.img.join("vda.s2").exists());
+    f.ok(&["fsck"]).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B), (2, C)]);
+}
+
+#[test]
+fn attach_to_a_qemu_started_elsewhere_and_refuse_a_mismatch() {
+    let f = Fixture::new(1).unwrap();
+    f.start().unwrap();
+    let socket = f.qmp_socket();
+    let pid = f.qemu_pid().unwrap().to_string();
+    f.ok(&["domain", "detach", "vm"]).unwrap();
+    // Same QEMU, now as someone else's: attach checks the chains.
+    f.ok(&["domain", "attach", "vm", "--qmp", &socket, "--pid", &pid])
+        .unwrap();
+    f.guest_write(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    assert_consistent(&f);
+    f.ok(&["domain", "detach", "vm"]).unwrap();
+    // The journal now says vda.s1 is active; QEMU agrees. Make them differ.
+    f.ok(&["domain", "attach", "vm", "--qmp", &socket]).unwrap();
+    f.ok(&["domain", "stop", "vm"]).unwrap();
+    let err = f.fails(&["domain", "attach", "vm", "--qmp", &socket]).unwrap();
+    assert!(err.contains("no QEMU answers"), "{err}");
+}
+
+#[test]
+fn operations_refuse_a_running_domain_whose_qemu_is_gone() {
+    let f = Fixture::new(1).unwrap();
+    f.start().unwrap();
+    f.kill_qemu();
+    // The CLI recovers first; recovery records the domain stopped, and the
+    // offline create then proceeds.
+    let out = f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    assert!(out.contains("created"), "{out}");
+    assert!(f.state().unwrap().domains["vm"].core.runtime.is_none());
+}

@@ -447,3 +447,54 @@ pub fn run_jobs(jobs: Vec<LiveJob>, parallel: usize) -> Vec<Case> {
     r.sort_by_key(|(i, _)| *i);
     r.into_iter().map(|(_, c)| c).collect()
 }
+
+/// A fault case: the reply to QMP `command` is lost (the connection drops
+/// right after QEMU ran it) during `op`. The operation must either finish
+/// or fail with a clear error; after recovery every invariant holds.
+pub fn reply_lost(op: LiveOp, command: &str) -> Result<crate::faults::FaultCase> {
+    let reference = reference(op)?;
+    let f = Fixture::new(2)?;
+    op.setup(&f)?;
+    let out = f
+        .command(&op.args())
+        .env("SNAPJOURNAL_FAULT_QMP_DROP", command)
+        .output()?;
+    let mut problems = Vec::new();
+    if out.status.signal().is_some() {
+        problems.push(format!("the operation died: {}", out.status));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let rec = f.run(&["recover"])?;
+    if !rec.status.success() {
+        problems.push(format!(
+            "recover failed: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        ));
+    }
+    let (v, post) = check(&f, op, &reference, &[], &[])?;
+    problems.extend(v);
+    let fault = format!("qmp-reply-lost:{command} during {}", op.name());
+    Ok(crate::faults::FaultCase {
+        fault,
+        outcome: if !problems.is_empty() {
+            "violation".into()
+        } else if out.status.success() {
+            "succeeded".into()
+        } else {
+            "recovered".into()
+        },
+        detail: if problems.is_empty() {
+            format!(
+                "{} state; {}",
+                if post { "post-op" } else { "pre-op" },
+                if stderr.is_empty() {
+                    "no error".to_string()
+                } else {
+                    stderr
+                }
+            )
+        } else {
+            problems.join("; ")
+        },
+    })
+}

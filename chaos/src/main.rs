@@ -265,6 +265,22 @@ fn main() -> Result<()> {
         let jobs = livechaos::jobs(&live_ops, true)?;
         eprintln!("running {} live crash cases with {} jobs", jobs.len(), args.jobs);
         report.cases.extend(livechaos::run_jobs(jobs, args.jobs));
+        if args.mode != Mode::One {
+            eprintln!("running live fault cases");
+            for (op, command) in [
+                (LiveOp::Create, "blockdev-add"),
+                (LiveOp::Create, "transaction"),
+                (LiveOp::DeleteActive, "block-commit"),
+                (LiveOp::DeleteActive, "job-complete"),
+                (LiveOp::DeleteActive, "blockdev-del"),
+                (LiveOp::DeleteStream, "block-stream"),
+                (LiveOp::Revert, "quit"),
+            ] {
+                if live_ops.contains(&op) {
+                    report.faults.push(livechaos::reply_lost(op, command)?);
+                }
+            }
+        }
     }
 
     if !matches!(args.mode, Mode::One | Mode::Live) {

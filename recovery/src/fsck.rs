@@ -244,6 +244,9 @@ fn check_domain(
             )),
         }
     }
+    if let Some(rt) = &d.core.runtime {
+        check_running(exec, d, rt, busy, report);
+    }
     for s in d.snapshots.values() {
         for sd in &s.disks {
             if let Some(f) = &sd.frozen {
@@ -324,6 +327,93 @@ fn check_domain(
         }
     }
     Ok(())
+}
+
+/// A running domain: QEMU's chains equal the journal's (I2), no node of an
+/// image outside the chains and no block job is left in QEMU (I3, I7).
+fn check_running(
+    exec: &Executor,
+    d: &journal::DomainState,
+    rt: &journal::Runtime,
+    busy: bool,
+    report: &mut FsckReport,
+) {
+    let dom = &d.core.name;
+    let read = exec.live().with_qemu(rt, |q| {
+        let g = executor::live::graph::BlockGraph::read(q)?;
+        Ok((g, q.jobs()?))
+    });
+    let (graph, jobs) = match read {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            report.findings.push(finding(
+                "I2",
+                "qemu-gone",
+                dom.clone(),
+                format!(
+                    "domain {dom} is recorded running on {} but its QEMU is gone",
+                    rt.qmp_socket
+                ),
+                "`snapjournal recover` records it stopped",
+            ));
+            return;
+        }
+        Err(e) => {
+            report
+                .could_not_check
+                .push(format!("domain {dom}: QEMU's block graph: {e}"));
+            return;
+        }
+    };
+    let mut in_chains = std::collections::BTreeSet::new();
+    for disk in d.core.disks.values() {
+        let active = disk.active().map(|a| a.path.as_str()).unwrap_or_default();
+        let ours: Vec<&str> = disk.chain.iter().map(|c| c.path.as_str()).collect();
+        in_chains.extend(ours.iter().map(|s| s.to_string()));
+        let real: Option<Vec<&str>> = graph
+            .device(&disk.target, active)
+            .map(|x| x.chain.iter().map(|l| l.path.as_str()).collect());
+        if real.as_deref() != Some(&ours[..]) {
+            report.findings.push(finding(
+                "I2",
+                "qemu-chain-mismatch",
+                format!("{dom}/{}", disk.target),
+                format!(
+                    "domain {dom}, disk {}: QEMU's chain is {} but the journal says {}",
+                    disk.target,
+                    real.map(|r| r.join(" -> ")).unwrap_or_else(|| "no device".into()),
+                    ours.join(" -> ")
+                ),
+                NO_REPAIR,
+            ));
+        }
+    }
+    if busy {
+        return;
+    }
+    for (node, (drv, file)) in &graph.nodes {
+        if (drv == "qcow2" || drv == "raw") && !in_chains.contains(file) {
+            report.findings.push(finding(
+                "I3",
+                "qemu-stray-node",
+                format!("{dom}/{node}"),
+                format!("domain {dom}: QEMU still holds node {node} on {file}, which no disk uses"),
+                NO_REPAIR,
+            ));
+        }
+    }
+    for j in jobs {
+        report.findings.push(finding(
+            "I7",
+            "qemu-stray-job",
+            format!("{dom}/{}", j.id),
+            format!(
+                "domain {dom}: block job {} ({}) is {} in QEMU with no transaction open",
+                j.id, j.kind, j.status
+            ),
+            NO_REPAIR,
+        ));
+    }
 }
 
 fn show(chain: &[journal::ChainImage]) -> String {

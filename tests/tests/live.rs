@@ -291,3 +291,118 @@ fn operations_refuse_a_running_domain_whose_qemu_is_gone() {
     assert!(out.contains("created"), "{out}");
     assert!(f.state().unwrap().domains["vm"].core.runtime.is_none());
 }
+
+#[test]
+fn library_api_live_create_delete_with_progress() {
+    use std::sync::{Arc, Mutex};
+    let f = Fixture::new(2).unwrap();
+    let (mut exec, _) = recovery::open(&f.state).unwrap();
+    let seen: Arc<Mutex<Vec<executor::live::JobProgress>>> = Arc::default();
+    let sink = seen.clone();
+    exec.set_progress(Box::new(move |p| sink.lock().unwrap().push(p.clone())));
+    let rt = exec.domain_start("vm", true).unwrap();
+    let write = |pattern: u8, region: u64| {
+        exec.live()
+            .with_qemu(&rt, |q| {
+                for d in ["vda", "vdb"] {
+                    q.guest_write(d, pattern, region * 65536, 65536)?;
+                }
+                Ok(())
+            })
+            .unwrap()
+            .expect("QEMU runs");
+    };
+    write(A, 0);
+    for s in ["s1", "s2"] {
+        exec.snapshot_create(&executor::CreateRequest {
+            domain: "vm".into(),
+            name: s.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        write(B, 1);
+    }
+    let r = exec
+        .snapshot_delete(&executor::DeleteRequest {
+            domain: "vm".into(),
+            snapshot: "s2".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.merges.len(), 2);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|p| p.kind == "commit" && p.job.starts_with("sj-")),
+        "block jobs report progress: {seen:?}"
+    );
+    exec.domain_stop("vm").unwrap();
+    drop(exec);
+    for d in &f.disks {
+        assert_view(&chain(&f, d)[0], &[(0, A), (1, B)]);
+    }
+}
+
+#[test]
+fn json_delete_reports_progress_events_on_stderr() {
+    let f = Fixture::new(1).unwrap();
+    f.start().unwrap();
+    two_snapshots(&f);
+    let out = f.run(&["--json", "snapshot", "delete", "vm", "s2"]).unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["event"] == "progress")
+        .collect();
+    assert!(!events.is_empty(), "no progress events in: {stderr}");
+    assert_eq!(events[0]["progress"]["disk"], "vda");
+    json(&String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn fsck_sees_qemu_disagreeing_with_the_journal() {
+    let f = Fixture::new(1).unwrap();
+    f.start().unwrap();
+    // Someone else switches QEMU behind the journal's back.
+    let overlay = img(&f, "rogue.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &f.base("vda"),
+            "-F",
+            "qcow2",
+            &overlay,
+        ],
+    )
+    .unwrap();
+    {
+        use executor::live::qmp::Cmd;
+        let mut q = f.qmp().unwrap();
+        q.execute(
+            Cmd::BlockdevAdd,
+            serde_json::json!({"driver": "qcow2", "node-name": "rogue",
+                "file": {"driver": "file", "filename": overlay}, "backing": null}),
+        )
+        .unwrap();
+        let top = executor::live::graph::format_node(&f.base("vda"));
+        q.execute(
+            Cmd::Transaction,
+            serde_json::json!({"actions": [{"type": "blockdev-snapshot", "data": {"node": top, "overlay": "rogue"}}]}),
+        )
+        .unwrap();
+    }
+    let out = f.run(&["fsck"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("QEMU's chain"), "{text}");
+    // And operations refuse to plan on it.
+    let err = f.fails(&["snapshot", "create", "vm", "s1"]).unwrap();
+    assert!(err.contains("differs from the journal's"), "{err}");
+}

@@ -107,6 +107,18 @@ raw_commands! {
     HumanMonitorCommand => "human-monitor-command",
 }
 
+/// Fault injection for the chaos suite: with
+/// `SNAPJOURNAL_FAULT_QMP_DROP=<command>`, the first reply to that command
+/// is lost and the connection dropped, after QEMU ran the command.
+fn lose_reply(cmd: Cmd) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    match std::env::var("SNAPJOURNAL_FAULT_QMP_DROP") {
+        Ok(name) if name == cmd.name() => !FIRED.swap(true, Ordering::SeqCst),
+        _ => false,
+    }
+}
+
 struct Connection {
     service: QapiService<Writer>,
     events: QapiEvents<Reader>,
@@ -248,6 +260,12 @@ impl Qmp {
             }
         });
         match result {
+            Ok(Ok(_)) if lose_reply(cmd) => {
+                self.conn = None;
+                Err(conn_err(
+                    "the connection dropped before the reply (injected fault)".into(),
+                ))
+            }
             Ok(Ok(v)) => Ok(v),
             Ok(Err(qapi::ExecuteError::Qapi(e))) => Err(QmpError::Refused {
                 socket,

@@ -262,7 +262,7 @@ fn main() -> Result<()> {
                 .map(|o| LiveOp::parse(o).ok_or_else(|| anyhow::anyhow!("unknown live operation {o}")))
                 .collect::<Result<_>>()?
         };
-        let jobs = livechaos::jobs(&live_ops, true)?;
+        let jobs = livechaos::jobs(&live_ops, args.mode != Mode::Bounded)?;
         eprintln!("running {} live crash cases with {} jobs", jobs.len(), args.jobs);
         report.cases.extend(livechaos::run_jobs(jobs, args.jobs));
         if args.mode != Mode::One {

@@ -146,7 +146,10 @@ impl Fixture {
     /// A `snapjournal` command on this fixture's state directory.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.arg("--state-dir").arg(&self.state).args(args);
+        c.current_dir(self.root.path())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args);
         for (k, v) in &self.env {
             c.env(k, v);
         }

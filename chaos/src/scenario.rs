@@ -40,11 +40,14 @@ pub enum Op {
     DeleteMiddle,
     /// `snapshot delete vm s1 --metadata-only`.
     DeleteMetadataOnly,
+    /// `snapshot redefine vm --dir export --current s2`: s1 and s2
+    /// exported, their metadata dropped, imported again in one transaction.
+    Redefine,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Create,
         Op::CreateOnChain,
         Op::Revert,
@@ -52,6 +55,7 @@ impl Op {
         Op::DeleteLeaf,
         Op::DeleteMiddle,
         Op::DeleteMetadataOnly,
+        Op::Redefine,
     ];
 
     /// A short name.
@@ -64,6 +68,7 @@ impl Op {
             Op::DeleteLeaf => "delete-leaf",
             Op::DeleteMiddle => "delete-middle",
             Op::DeleteMetadataOnly => "delete-metadata-only",
+            Op::Redefine => "redefine",
         }
     }
 
@@ -81,6 +86,9 @@ impl Op {
             Op::DeleteRoot => vec!["snapshot", "delete", "vm", "s1"],
             Op::DeleteLeaf | Op::DeleteMiddle => vec!["snapshot", "delete", "vm", "s2"],
             Op::DeleteMetadataOnly => vec!["snapshot", "delete", "vm", "s1", "--metadata-only"],
+            // Relative to the fixture's root, the working directory of
+            // every `snapjournal` run.
+            Op::Redefine => vec!["snapshot", "redefine", "vm", "--dir", "export", "--current", "s2"],
         }
     }
 
@@ -99,6 +107,20 @@ impl Op {
         if self == Op::DeleteMiddle {
             f.ok(&["snapshot", "create", "vm", "s3"])?;
             f.write_present(D, 3)?;
+        }
+        if self == Op::Redefine {
+            let export = f.root.path().join("export");
+            std::fs::create_dir_all(&export)?;
+            for s in ["s1", "s2"] {
+                std::fs::write(
+                    export.join(format!("{s}.xml")),
+                    f.ok(&["snapshot", "dumpxml", "vm", s])?,
+                )?;
+            }
+            let dom = f.root.path().join("vm-now.xml");
+            std::fs::write(&dom, f.ok(&["domain", "dumpxml", "vm"])?)?;
+            f.ok(&["domain", "undefine", "vm", "--snapshots-metadata"])?;
+            f.ok(&["domain", "define", &dom.to_string_lossy()])?;
         }
         Ok(())
     }

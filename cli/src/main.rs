@@ -66,6 +66,27 @@ enum Cmd {
     /// Journal maintenance.
     #[command(subcommand)]
     Journal(JournalCmd),
+    /// Redefine sessions, for agents that add snapshot XML one at a time.
+    #[command(subcommand)]
+    Redefine(RedefineCmd),
+}
+
+#[derive(Subcommand)]
+enum RedefineCmd {
+    /// Open a session for a domain; prints its id.
+    Begin { domain: String },
+    /// Add one <domainsnapshot> document.
+    Add { id: String, file: PathBuf },
+    /// Validate and define everything added, as one transaction.
+    Commit {
+        id: String,
+        #[arg(long)]
+        current: Option<String>,
+    },
+    /// Drop the session.
+    Abort { id: String },
+    /// Open sessions.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +162,19 @@ enum SnapshotCmd {
         #[arg(long)]
         xml: Option<PathBuf>,
     },
+    /// Define many snapshots from full <domainsnapshot> XML (with the
+    /// historic <domain>), validated as a whole, all or nothing.
+    Redefine {
+        domain: String,
+        /// Snapshot XML files.
+        files: Vec<PathBuf>,
+        /// Every *.xml file in this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Make this snapshot current.
+        #[arg(long)]
+        current: Option<String>,
+    },
     /// Delete a snapshot (merging its image).
     Delete {
         domain: String,
@@ -202,6 +236,19 @@ fn parse_diskspec(spec: &str) -> Result<DiskRequest> {
         }
     }
     Ok(req)
+}
+
+fn redefined(out: &Out, r: &executor::RedefineReport) {
+    let txn = r.txn.map(|t| t.to_string());
+    out.done(
+        json!({"txn": txn, "defined": r.defined, "unchanged": r.unchanged}),
+        &format!(
+            "{} snapshot(s) defined, {} already defined identically{}",
+            r.defined.len(),
+            r.unchanged.len(),
+            txn.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()
+        ),
+    );
 }
 
 fn open(cli: &Cli, out: &Out) -> Result<Executor> {
@@ -380,6 +427,34 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         &msg,
                     );
                 }
+                SnapshotCmd::Redefine {
+                    domain,
+                    files,
+                    dir,
+                    current,
+                } => {
+                    let mut paths = files.clone();
+                    if let Some(d) = dir {
+                        let mut found: Vec<PathBuf> = std::fs::read_dir(d)
+                            .with_context(|| format!("cannot list {}", d.display()))?
+                            .flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+                            .collect();
+                        found.sort();
+                        paths.extend(found);
+                    }
+                    let mut items = Vec::with_capacity(paths.len());
+                    for p in &paths {
+                        items.push((p.display().to_string(), read_input(p)?));
+                    }
+                    let r = exec.snapshot_redefine(&executor::RedefineRequest {
+                        domain: domain.clone(),
+                        items,
+                        current: current.clone(),
+                    })?;
+                    redefined(out, &r);
+                }
                 SnapshotCmd::Delete {
                     domain,
                     name,
@@ -405,9 +480,51 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 }
             }
         }
+        Cmd::Redefine(c) => {
+            let exec = open(cli, out)?;
+            match c {
+                RedefineCmd::Begin { domain } => {
+                    let id = exec.redefine_begin(domain)?;
+                    out.done(json!({"id": id, "domain": domain}), &id);
+                }
+                RedefineCmd::Add { id, file } => {
+                    let xml = read_input(file)?;
+                    let name = exec.redefine_add(id, &file.display().to_string(), &xml)?;
+                    out.done(
+                        json!({"id": id, "snapshot": name}),
+                        &format!("added snapshot {name} to session {id}"),
+                    );
+                }
+                RedefineCmd::Commit { id, current } => {
+                    let r = exec.redefine_commit(id, current.clone())?;
+                    redefined(out, &r);
+                }
+                RedefineCmd::Abort { id } => {
+                    exec.redefine_abort(id)?;
+                    out.done(
+                        json!({"id": id}),
+                        &format!("session {id} aborted; nothing was defined"),
+                    );
+                }
+                RedefineCmd::List => {
+                    let s = exec.redefine_sessions()?;
+                    let text: String = s
+                        .iter()
+                        .map(|(id, d, n)| format!("{id}  domain {d}  {n} document(s)\n"))
+                        .collect();
+                    out.report(
+                        json!(s
+                            .iter()
+                            .map(|(id, d, n)| json!({"id": id, "domain": d, "documents": n}))
+                            .collect::<Vec<_>>()),
+                        &text,
+                    );
+                }
+            }
+        }
         Cmd::Recover { dry_run } => {
             let exec = recovery::open_without_recovery(&cli.state_dir)?;
-            let report = recovery::recover(&exec, *dry_run)?;
+            let report = recovery::recover_all(&exec, *dry_run)?;
             out.report(serde_json::to_value(&report)?, &report.explain());
             return Ok(if report.all_closed() { 0 } else { 1 });
         }

@@ -100,7 +100,7 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
     }
     if tree {
         let mut text = String::new();
-        render_tree(d, None, "", &mut text);
+        render_tree(d, &mut text);
         print!("{text}");
         return;
     }
@@ -126,27 +126,44 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
     }
 }
 
-/// Renders the snapshot tree below `parent`.
-pub fn render_tree(d: &DomainState, parent: Option<&str>, indent: &str, out: &mut String) {
-    let kids = d.snapshot_children(parent);
-    for (i, s) in kids.iter().enumerate() {
-        let last = i + 1 == kids.len();
+/// Renders the snapshot tree: children are indexed once, and the walk is
+/// iterative, so long histories cost linear time and no deep recursion.
+pub fn render_tree(d: &DomainState, out: &mut String) {
+    let mut kids: std::collections::BTreeMap<Option<&str>, Vec<&journal::SnapshotRecord>> =
+        std::collections::BTreeMap::new();
+    for s in d.snapshots.values() {
+        // A parent that is not defined (cannot happen through snapjournal)
+        // shows its children as roots rather than hiding them.
+        let p = s.parent.as_deref().filter(|p| d.snapshots.contains_key(*p));
+        kids.entry(p).or_default().push(s);
+    }
+    // (snapshot, indent of its children's lines, whether it is a root, last sibling)
+    let mut stack: Vec<(&journal::SnapshotRecord, String, bool, bool)> = Vec::new();
+    let roots = kids.get(&None).cloned().unwrap_or_default();
+    for (i, s) in roots.iter().enumerate().rev() {
+        stack.push((s, String::new(), true, i + 1 == roots.len()));
+    }
+    while let Some((s, indent, root, last)) = stack.pop() {
         let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) {
             " (current)"
         } else {
             ""
         };
-        if parent.is_none() {
+        let child_indent = if root {
             out.push_str(&format!("{}{mark}\n", s.name));
-            render_tree(d, Some(&s.name), "", out);
+            String::new()
         } else {
             out.push_str(&format!(
                 "{indent}{}{}{mark}\n",
                 if last { "└── " } else { "├── " },
                 s.name
             ));
-            let next = format!("{indent}{}", if last { "    " } else { "│   " });
-            render_tree(d, Some(&s.name), &next, out);
+            format!("{indent}{}", if last { "    " } else { "│   " })
+        };
+        if let Some(children) = kids.get(&Some(s.name.as_str())) {
+            for (i, c) in children.iter().enumerate().rev() {
+                stack.push((c, child_indent.clone(), false, i + 1 == children.len()));
+            }
         }
     }
 }

@@ -16,5 +16,6 @@ pub use engine::Executor;
 pub use error::{ExecError, ImageError, Result, XmlError};
 pub use ops::create::{CreateReport, CreateRequest};
 pub use ops::delete::{DeleteReport, DeleteRequest, MergeChoice};
+pub use ops::redefine::{RedefineReport, RedefineRequest};
 pub use ops::revert::{RevertReport, RevertRequest};
 pub use xml::snapshot::DiskRequest;

@@ -70,6 +70,11 @@ pub enum Intent {
         domain: String,
         qmp_socket: String,
     },
+    /// Define many snapshots from their full XML, all or nothing.
+    SnapshotRedefine {
+        domain: String,
+        count: u32,
+    },
 }
 
 impl Intent {
@@ -84,7 +89,8 @@ impl Intent {
             | Intent::Other { domain, .. }
             | Intent::DomainStart { domain, .. }
             | Intent::DomainStop { domain, .. }
-            | Intent::DomainAttach { domain, .. } => domain,
+            | Intent::DomainAttach { domain, .. }
+            | Intent::SnapshotRedefine { domain, .. } => domain,
         }
     }
 
@@ -122,6 +128,9 @@ impl Intent {
                 crashed: true,
             } => {
                 format!("record that the QEMU of domain {domain} is gone")
+            }
+            Intent::SnapshotRedefine { domain, count } => {
+                format!("redefine {count} snapshot(s) of domain {domain}")
             }
             Intent::DomainAttach { domain, qmp_socket } => {
                 format!("attach domain {domain} to the QEMU at {qmp_socket}")

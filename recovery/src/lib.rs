@@ -17,13 +17,16 @@ use journal::{Journal, JournalOptions};
 pub use decide::{decide, Decision, Direction, Probe};
 pub use error::{RecoveryError, Result};
 pub use fsck::{fsck, Finding, FsckReport};
-pub use recover::{recover, RecoveryReport};
+pub use recover::{recover, recover_all, RecoveryReport};
 
 /// Opens a state directory and recovers every open transaction, returning
 /// the executor and what recovery did.
 pub fn open(dir: &Path) -> Result<(Executor, RecoveryReport)> {
     let exec = open_without_recovery(dir)?;
-    let report = recover(&exec, false)?;
+    let mut report = recover(&exec, false)?;
+    // Another command of a looping agent may follow: only sessions idle
+    // for long are abandoned.
+    report.sessions_removed = exec.reap_sessions(false)?;
     Ok((exec, report))
 }
 

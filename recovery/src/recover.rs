@@ -48,6 +48,8 @@ pub struct RecoveryReport {
     /// Domains recorded running whose QEMU was found gone (now recorded
     /// stopped, unless dry).
     pub gone: Vec<String>,
+    /// Redefine sessions removed (never committed: they leave nothing).
+    pub sessions_removed: Vec<String>,
 }
 
 impl RecoveryReport {
@@ -59,6 +61,16 @@ impl RecoveryReport {
     /// Plain words for a person.
     pub fn explain(&self) -> String {
         let mut out = String::new();
+        for s in &self.sessions_removed {
+            out.push_str(&format!(
+                "redefine session {s}: never committed; {}\n",
+                if self.dry_run {
+                    "will remove it"
+                } else {
+                    "removed it (nothing was defined)"
+                }
+            ));
+        }
         for g in &self.gone {
             out.push_str(&format!(
                 "domain {g}: its QEMU is gone; {}\n",
@@ -208,6 +220,7 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
         dry_run,
         transactions: Vec::new(),
         gone: Vec::new(),
+        sessions_removed: Vec::new(),
     };
     for open in exec.journal().open_transactions()? {
         let plan = match plan_for(exec, &open) {
@@ -275,4 +288,20 @@ fn gone_domains(exec: &Executor) -> Result<Vec<String>> {
             matches!(exec.live().reachable(rt), Ok(false)).then(|| name.clone())
         })
         .collect())
+}
+
+/// The explicit recovery after an agent died: every open transaction, every
+/// domain whose QEMU is gone, and every redefine session (its agent will
+/// not commit it).
+pub fn recover_all(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
+    let mut report = recover(exec, dry_run)?;
+    report.sessions_removed = if dry_run {
+        exec.redefine_sessions()?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect()
+    } else {
+        exec.reap_sessions(true)?
+    };
+    Ok(report)
 }

@@ -5,8 +5,10 @@
 pub mod create;
 pub mod delete;
 pub mod domain;
+pub mod redefine;
 pub mod revert;
 pub mod runtime;
+pub mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

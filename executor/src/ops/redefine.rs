@@ -1,0 +1,341 @@
+//! `snapshot redefine`: import many full `<domainsnapshot>` documents (each
+//! with its historic `<domain>`) validated as a whole and applied as ONE
+//! transaction, all or nothing. Images named by redefined snapshots are the
+//! user's: the journal never deletes or modifies them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use journal::{
+    ChainImage, DiskSnapshotMode, DomainState, Intent, Plan, SnapshotDisk, SnapshotRecord, StateChange, Step,
+    TxnId,
+};
+
+use super::{now_secs, require_defined};
+use crate::engine::Executor;
+use crate::error::{ExecError, Result};
+use crate::images::read_header;
+use crate::names::{validate_image_path, validate_name};
+use crate::xml::domain::parse_domain;
+use crate::xml::snapshot::parse_snapshot;
+
+/// A redefine request: `(origin, xml)` items (origin names the file in
+/// messages), and the snapshot to make current.
+#[derive(Debug, Clone, Default)]
+pub struct RedefineRequest {
+    pub domain: String,
+    pub items: Vec<(String, String)>,
+    pub current: Option<String>,
+}
+
+/// What a redefine did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedefineReport {
+    /// `None` when nothing needed changing.
+    pub txn: Option<TxnId>,
+    pub defined: Vec<String>,
+    /// Items identical to snapshots already defined (no-ops).
+    pub unchanged: Vec<String>,
+}
+
+/// Builds the snapshot record a document describes.
+fn record_from_xml(domain: &str, origin: &str, xml: &str) -> Result<SnapshotRecord> {
+    let p = parse_snapshot(origin, xml)?;
+    let name = p
+        .request
+        .name
+        .clone()
+        .ok_or_else(|| ExecError::Invalid(format!("{origin}: the snapshot has no <name>")))?;
+    validate_name(&format!("snapshot (in {origin})"), &name)?;
+    let historic = p.domain_xml.clone().ok_or_else(|| {
+        ExecError::Invalid(format!(
+            "{origin}: snapshot {name} has no <domain>; redefining needs the historic definition"
+        ))
+    })?;
+    let hd = parse_domain(&format!("{origin}: historic domain"), &historic)?;
+    if hd.name != domain {
+        return Err(ExecError::Invalid(format!(
+            "{origin}: snapshot {name} belongs to domain {}, not {domain}",
+            hd.name
+        )));
+    }
+    let mut disks = Vec::new();
+    for d in &hd.disks {
+        let req = p.request.disks.iter().find(|r| r.disk == d.target);
+        let mode = req.map(|r| r.mode).unwrap_or(DiskSnapshotMode::External);
+        if mode == DiskSnapshotMode::No {
+            disks.push(SnapshotDisk {
+                disk: d.target.clone(),
+                mode,
+                overlay: None,
+                frozen: None,
+            });
+            continue;
+        }
+        let src = d.source.clone().ok_or_else(|| {
+            ExecError::Invalid(format!(
+                "{origin}: snapshot {name}, disk {}: the historic domain gives the disk no source file",
+                d.target
+            ))
+        })?;
+        validate_image_path(&format!("{origin}: disk {}", d.target), &src)?;
+        let overlay = req.and_then(|r| r.file.clone());
+        if let Some(o) = &overlay {
+            validate_image_path(&format!("{origin}: overlay of disk {}", d.target), o)?;
+        }
+        disks.push(SnapshotDisk {
+            disk: d.target.clone(),
+            mode,
+            overlay,
+            frozen: Some(ChainImage {
+                path: src,
+                format: d.format.clone().unwrap_or_else(|| "qcow2".into()),
+            }),
+        });
+    }
+    for r in &p.request.disks {
+        if !hd.disks.iter().any(|d| d.target == r.disk) {
+            return Err(ExecError::Invalid(format!(
+                "{origin}: snapshot {name} lists disk {}, which its historic domain does not have",
+                r.disk
+            )));
+        }
+    }
+    if !disks.iter().any(|d| d.mode == DiskSnapshotMode::External) {
+        return Err(ExecError::Invalid(format!(
+            "{origin}: snapshot {name} includes no disk"
+        )));
+    }
+    Ok(SnapshotRecord {
+        name,
+        description: p.request.description.clone(),
+        creation_time: p.creation_time.unwrap_or_else(now_secs),
+        state: p.state.clone().unwrap_or_else(|| "disk-snapshot".into()),
+        parent: p.parent.clone(),
+        disks,
+        domain_xml: historic,
+    })
+}
+
+/// What differs between two records of one snapshot, for messages.
+fn differences(a: &SnapshotRecord, b: &SnapshotRecord) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.parent != b.parent {
+        out.push("parent");
+    }
+    if a.disks != b.disks {
+        out.push("disks");
+    }
+    if a.domain_xml != b.domain_xml {
+        out.push("historic domain");
+    }
+    if a.state != b.state {
+        out.push("state");
+    }
+    if a.description != b.description {
+        out.push("description");
+    }
+    if a.creation_time != b.creation_time {
+        out.push("creation time");
+    }
+    out
+}
+
+impl Executor {
+    /// Validates every item against the others, the defined snapshots and
+    /// the images, then defines them all in one transaction.
+    pub fn snapshot_redefine(&self, req: &RedefineRequest) -> Result<RedefineReport> {
+        let state = self.journal().state()?;
+        let dom = require_defined(&state, &req.domain)?;
+        let domain = &req.domain;
+        if req.items.is_empty() && req.current.is_none() {
+            return Err(ExecError::Invalid("no snapshot documents given".into()));
+        }
+        // Parse all; duplicates within the set.
+        let mut incoming: BTreeMap<String, (String, SnapshotRecord)> = BTreeMap::new();
+        for (origin, xml) in &req.items {
+            let rec = record_from_xml(domain, origin, xml)?;
+            if let Some((other, _)) = incoming.get(&rec.name) {
+                return Err(ExecError::Invalid(format!(
+                    "snapshot {} is defined twice: in {other} and in {origin}",
+                    rec.name
+                )));
+            }
+            incoming.insert(rec.name.clone(), (origin.clone(), rec));
+        }
+        // Identical to a defined one: no-op; different: conflict.
+        let mut unchanged = Vec::new();
+        for (name, (origin, rec)) in &incoming {
+            if let Some(existing) = dom.snapshots.get(name) {
+                if existing == rec {
+                    unchanged.push(name.clone());
+                } else {
+                    return Err(ExecError::Invalid(format!(
+                        "snapshot {name} in {origin} conflicts with the snapshot {name} already defined for domain {domain} (they differ in: {})",
+                        differences(existing, rec).join(", ")
+                    )));
+                }
+            }
+        }
+        let new: Vec<&SnapshotRecord> = incoming
+            .values()
+            .map(|(_, r)| r)
+            .filter(|r| !unchanged.contains(&r.name))
+            .collect();
+        // Parents: in the set or already defined, and no cycle.
+        for (name, (origin, rec)) in &incoming {
+            if let Some(p) = &rec.parent {
+                if !incoming.contains_key(p) && !dom.snapshots.contains_key(p) {
+                    return Err(ExecError::Invalid(format!(
+                        "{origin}: the parent {p} of snapshot {name} is neither in the set nor defined for domain {domain}"
+                    )));
+                }
+            }
+            let mut seen = BTreeSet::from([name.as_str()]);
+            let mut at = rec.parent.as_deref();
+            while let Some(p) = at {
+                if !seen.insert(p) {
+                    return Err(ExecError::Invalid(format!(
+                        "{origin}: snapshot {name} is its own ancestor (through {p})"
+                    )));
+                }
+                at = incoming
+                    .get(p)
+                    .map(|(_, r)| r.parent.as_deref())
+                    .or_else(|| dom.snapshots.get(p).map(|s| s.parent.as_deref()))
+                    .flatten();
+            }
+        }
+        if let Some(c) = &req.current {
+            if !incoming.contains_key(c) && !dom.snapshots.contains_key(c) {
+                return Err(ExecError::Invalid(format!(
+                    "--current {c}: no such snapshot in the set or defined for domain {domain}"
+                )));
+            }
+        }
+        self.check_redefined_images(dom, &incoming, &new)?;
+
+        let mut changes: Vec<StateChange> = new
+            .iter()
+            .map(|r| StateChange::SnapshotRecorded {
+                domain: domain.clone(),
+                snapshot: (*r).clone(),
+            })
+            .collect();
+        if let Some(c) = &req.current {
+            if dom.core.current_snapshot.as_ref() != Some(c) {
+                changes.push(StateChange::CurrentSnapshotSet {
+                    domain: domain.clone(),
+                    snapshot: Some(c.clone()),
+                });
+            }
+        }
+        let defined: Vec<String> = new.iter().map(|r| r.name.clone()).collect();
+        if changes.is_empty() {
+            return Ok(RedefineReport {
+                txn: None,
+                defined,
+                unchanged,
+            });
+        }
+        let plan = Plan {
+            steps: vec![Step::SyncXml {
+                domain: domain.clone(),
+            }],
+            commit_index: 0,
+            changes,
+        };
+        let txn = self.run(
+            Intent::SnapshotRedefine {
+                domain: domain.clone(),
+                count: defined.len() as u32,
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(RedefineReport {
+            txn: Some(txn),
+            defined,
+            unchanged,
+        })
+    }
+
+    /// Every image a new snapshot names exists, with the format its
+    /// historic domain says; its backing chain (read from the image
+    /// headers, each image once) is whole, acyclic and free of internal
+    /// snapshots; an overlay that still exists stands on the snapshot's
+    /// image.
+    fn check_redefined_images(
+        &self,
+        dom: &DomainState,
+        incoming: &BTreeMap<String, (String, SnapshotRecord)>,
+        new: &[&SnapshotRecord],
+    ) -> Result<()> {
+        let domain = &dom.core.name;
+        let mut good: BTreeSet<String> = BTreeSet::new();
+        for rec in new {
+            let origin = incoming.get(&rec.name).map(|(o, _)| o.as_str()).unwrap_or("?");
+            let fail = |disk: &str, msg: String| {
+                ExecError::Invalid(format!("{origin}: snapshot {}, disk {disk}: {msg}", rec.name))
+            };
+            for d in &rec.disks {
+                let Some(frozen) = &d.frozen else { continue };
+                let head = read_header(&frozen.path)
+                    .map_err(|e| fail(&d.disk, format!("image {} is not usable: {e}", frozen.path)))?;
+                if head.format != frozen.format {
+                    return Err(fail(
+                        &d.disk,
+                        format!(
+                            "{} is {}, not {} as the historic domain says",
+                            frozen.path, head.format, frozen.format
+                        ),
+                    ));
+                }
+                // Walk down until an image already known good.
+                let mut at = Some((frozen.path.clone(), head));
+                let mut walked = Vec::new();
+                while let Some((path, h)) = at.take() {
+                    if good.contains(&path) {
+                        break;
+                    }
+                    if walked.contains(&path) {
+                        return Err(fail(
+                            &d.disk,
+                            format!("the backing chain of {} loops at {path}", frozen.path),
+                        ));
+                    }
+                    if h.internal_snapshots > 0 {
+                        return Err(ExecError::Invalid(format!(
+                            "domain {domain}, disk {}: image {path} holds internal snapshots; mixed internal/external snapshot trees are refused",
+                            d.disk
+                        )));
+                    }
+                    walked.push(path.clone());
+                    if let Some(b) = h.backing {
+                        let next = read_header(&b).map_err(|e| {
+                            fail(&d.disk, format!("backing file {b} of {path} is not usable: {e}"))
+                        })?;
+                        at = Some((b, next));
+                    }
+                }
+                good.extend(walked);
+                if let Some(o) = &d.overlay {
+                    if std::path::Path::new(o).exists() {
+                        let oh = read_header(o)
+                            .map_err(|e| fail(&d.disk, format!("overlay {o} is not usable: {e}")))?;
+                        if oh.backing.as_deref() != Some(frozen.path.as_str()) {
+                            return Err(fail(
+                                &d.disk,
+                                format!(
+                                    "overlay {o} stands on {}, not on the snapshot's image {}",
+                                    oh.backing.unwrap_or_else(|| "nothing".into()),
+                                    frozen.path
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -162,7 +162,7 @@ impl World<'_> {
     /// A block job's merge through qemu-img, for when QEMU is gone. Safe to
     /// repeat: a commit rewrites the same data into the base (no guest
     /// wrote to the base after a pivot the journal has not recorded: the
-    /// vCPUs were stopped), a stream is a safe rebase that probes first.
+    /// vCPUs were stopped), a stream is redone from the dropped image.
     fn offline_merge(&self, merge: &LiveMerge) -> Result<()> {
         match merge {
             LiveMerge::Commit { top, base, .. } => {
@@ -171,12 +171,24 @@ impl World<'_> {
                 }
                 Ok(())
             }
-            LiveMerge::Stream { top, below, .. } => self.apply_plain(&Step::RebaseImage {
-                disk: String::new(),
-                image: top.path.clone(),
-                backing: below.clone(),
-                safe: true,
-            }),
+            LiveMerge::Stream {
+                top, dropped, below, ..
+            } => {
+                // QEMU may have rewritten top's header (now on `below`)
+                // while the data it copied was still in its metadata cache
+                // when it died: put the dropped image back under top
+                // (header only: the copied clusters equal its data) and
+                // copy again. The dropped image is only removed later.
+                if exists(&dropped.path) {
+                    self.images.rebase(&top.path, Some(dropped), false)?;
+                }
+                self.apply_plain(&Step::RebaseImage {
+                    disk: String::new(),
+                    image: top.path.clone(),
+                    backing: below.clone(),
+                    safe: true,
+                })
+            }
         }
     }
 

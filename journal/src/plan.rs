@@ -107,6 +107,9 @@ pub enum LiveMerge {
     Stream {
         top: ChainImage,
         top_node: String,
+        /// The image the stream drops from the chain (its data goes into
+        /// `top`); kept until a later step removes it.
+        dropped: ChainImage,
         below: Option<ChainImage>,
         below_node: Option<String>,
     },

@@ -189,7 +189,7 @@ impl Executor {
                     safe: true,
                 } => {
                     if let Some(i) = position(disk, image) {
-                        let (Some((top_img, top_node)), Some((_, dropped_node))) =
+                        let (Some((top_img, top_node)), Some((dropped, dropped_node))) =
                             (layer(disk, i), layer(disk, i + 1))
                         else {
                             return Err(ExecError::Invalid(format!(
@@ -203,6 +203,7 @@ impl Executor {
                             merge: LiveMerge::Stream {
                                 top: top_img,
                                 top_node,
+                                dropped,
                                 below: backing.clone(),
                                 below_node,
                             },

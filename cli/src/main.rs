@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use executor::xml::snapshot::{parse_revert, parse_snapshot, DiskRequest};
-use executor::{CreateRequest, DeleteRequest, Executor, RevertRequest};
+use executor::{CheckpointRequest, CreateRequest, DeleteRequest, Executor, RevertRequest};
 use journal::DiskSnapshotMode;
 use serde_json::json;
 
@@ -49,6 +49,10 @@ enum Cmd {
     /// Snapshots: create, list, dumpxml, current, revert, delete.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Checkpoints (persistent dirty bitmaps): create, list, dumpxml,
+    /// delete, redefine.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCmd),
     /// Finish every open transaction (forward or back).
     Recover {
         /// Explain what would be done, change nothing.
@@ -143,6 +147,9 @@ enum SnapshotCmd {
         /// A `<domainsnapshot>` document.
         #[arg(long)]
         xml: Option<PathBuf>,
+        /// Take a checkpoint of this name in the same transaction.
+        #[arg(long)]
+        checkpoint: Option<String>,
     },
     /// List snapshots.
     List {
@@ -185,6 +192,46 @@ enum SnapshotCmd {
         /// Drop metadata only, keep every image.
         #[arg(long)]
         metadata_only: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCmd {
+    /// Take a checkpoint: a persistent dirty bitmap on each disk.
+    Create {
+        domain: String,
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// `vda,checkpoint=bitmap` or `vdb,checkpoint=no` (repeatable).
+        #[arg(long = "diskspec")]
+        diskspecs: Vec<String>,
+    },
+    /// Delete a checkpoint (its bitmaps merge into its parent's).
+    Delete {
+        domain: String,
+        name: String,
+        /// Drop metadata only, keep the bitmaps.
+        #[arg(long)]
+        metadata_only: bool,
+    },
+    /// List checkpoints.
+    List {
+        domain: String,
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Print a checkpoint's XML.
+    Dumpxml { domain: String, name: String },
+    /// Define many checkpoints from full <domaincheckpoint> XML (with the
+    /// historic <domain>), validated against the bitmaps in the images,
+    /// all or nothing.
+    Redefine {
+        domain: String,
+        files: Vec<PathBuf>,
+        /// Every *.xml file in this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -238,12 +285,37 @@ fn parse_diskspec(spec: &str) -> Result<DiskRequest> {
     Ok(req)
 }
 
-fn redefined(out: &Out, r: &executor::RedefineReport) {
+/// `files`, then every `*.xml` file of `dir` in name order.
+fn xml_files(files: &[PathBuf], dir: Option<&PathBuf>) -> Result<Vec<PathBuf>> {
+    let mut paths = files.to_vec();
+    if let Some(d) = dir {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(d)
+            .with_context(|| format!("cannot list {}", d.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+            .collect();
+        found.sort();
+        paths.extend(found);
+    }
+    Ok(paths)
+}
+
+fn parse_checkpoint_diskspec(spec: &str) -> Result<(String, bool)> {
+    match spec.split_once(',') {
+        Some((disk, "checkpoint=bitmap")) if !disk.is_empty() => Ok((disk.to_string(), true)),
+        Some((disk, "checkpoint=no")) if !disk.is_empty() => Ok((disk.to_string(), false)),
+        None if !spec.is_empty() => Ok((spec.to_string(), true)),
+        _ => bail!("--diskspec {spec:?}: expected DISK,checkpoint=bitmap|no"),
+    }
+}
+
+fn redefined(out: &Out, kind: &str, r: &executor::RedefineReport) {
     let txn = r.txn.map(|t| t.to_string());
     out.done(
         json!({"txn": txn, "defined": r.defined, "unchanged": r.unchanged}),
         &format!(
-            "{} snapshot(s) defined, {} already defined identically{}",
+            "{} {kind}(s) defined, {} already defined identically{}",
             r.defined.len(),
             r.unchanged.len(),
             txn.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()
@@ -341,12 +413,14 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     description,
                     diskspecs,
                     xml,
+                    checkpoint,
                 } => {
                     let mut req = CreateRequest {
                         domain: domain.clone(),
                         name: name.clone().unwrap_or_default(),
                         description: description.clone(),
                         disks: vec![],
+                        checkpoint: checkpoint.clone(),
                     };
                     if let Some(x) = xml {
                         let text = read_input(x)?;
@@ -369,10 +443,15 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         bail!("no snapshot name given (as an argument or in --xml); nothing was changed");
                     }
                     let r = exec.snapshot_create(&req)?;
+                    let mut msg = format!("Domain snapshot {} created ({})", req.name, r.txn);
+                    if let Some(c) = &req.checkpoint {
+                        msg.push_str(&format!("\nDomain checkpoint {c} created with it"));
+                    }
                     out.done(
                         json!({"domain": domain, "snapshot": req.name, "txn": r.txn.to_string(),
+                               "checkpoint": req.checkpoint, "bitmaps": r.bitmap_changes,
                                "overlays": r.overlays.iter().map(|(d, p)| json!({"disk": d, "file": p})).collect::<Vec<_>>()}),
-                        &format!("Domain snapshot {} created ({})", req.name, r.txn),
+                        &msg,
                     );
                 }
                 SnapshotCmd::List { domain, tree } => {
@@ -433,17 +512,7 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     dir,
                     current,
                 } => {
-                    let mut paths = files.clone();
-                    if let Some(d) = dir {
-                        let mut found: Vec<PathBuf> = std::fs::read_dir(d)
-                            .with_context(|| format!("cannot list {}", d.display()))?
-                            .flatten()
-                            .map(|e| e.path())
-                            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
-                            .collect();
-                        found.sort();
-                        paths.extend(found);
-                    }
+                    let paths = xml_files(files, dir.as_ref())?;
                     let mut items = Vec::with_capacity(paths.len());
                     for p in &paths {
                         items.push((p.display().to_string(), read_input(p)?));
@@ -453,7 +522,7 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         items,
                         current: current.clone(),
                     })?;
-                    redefined(out, &r);
+                    redefined(out, "snapshot", &r);
                 }
                 SnapshotCmd::Delete {
                     domain,
@@ -480,6 +549,69 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 }
             }
         }
+        Cmd::Checkpoint(c) => {
+            let exec = open(cli, out)?;
+            let domain_state = |domain: &str| -> Result<journal::DomainState> {
+                exec.journal()
+                    .domain(domain)?
+                    .ok_or_else(|| anyhow!("domain {domain} is not defined"))
+            };
+            match c {
+                CheckpointCmd::Create {
+                    domain,
+                    name,
+                    description,
+                    diskspecs,
+                } => {
+                    let mut disks = Vec::new();
+                    for s in diskspecs {
+                        disks.push(parse_checkpoint_diskspec(s)?);
+                    }
+                    let r = exec.checkpoint_create(&CheckpointRequest {
+                        domain: domain.clone(),
+                        name: name.clone(),
+                        description: description.clone(),
+                        disks,
+                    })?;
+                    out.done(
+                        json!({"domain": domain, "checkpoint": name, "txn": r.txn.to_string(), "bitmaps": r.bitmap_changes}),
+                        &format!("Domain checkpoint {name} created ({})", r.txn),
+                    );
+                }
+                CheckpointCmd::Delete {
+                    domain,
+                    name,
+                    metadata_only,
+                } => {
+                    let r = exec.checkpoint_delete(domain, name, *metadata_only)?;
+                    let mut msg = format!("Domain checkpoint {name} deleted ({})", r.txn);
+                    for b in &r.bitmap_changes {
+                        msg.push_str(&format!("\n{b}"));
+                    }
+                    out.done(
+                        json!({"domain": domain, "checkpoint": name, "txn": r.txn.to_string(), "bitmaps": r.bitmap_changes}),
+                        &msg,
+                    );
+                }
+                CheckpointCmd::List { domain, tree } => output::checkpoint_list(out, &domain_state(domain)?, *tree),
+                CheckpointCmd::Dumpxml { domain, name } => {
+                    let d = domain_state(domain)?;
+                    let c = d
+                        .checkpoints
+                        .get(name)
+                        .ok_or_else(|| anyhow!("domain {domain} has no checkpoint called {name}"))?;
+                    out.raw(&executor::xml::checkpoint::render_checkpoint(c)?);
+                }
+                CheckpointCmd::Redefine { domain, files, dir } => {
+                    let mut items = Vec::new();
+                    for p in xml_files(files, dir.as_ref())? {
+                        items.push((p.display().to_string(), read_input(&p)?));
+                    }
+                    let r = exec.checkpoint_redefine(domain, &items)?;
+                    redefined(out, "checkpoint", &r);
+                }
+            }
+        }
         Cmd::Redefine(c) => {
             let exec = open(cli, out)?;
             match c {
@@ -497,7 +629,7 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 }
                 RedefineCmd::Commit { id, current } => {
                     let r = exec.redefine_commit(id, current.clone())?;
-                    redefined(out, &r);
+                    redefined(out, "snapshot", &r);
                 }
                 RedefineCmd::Abort { id } => {
                     exec.redefine_abort(id)?;

@@ -126,45 +126,114 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
     }
 }
 
-/// Renders the snapshot tree: children are indexed once, and the walk is
-/// iterative, so long histories cost linear time and no deep recursion.
+/// Renders the snapshot tree.
 pub fn render_tree(d: &DomainState, out: &mut String) {
-    let mut kids: std::collections::BTreeMap<Option<&str>, Vec<&journal::SnapshotRecord>> =
-        std::collections::BTreeMap::new();
-    for s in d.snapshots.values() {
-        // A parent that is not defined (cannot happen through snapjournal)
-        // shows its children as roots rather than hiding them.
-        let p = s.parent.as_deref().filter(|p| d.snapshots.contains_key(*p));
-        kids.entry(p).or_default().push(s);
+    let items: Vec<TreeItem> = d
+        .snapshots
+        .values()
+        .map(|s| TreeItem {
+            name: &s.name,
+            // A parent that is not defined (cannot happen through
+            // snapjournal) shows its children as roots rather than hiding them.
+            parent: s.parent.as_deref().filter(|p| d.snapshots.contains_key(*p)),
+            mark: if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) {
+                " (current)"
+            } else {
+                ""
+            },
+        })
+        .collect();
+    render_forest(&items, out);
+}
+
+/// One node of a rendered tree.
+pub struct TreeItem<'a> {
+    pub name: &'a str,
+    pub parent: Option<&'a str>,
+    pub mark: &'a str,
+}
+
+/// Renders a forest: children are indexed once, and the walk is iterative,
+/// so long histories cost linear time and no deep recursion.
+pub fn render_forest(items: &[TreeItem], out: &mut String) {
+    let mut kids: std::collections::BTreeMap<Option<&str>, Vec<&TreeItem>> = std::collections::BTreeMap::new();
+    for s in items {
+        kids.entry(s.parent).or_default().push(s);
     }
-    // (snapshot, indent of its children's lines, whether it is a root, last sibling)
-    let mut stack: Vec<(&journal::SnapshotRecord, String, bool, bool)> = Vec::new();
+    // (item, indent of its children's lines, whether it is a root, last sibling)
+    let mut stack: Vec<(&TreeItem, String, bool, bool)> = Vec::new();
     let roots = kids.get(&None).cloned().unwrap_or_default();
     for (i, s) in roots.iter().enumerate().rev() {
         stack.push((s, String::new(), true, i + 1 == roots.len()));
     }
     while let Some((s, indent, root, last)) = stack.pop() {
-        let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) {
-            " (current)"
-        } else {
-            ""
-        };
         let child_indent = if root {
-            out.push_str(&format!("{}{mark}\n", s.name));
+            out.push_str(&format!("{}{}\n", s.name, s.mark));
             String::new()
         } else {
             out.push_str(&format!(
-                "{indent}{}{}{mark}\n",
+                "{indent}{}{}{}\n",
                 if last { "└── " } else { "├── " },
-                s.name
+                s.name,
+                s.mark
             ));
             format!("{indent}{}", if last { "    " } else { "│   " })
         };
-        if let Some(children) = kids.get(&Some(s.name.as_str())) {
+        if let Some(children) = kids.get(&Some(s.name)) {
             for (i, c) in children.iter().enumerate().rev() {
                 stack.push((c, child_indent.clone(), false, i + 1 == children.len()));
             }
         }
+    }
+}
+
+/// `checkpoint list`: the newest checkpoint (whose bitmaps record writes)
+/// is marked.
+pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
+    let newest = d.newest_checkpoint(None).map(|c| c.name.as_str());
+    if out.json {
+        let v: Vec<Value> = d
+            .checkpoints
+            .values()
+            .map(|c| {
+                json!({"name": c.name, "parent": c.parent, "creation_time": c.creation_time,
+                       "description": c.description, "newest": newest == Some(c.name.as_str()),
+                       "disks": c.disks.iter().map(|(disk, b)| json!({"disk": disk,
+                           "checkpoint": if b.is_empty() { "no" } else { "bitmap" },
+                           "bitmap": if b.is_empty() { None } else { Some(b) }})).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!("{}", Value::Array(v));
+        return;
+    }
+    if tree {
+        let items: Vec<TreeItem> = d
+            .checkpoints
+            .values()
+            .map(|c| TreeItem {
+                name: &c.name,
+                parent: c.parent.as_deref().filter(|p| d.checkpoints.contains_key(*p)),
+                mark: if newest == Some(c.name.as_str()) { " (newest)" } else { "" },
+            })
+            .collect();
+        let mut text = String::new();
+        render_forest(&items, &mut text);
+        print!("{text}");
+        return;
+    }
+    println!("{:<24} {:<20} {:<16} Disks", "Name", "Creation Time (UTC)", "Parent");
+    let mut cps: Vec<_> = d.checkpoints.values().collect();
+    cps.sort_by_key(|c| (c.creation_time, c.name.clone()));
+    for c in cps {
+        let mark = if newest == Some(c.name.as_str()) { " *" } else { "" };
+        let disks: Vec<String> = c.bitmaps().map(|(disk, b)| format!("{disk}:{b}")).collect();
+        println!(
+            "{:<24} {:<20} {:<16} {}",
+            format!("{}{mark}", c.name),
+            utc(c.creation_time),
+            c.parent.as_deref().unwrap_or("-"),
+            disks.join(" ")
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use journal::ChainImage;
+use journal::{BitmapAction, ChainImage};
 use serde::Deserialize;
 
 use crate::error::ImageError;
@@ -44,6 +44,16 @@ impl ImageInfo {
 
     /// Names of persistent dirty bitmaps in a qcow2 image.
     pub fn bitmaps(&self) -> Vec<String> {
+        self.bitmap_infos().into_iter().map(|b| b.name).collect()
+    }
+
+    /// The persistent dirty bitmaps of a qcow2 image, with their flags.
+    pub fn bitmap_infos(&self) -> Vec<BitmapInfo> {
+        let flag = |b: &serde_json::Value, f: &str| {
+            b.get("flags")
+                .and_then(|x| x.as_array())
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(f)))
+        };
         self.format_specific
             .as_ref()
             .and_then(|f| f.get("data"))
@@ -51,11 +61,29 @@ impl ImageInfo {
             .and_then(|b| b.as_array())
             .map(|a| {
                 a.iter()
-                    .filter_map(|b| b.get("name").and_then(|n| n.as_str()).map(String::from))
+                    .filter_map(|b| {
+                        Some(BitmapInfo {
+                            name: b.get("name")?.as_str()?.to_string(),
+                            enabled: flag(b, "auto"),
+                            in_use: flag(b, "in-use"),
+                        })
+                    })
                     .collect()
             })
             .unwrap_or_default()
     }
+}
+
+/// One persistent dirty bitmap stored in an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitmapInfo {
+    pub name: String,
+    /// Records writes (qemu-img's `auto` flag).
+    pub enabled: bool,
+    /// Marked in use by a QEMU that has not stored it back: either a QEMU
+    /// has the image open now, or one died without saving it, and then the
+    /// bitmap is inconsistent and can only be removed.
+    pub in_use: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +229,44 @@ impl QemuImg {
             .filter(|e| e.data && e.depth == 0)
             .map(|e| e.length)
             .sum())
+    }
+
+    /// The persistent dirty bitmaps of `path`.
+    pub fn bitmaps(&self, path: &str) -> Result<Vec<BitmapInfo>, ImageError> {
+        Ok(self.info(path)?.bitmap_infos())
+    }
+
+    /// Changes one persistent dirty bitmap of `path` (`qemu-img bitmap`).
+    pub fn bitmap(&self, path: &str, action: &BitmapAction) -> Result<(), ImageError> {
+        let mut args = vec!["bitmap", "-f", "qcow2"];
+        let name = match action {
+            BitmapAction::Add { name, enabled } => {
+                args.push("--add");
+                if !enabled {
+                    args.push("--disable");
+                }
+                name
+            }
+            BitmapAction::Enable { name } => {
+                args.push("--enable");
+                name
+            }
+            BitmapAction::Disable { name } => {
+                args.push("--disable");
+                name
+            }
+            BitmapAction::Merge { source, target } => {
+                args.extend(["--merge", source.as_str()]);
+                target
+            }
+            BitmapAction::Remove { name } => {
+                args.push("--remove");
+                name
+            }
+        };
+        args.extend([path, name.as_str()]);
+        self.run("bitmap", path, &args)?;
+        Ok(())
     }
 
     /// `qemu-img check`: Ok when the image is consistent.

@@ -14,6 +14,7 @@ pub mod xml;
 
 pub use engine::Executor;
 pub use error::{ExecError, ImageError, Result, XmlError};
+pub use ops::checkpoint::{CheckpointReport, CheckpointRequest};
 pub use ops::create::{CreateReport, CreateRequest};
 pub use ops::delete::{DeleteReport, DeleteRequest, MergeChoice};
 pub use ops::redefine::{RedefineReport, RedefineRequest};

@@ -1,5 +1,5 @@
 //! The rendered XML files of the state directory: `domains/<dom>.xml` and
-//! `snapshots/<dom>/<snap>.xml`, a projection of the journal's state,
+//! `snapshots/<dom>/<snap>.xml` and `checkpoints/<dom>/<cp>.xml`, a projection of the journal's state,
 //! written atomically (temp file, fsync, rename, fsync of the directory).
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use journal::crashpoint::crash_point;
 use journal::State;
 
 use crate::error::{ExecError, Result};
+use crate::xml::checkpoint::render_checkpoint;
 use crate::xml::snapshot::render_snapshot;
 
 /// Prefix of temporary files; a file with it left behind is a stray.
@@ -47,6 +48,11 @@ impl MetadataStore {
         self.root.join("snapshots").join(domain)
     }
 
+    /// `checkpoints/<dom>/`.
+    pub fn checkpoint_dir(&self, domain: &str) -> PathBuf {
+        self.root.join("checkpoints").join(domain)
+    }
+
     /// Every file the state says should exist for `domain`, with its content.
     pub fn expected_files(&self, state: &State, domain: &str) -> Result<BTreeMap<PathBuf, String>> {
         let mut out = BTreeMap::new();
@@ -56,6 +62,12 @@ impl MetadataStore {
                 out.insert(
                     self.snapshot_dir(domain).join(format!("{}.xml", s.name)),
                     render_snapshot(s)?,
+                );
+            }
+            for c in d.checkpoints.values() {
+                out.insert(
+                    self.checkpoint_dir(domain).join(format!("{}.xml", c.name)),
+                    render_checkpoint(c)?,
                 );
             }
         }
@@ -78,10 +90,11 @@ impl MetadataStore {
                 }
             }
         }
-        let sd = self.snapshot_dir(domain);
-        if let Ok(rd) = fs::read_dir(&sd) {
-            for e in rd.flatten() {
-                out.push(e.path());
+        for dir in [self.snapshot_dir(domain), self.checkpoint_dir(domain)] {
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    out.push(e.path());
+                }
             }
         }
         Ok(out)
@@ -102,9 +115,11 @@ impl MetadataStore {
                 }
             }
         }
-        if let Ok(rd) = fs::read_dir(self.root.join("snapshots")) {
-            for e in rd.flatten() {
-                out.insert(e.file_name().to_string_lossy().into_owned());
+        for dir in ["snapshots", "checkpoints"] {
+            if let Ok(rd) = fs::read_dir(self.root.join(dir)) {
+                for e in rd.flatten() {
+                    out.insert(e.file_name().to_string_lossy().into_owned());
+                }
             }
         }
         out.into_iter().collect()
@@ -153,9 +168,13 @@ impl MetadataStore {
                 fs::remove_file(&p).map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
             }
         }
-        let sd = self.snapshot_dir(domain);
-        if !state.domains.contains_key(domain) && sd.exists() {
-            fs::remove_dir(&sd).map_err(|e| meta_err(&sd, format!("cannot remove directory: {e}")))?;
+        if !state.domains.contains_key(domain) {
+            for dir in [self.snapshot_dir(domain), self.checkpoint_dir(domain)] {
+                if dir.exists() {
+                    fs::remove_dir(&dir)
+                        .map_err(|e| meta_err(&dir, format!("cannot remove directory: {e}")))?;
+                }
+            }
         }
         Ok(())
     }

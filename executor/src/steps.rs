@@ -4,14 +4,14 @@
 use std::path::Path;
 
 use journal::crashpoint::crash_point;
-use journal::{Journal, LiveMerge, Runtime, Step, TxnId};
+use journal::{BitmapAction, BitmapOp, Journal, LiveMerge, Runtime, Step, TxnId};
 use serde_json::json;
 
 use crate::error::{ExecError, ImageError, Result};
 use crate::images::QemuImg;
 use crate::live::graph::{file_node, BlockGraph};
 use crate::live::qmp::{Cmd, Qmp, QmpError};
-use crate::live::{jobs, qemu, Live};
+use crate::live::{bitmaps, jobs, qemu, Live};
 use crate::metadata::MetadataStore;
 
 /// What steps act on.
@@ -89,6 +89,19 @@ impl World<'_> {
                 .on_qemu(domain, |q| Ok(BlockGraph::read(q)?.has_node(node)))?
                 .unwrap_or(true),
             Step::LiveSnapshot { .. } => self.switch_seen(step)?.unwrap_or(true),
+            Step::Bitmap { op, .. } => self.bitmap_done_offline(op)?,
+            Step::LiveBitmaps { domain, ops } => {
+                match self.on_qemu(domain, |q| Ok(bitmaps::seen(&BlockGraph::read(q)?, ops)))? {
+                    Some(done) => done,
+                    None => {
+                        let mut all = true;
+                        for op in ops {
+                            all &= self.bitmap_done_offline(op)?;
+                        }
+                        all
+                    }
+                }
+            }
             Step::BlockJob { domain, disk, merge } => {
                 match self.on_qemu(domain, |q| {
                     Ok(jobs::merge_done(&BlockGraph::read(q)?, disk, merge))
@@ -115,11 +128,21 @@ impl World<'_> {
     /// For a [`Step::LiveSnapshot`]: whether QEMU shows every disk switched
     /// onto its overlay (`None`: QEMU is gone and cannot tell).
     pub fn switch_seen(&self, step: &Step) -> Result<Option<bool>> {
-        let Step::LiveSnapshot { domain, disks } = step else {
+        let Step::LiveSnapshot {
+            domain,
+            disks,
+            bitmaps: ops,
+        } = step
+        else {
             return Ok(None);
         };
         self.on_qemu(domain, |q| {
             let graph = BlockGraph::read(q)?;
+            // One transaction: the disks' switch tells, or the bitmaps when
+            // there is no disk to switch.
+            if disks.is_empty() {
+                return Ok(bitmaps::seen(&graph, ops));
+            }
             Ok(disks.iter().all(|d| {
                 graph
                     .devices
@@ -127,6 +150,46 @@ impl World<'_> {
                     .any(|dev| dev.chain.first().map(|l| l.node.as_str()) == Some(d.overlay_node.as_str()))
             }))
         })
+    }
+
+    /// Whether the image shows a bitmap change done. A bitmap left in use by
+    /// a QEMU that died cannot be enabled, disabled or merged any more:
+    /// those count as done (the change tracking it held is lost either way).
+    fn bitmap_done_offline(&self, op: &BitmapOp) -> Result<bool> {
+        if !exists(&op.image) {
+            return Ok(true);
+        }
+        let present = self.images.bitmaps(&op.image)?;
+        let find = |n: &str| present.iter().find(|b| b.name == n);
+        Ok(match &op.action {
+            BitmapAction::Add { name, .. } => find(name).is_some(),
+            BitmapAction::Enable { name } => find(name).is_none_or(|b| b.enabled || b.in_use),
+            BitmapAction::Disable { name } => find(name).is_none_or(|b| !b.enabled || b.in_use),
+            BitmapAction::Merge { source, target } => match (find(source), find(target)) {
+                (None, _) => true,
+                (Some(s), Some(t)) => s.in_use || t.in_use,
+                (Some(_), None) => false,
+            },
+            BitmapAction::Remove { name } => find(name).is_none(),
+        })
+    }
+
+    /// A bitmap change through qemu-img (the domain is stopped, or its QEMU
+    /// is gone); idempotent.
+    fn apply_bitmap_offline(&self, domain: &str, op: &BitmapOp) -> Result<()> {
+        if self.bitmap_done_offline(op)? {
+            return Ok(());
+        }
+        if let BitmapAction::Merge { source, target } = &op.action {
+            if !self.images.bitmaps(&op.image)?.iter().any(|b| &b.name == target) {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain}, disk {}: cannot merge bitmap {source} into {target} in {}: {target} is missing",
+                    op.disk, op.image
+                )));
+            }
+        }
+        self.images.bitmap(&op.image, &op.action)?;
+        Ok(())
     }
 
     /// The runtime of a running domain, as the committed state records it.
@@ -216,26 +279,66 @@ impl World<'_> {
                 })?;
                 Ok(())
             }
-            Step::LiveSnapshot { domain, disks } => {
+            Step::LiveSnapshot {
+                domain,
+                disks,
+                bitmaps: ops,
+            } => {
                 if self.switch_seen(step)?.unwrap_or(true) {
                     return Ok(());
                 }
-                let actions: Vec<_> = disks
-                    .iter()
-                    .map(|d| {
+                crash_point("live.switch.before");
+                let sent = self.on_qemu(domain, |q| {
+                    // The bitmap actions come first: a checkpoint's new
+                    // bitmaps exist on the overlays before the guest
+                    // writes to them.
+                    let mut actions = match bitmaps::actions(&BlockGraph::read(q)?, ops) {
+                        Ok(a) => a,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    actions.extend(disks.iter().map(|d| {
                         json!({
                             "type": "blockdev-snapshot",
                             "data": { "node": d.top_node, "overlay": d.overlay_node },
                         })
-                    })
-                    .collect();
-                crash_point("live.switch.before");
-                self.on_qemu(domain, |q| {
-                    q.execute(Cmd::Transaction, json!({ "actions": actions }))
+                    }));
+                    q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
+                    Ok(Ok(()))
                 })?;
+                if let Some(Err(e)) = sent {
+                    return Err(ExecError::Live(format!("domain {domain}: {e}")));
+                }
                 crash_point("live.switch.after");
                 Ok(())
             }
+            Step::LiveBitmaps { domain, ops } => {
+                let sent = self.on_qemu(domain, |q| {
+                    let graph = BlockGraph::read(q)?;
+                    if bitmaps::seen(&graph, ops) {
+                        return Ok(Ok(()));
+                    }
+                    let actions = match bitmaps::actions(&graph, ops) {
+                        Ok(a) => a,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    crash_point("live.bitmaps.before");
+                    q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
+                    crash_point("live.bitmaps.after");
+                    Ok(Ok(()))
+                })?;
+                match sent {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(e)) => Err(ExecError::Live(format!("domain {domain}: {e}"))),
+                    // QEMU is gone: the same changes on the files.
+                    None => {
+                        for op in ops {
+                            self.apply_bitmap_offline(domain, op)?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Step::Bitmap { domain, op } => self.apply_bitmap_offline(domain, op),
             Step::BlockJob { domain, disk, merge } => {
                 let Some(rt) = self.runtime(domain)? else {
                     return self.offline_merge(merge);
@@ -405,6 +508,27 @@ impl World<'_> {
                     q.execute(Cmd::BlockdevDel, json!({ "node-name": node })).map(|_| ())
                 })?;
                 Ok(())
+            }
+            Step::Bitmap { domain, op } => {
+                let undo = match &op.action {
+                    BitmapAction::Add { name, .. } => BitmapAction::Remove { name: name.clone() },
+                    BitmapAction::Disable { name } => BitmapAction::Enable { name: name.clone() },
+                    BitmapAction::Enable { name } => BitmapAction::Disable { name: name.clone() },
+                    _ => {
+                        return Err(ExecError::Invalid(format!(
+                            "step \"{}\" runs after the commit point and cannot be undone",
+                            step.describe()
+                        )))
+                    }
+                };
+                self.apply_bitmap_offline(
+                    domain,
+                    &BitmapOp {
+                        disk: op.disk.clone(),
+                        image: op.image.clone(),
+                        action: undo,
+                    },
+                )
             }
             Step::LiveSnapshot { domain, .. } => match self.switch_seen(step)? {
                 Some(true) => Err(ExecError::Live(format!(

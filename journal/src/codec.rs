@@ -10,7 +10,10 @@ use crate::error::{CorruptKind, JournalError, RecordName, Result};
 use crate::event::TxnId;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// - 1: the first format.
+/// - 2: `Step::LiveSnapshot` carries the bitmaps of a checkpoint.
+pub const FORMAT_VERSION: u8 = 2;
 /// Size of the envelope header in bytes.
 pub const HEADER_LEN: usize = 6;
 

@@ -75,6 +75,22 @@ pub enum Intent {
         domain: String,
         count: u32,
     },
+    /// Take a checkpoint (a persistent dirty bitmap per disk).
+    CheckpointCreate {
+        domain: String,
+        checkpoint: String,
+    },
+    /// Delete a checkpoint, merging its bitmaps into its parent's.
+    CheckpointDelete {
+        domain: String,
+        checkpoint: String,
+        metadata_only: bool,
+    },
+    /// Define many checkpoints from their full XML, all or nothing.
+    CheckpointRedefine {
+        domain: String,
+        count: u32,
+    },
 }
 
 impl Intent {
@@ -90,7 +106,10 @@ impl Intent {
             | Intent::DomainStart { domain, .. }
             | Intent::DomainStop { domain, .. }
             | Intent::DomainAttach { domain, .. }
-            | Intent::SnapshotRedefine { domain, .. } => domain,
+            | Intent::SnapshotRedefine { domain, .. }
+            | Intent::CheckpointCreate { domain, .. }
+            | Intent::CheckpointDelete { domain, .. }
+            | Intent::CheckpointRedefine { domain, .. } => domain,
         }
     }
 
@@ -134,6 +153,20 @@ impl Intent {
             }
             Intent::DomainAttach { domain, qmp_socket } => {
                 format!("attach domain {domain} to the QEMU at {qmp_socket}")
+            }
+            Intent::CheckpointCreate { domain, checkpoint } => {
+                format!("create checkpoint {checkpoint} of domain {domain}")
+            }
+            Intent::CheckpointDelete {
+                domain,
+                checkpoint,
+                metadata_only,
+            } => format!(
+                "delete checkpoint {checkpoint}{} of domain {domain}",
+                if *metadata_only { " (metadata only)" } else { "" }
+            ),
+            Intent::CheckpointRedefine { domain, count } => {
+                format!("redefine {count} checkpoint(s) of domain {domain}")
             }
         }
     }

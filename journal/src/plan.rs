@@ -43,10 +43,16 @@ pub enum Step {
         path: String,
     },
     /// The live commit point: ONE QMP `transaction` of `blockdev-snapshot`
-    /// actions moves every disk onto its overlay at once. It is the last
-    /// step before the commit point and has no undo: once QEMU switched, the
-    /// guest may have written to the overlays.
-    LiveSnapshot { domain: String, disks: Vec<LiveSwitch> },
+    /// actions moves every disk onto its overlay at once, together with the
+    /// dirty-bitmap actions of a checkpoint taken with it (or alone, with no
+    /// disks). It is the last step before the commit point and has no undo:
+    /// once QEMU switched, the guest may have written to the overlays, and
+    /// its writes were tracked by the new bitmaps only.
+    LiveSnapshot {
+        domain: String,
+        disks: Vec<LiveSwitch>,
+        bitmaps: Vec<BitmapOp>,
+    },
     /// A QMP block job that merges images of a running domain (post-commit):
     /// `block-commit` of `top` into `base`, or `block-stream` of `base`'s
     /// data into `top`. When QEMU is gone, the same merge runs through
@@ -76,6 +82,55 @@ pub enum Step {
         qmp_socket: String,
         pid: Option<u32>,
     },
+    /// One persistent dirty-bitmap change in an image of a stopped domain,
+    /// through `qemu-img bitmap`. Adding and disabling run before the commit
+    /// point (undone by removing and enabling); merging and removing only
+    /// after it.
+    Bitmap { domain: String, op: BitmapOp },
+    /// Dirty-bitmap changes in a running domain's QEMU, as ONE QMP
+    /// `transaction` (post-commit, for checkpoint delete). When QEMU is
+    /// gone, the same changes run through qemu-img.
+    LiveBitmaps { domain: String, ops: Vec<BitmapOp> },
+}
+
+/// A change to one persistent dirty bitmap of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BitmapOp {
+    pub disk: String,
+    /// The image holding the bitmap (its QEMU node derives from the path).
+    pub image: String,
+    pub action: BitmapAction,
+}
+
+/// What a [`BitmapOp`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BitmapAction {
+    /// Add bitmap `name`, recording writes when `enabled`.
+    Add { name: String, enabled: bool },
+    /// Start recording writes in `name`.
+    Enable { name: String },
+    /// Stop recording writes in `name`.
+    Disable { name: String },
+    /// OR bitmap `source` into `target` (same image).
+    Merge { source: String, target: String },
+    /// Remove bitmap `name`.
+    Remove { name: String },
+}
+
+impl BitmapOp {
+    /// One line a person can read.
+    pub fn describe(&self) -> String {
+        let what = match &self.action {
+            BitmapAction::Add { name, enabled } => {
+                format!("add {}bitmap {name}", if *enabled { "" } else { "disabled " })
+            }
+            BitmapAction::Enable { name } => format!("enable bitmap {name}"),
+            BitmapAction::Disable { name } => format!("disable bitmap {name}"),
+            BitmapAction::Merge { source, target } => format!("merge bitmap {source} into {target}"),
+            BitmapAction::Remove { name } => format!("remove bitmap {name}"),
+        };
+        format!("{what} in {} (disk {})", self.image, self.disk)
+    }
 }
 
 /// One disk of a [`Step::LiveSnapshot`].
@@ -148,14 +203,34 @@ impl Step {
             } => {
                 format!("open {path} as node {node} in the QEMU of domain {domain} for disk {disk}")
             }
-            Step::LiveSnapshot { domain, disks } => format!(
-                "switch disk{} {} of running domain {domain} onto their overlays (one QMP transaction)",
+            Step::LiveSnapshot {
+                domain,
+                disks,
+                bitmaps,
+            } if disks.is_empty() => format!(
+                "{} in running domain {domain} (one QMP transaction)",
+                bitmaps.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
+            ),
+            Step::LiveSnapshot {
+                domain,
+                disks,
+                bitmaps,
+            } => format!(
+                "switch disk{} {} of running domain {domain} onto their overlays{} (one QMP transaction)",
                 if disks.len() == 1 { "" } else { "s" },
                 disks
                     .iter()
                     .map(|d| d.disk.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if bitmaps.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", with {}",
+                        bitmaps.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
+                    )
+                }
             ),
             Step::BlockJob { domain, disk, merge } => match merge {
                 LiveMerge::Commit {
@@ -186,6 +261,11 @@ impl Step {
             }
             Step::StopQemu { domain, .. } => format!("stop the QEMU of domain {domain}"),
             Step::ResumeGuest { domain } => format!("resume the vCPUs of domain {domain}"),
+            Step::Bitmap { domain, op } => format!("{} of domain {domain}", op.describe()),
+            Step::LiveBitmaps { domain, ops } => format!(
+                "{} in running domain {domain} (one QMP transaction)",
+                ops.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
+            ),
         }
     }
 

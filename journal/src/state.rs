@@ -115,9 +115,28 @@ pub struct CheckpointRecord {
     pub description: Option<String>,
     pub creation_time: i64,
     pub parent: Option<String>,
-    /// (disk, bitmap name) pairs.
+    /// (disk, bitmap name) pairs; an empty bitmap name is a disk the
+    /// checkpoint leaves out (`checkpoint='no'`).
     pub disks: Vec<(String, String)>,
     pub domain_xml: String,
+}
+
+impl CheckpointRecord {
+    /// The disks the checkpoint keeps a bitmap on, with the bitmap's name.
+    pub fn bitmaps(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.disks
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(d, b)| (d.as_str(), b.as_str()))
+    }
+
+    /// The bitmap the checkpoint keeps on `disk`, if it covers the disk.
+    pub fn bitmap_on(&self, disk: &str) -> Option<&str> {
+        self.disks
+            .iter()
+            .find(|(d, b)| d == disk && !b.is_empty())
+            .map(|(_, b)| b.as_str())
+    }
 }
 
 /// An image file the journal created.
@@ -142,6 +161,50 @@ impl DomainState {
             .values()
             .filter(|s| s.parent.as_deref() == parent)
             .collect()
+    }
+
+    /// How many ancestors a checkpoint has (a parent cycle, which only a
+    /// corrupt state could hold, stops the count).
+    fn checkpoint_depth(&self, name: &str) -> usize {
+        let mut depth = 0;
+        let mut at = self.checkpoints.get(name).and_then(|c| c.parent.as_deref());
+        while let Some(p) = at {
+            depth += 1;
+            if depth > self.checkpoints.len() {
+                break;
+            }
+            at = self.checkpoints.get(p).and_then(|c| c.parent.as_deref());
+        }
+        depth
+    }
+
+    /// The newest checkpoint covering `disk` (`None`: any disk): the one
+    /// whose bitmap on the disk records writes now. Newest means the latest
+    /// creation time, then the deepest in the tree, then the name.
+    pub fn newest_checkpoint(&self, disk: Option<&str>) -> Option<&CheckpointRecord> {
+        self.checkpoints
+            .values()
+            .filter(|c| disk.is_none_or(|d| c.bitmap_on(d).is_some()))
+            .max_by_key(|c| (c.creation_time, self.checkpoint_depth(&c.name), c.name.clone()))
+    }
+
+    /// The nearest ancestor of checkpoint `name` that covers `disk`: where
+    /// the checkpoint's changes on the disk go when it is deleted.
+    pub fn checkpoint_ancestor_on(&self, name: &str, disk: &str) -> Option<&CheckpointRecord> {
+        let mut seen = 0;
+        let mut at = self.checkpoints.get(name).and_then(|c| c.parent.as_deref());
+        while let Some(p) = at {
+            let c = self.checkpoints.get(p)?;
+            if c.bitmap_on(disk).is_some() {
+                return Some(c);
+            }
+            seen += 1;
+            if seen > self.checkpoints.len() {
+                return None;
+            }
+            at = c.parent.as_deref();
+        }
+        None
     }
 
     /// Every image path the domain still needs: the present chains and the

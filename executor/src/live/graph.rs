@@ -51,6 +51,17 @@ pub struct BlockGraph {
     pub devices: Vec<Device>,
     /// Every named node: node name → (driver, file name).
     pub nodes: BTreeMap<String, (String, String)>,
+    /// The dirty bitmaps of each node that has any: node name → bitmaps.
+    pub bitmaps: BTreeMap<String, Vec<LiveBitmap>>,
+}
+
+/// A dirty bitmap as QEMU reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveBitmap {
+    pub name: String,
+    /// Records writes.
+    pub recording: bool,
+    pub persistent: bool,
 }
 
 fn qdev_id(qdev: &str) -> String {
@@ -65,12 +76,30 @@ impl BlockGraph {
     pub fn read(qmp: &mut Qmp) -> Result<BlockGraph, QmpError> {
         let nodes_v = qmp.execute(Cmd::QueryNamedBlockNodes, json!({ "flat": true }))?;
         let mut nodes = BTreeMap::new();
+        let mut bitmaps = BTreeMap::new();
         for n in nodes_v.as_array().map(Vec::as_slice).unwrap_or_default() {
             let name = n.get("node-name").and_then(Value::as_str).unwrap_or_default();
             let drv = n.get("drv").and_then(Value::as_str).unwrap_or_default();
             let file = n.get("file").and_then(Value::as_str).unwrap_or_default();
             if !name.is_empty() {
                 nodes.insert(name.to_string(), (drv.to_string(), file.to_string()));
+                let list: Vec<LiveBitmap> = n
+                    .get("dirty-bitmaps")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|b| {
+                        Some(LiveBitmap {
+                            name: b.get("name")?.as_str()?.to_string(),
+                            recording: b.get("recording").and_then(Value::as_bool).unwrap_or(false),
+                            persistent: b.get("persistent").and_then(Value::as_bool).unwrap_or(false),
+                        })
+                    })
+                    .collect();
+                if !list.is_empty() {
+                    bitmaps.insert(name.to_string(), list);
+                }
             }
         }
         // The format node of each file: the node reading it whose driver
@@ -112,7 +141,30 @@ impl BlockGraph {
                 chain,
             });
         }
-        Ok(BlockGraph { devices, nodes })
+        Ok(BlockGraph {
+            devices,
+            nodes,
+            bitmaps,
+        })
+    }
+
+    /// The format node reading the image at `path` (snapjournal's name for
+    /// it first; a QEMU started by someone else names nodes its own way).
+    pub fn format_node_of(&self, path: &str) -> Option<&str> {
+        let ours = format_node(path);
+        if let Some((k, _)) = self.nodes.get_key_value(&ours) {
+            return Some(k.as_str());
+        }
+        self.nodes
+            .iter()
+            .find(|(_, (drv, file))| (drv == "qcow2" || drv == "raw") && file == path)
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// The bitmap `name` of the image at `path`, as QEMU holds it.
+    pub fn bitmap(&self, path: &str, name: &str) -> Option<&LiveBitmap> {
+        let node = self.format_node_of(path)?;
+        self.bitmaps.get(node)?.iter().find(|b| b.name == name)
     }
 
     /// The device of disk `target`: the one with that qdev id, or else the

@@ -8,6 +8,7 @@
 //! [`Live::with_qemu`]: nothing answers on the socket and the recorded
 //! process is not alive.
 
+pub mod bitmaps;
 pub mod graph;
 pub mod jobs;
 pub mod qemu;

@@ -8,6 +8,7 @@ use journal::{
     StateChange, Step, TxnId,
 };
 
+use super::checkpoint::{new_checkpoint_record, switch_bitmap_ops, CheckpointRequest, DiskTop};
 use super::{check_new_image_path, check_world_chains, derived_path, live_chains, now_secs, require_defined};
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
@@ -24,6 +25,9 @@ pub struct CreateRequest {
     /// Per-disk choices; disks not listed get an external overlay with the
     /// default name.
     pub disks: Vec<DiskRequest>,
+    /// Take a checkpoint of this name in the same transaction (a bitmap on
+    /// every disk, in the new overlays).
+    pub checkpoint: Option<String>,
 }
 
 /// What a create did.
@@ -32,6 +36,9 @@ pub struct CreateReport {
     pub txn: TxnId,
     /// (disk, overlay) for every external disk.
     pub overlays: Vec<(String, String)>,
+    /// The dirty-bitmap changes (a checkpoint taken with the snapshot, and
+    /// the recording bitmap carried into the overlays).
+    pub bitmap_changes: Vec<String>,
 }
 
 impl Executor {
@@ -70,6 +77,15 @@ impl Executor {
             }
         }
         check_world_chains(self.images(), dom)?;
+        let mut bitmap_ops = Vec::new();
+        if let Some(cp) = &req.checkpoint {
+            validate_name("checkpoint", cp)?;
+            if dom.checkpoints.contains_key(cp) {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain} already has a checkpoint called {cp}"
+                )));
+            }
+        }
 
         let mut steps = Vec::new();
         let mut changes = Vec::new();
@@ -83,6 +99,13 @@ impl Executor {
             let r = requested.get(disk.target.as_str());
             let mode = r.map(|r| r.mode).unwrap_or(DiskSnapshotMode::External);
             if mode == DiskSnapshotMode::No {
+                if let Some(active) = disk.active() {
+                    let top = DiskTop {
+                        active: active.path.clone(),
+                        overlay: None,
+                    };
+                    bitmap_ops.extend(switch_bitmap_ops(dom, &disk.target, &top, req.checkpoint.as_deref()));
+                }
                 snap_disks.push(SnapshotDisk {
                     disk: disk.target.clone(),
                     mode,
@@ -113,6 +136,11 @@ impl Executor {
                 path: path.clone(),
                 backing: active.clone(),
             });
+            let top = DiskTop {
+                active: active.path.clone(),
+                overlay: Some(path.clone()),
+            };
+            bitmap_ops.extend(switch_bitmap_ops(dom, &disk.target, &top, req.checkpoint.as_deref()));
             let overlay = ChainImage::qcow2(path.clone());
             let mut chain = vec![overlay.clone()];
             chain.extend(disk.chain.iter().cloned());
@@ -155,12 +183,18 @@ impl Executor {
             }
             overlays.push((disk.target.clone(), path));
         }
-        if !switches.is_empty() {
+        if live.is_some() {
             steps.extend(adds);
             steps.push(Step::LiveSnapshot {
                 domain: domain.clone(),
                 disks: switches,
+                bitmaps: bitmap_ops.clone(),
             });
+        } else {
+            steps.extend(bitmap_ops.iter().map(|op| Step::Bitmap {
+                domain: domain.clone(),
+                op: op.clone(),
+            }));
         }
         if overlays.is_empty() {
             return Err(ExecError::Invalid(format!(
@@ -169,6 +203,18 @@ impl Executor {
             )));
         }
         let new_xml = set_disk_sources(&format!("definition of domain {domain}"), &dom.core.xml, &sources)?;
+        if let Some(cp) = &req.checkpoint {
+            let creq = CheckpointRequest {
+                domain: domain.clone(),
+                name: cp.clone(),
+                description: req.description.clone(),
+                disks: Vec::new(),
+            };
+            changes.push(StateChange::CheckpointRecorded {
+                domain: domain.clone(),
+                checkpoint: new_checkpoint_record(dom, &creq, new_xml.clone())?,
+            });
+        }
         changes.push(StateChange::DomainXmlSet {
             domain: domain.clone(),
             xml: new_xml,
@@ -211,6 +257,10 @@ impl Executor {
             plan,
             Some(dom),
         )?;
-        Ok(CreateReport { txn, overlays })
+        Ok(CreateReport {
+            txn,
+            overlays,
+            bitmap_changes: bitmap_ops.iter().map(|o| o.describe()).collect(),
+        })
     }
 }

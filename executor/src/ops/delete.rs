@@ -8,6 +8,7 @@ use journal::{
     ChainImage, DiskSnapshotMode, DomainState, Intent, LiveMerge, Plan, State, StateChange, Step, TxnId,
 };
 
+use super::checkpoint::refuse_with_checkpoints;
 use super::{
     check_world_chains, collect_garbage, live_chains, replace_image, require_defined, simulate, world_chain,
 };
@@ -240,6 +241,13 @@ impl Executor {
         let mut steps = Vec::new();
         let mut merges = Vec::new();
         if !req.metadata_only {
+            let touched = doomed
+                .iter()
+                .filter_map(|n| dom.snapshots.get(n))
+                .flat_map(|s| s.disks.iter())
+                .filter(|d| d.mode == DiskSnapshotMode::External)
+                .map(|d| d.disk.as_str());
+            refuse_with_checkpoints(dom, touched, &format!("deleting snapshot {}", snap.name))?;
             check_world_chains(self.images(), dom)?;
         }
         if !req.metadata_only && !req.children {

@@ -2,6 +2,8 @@
 //! world, builds a complete [`journal::Plan`] and runs it through the
 //! [`crate::Executor`].
 
+pub mod checkpoint;
+pub mod checkpoint_redefine;
 pub mod create;
 pub mod delete;
 pub mod domain;

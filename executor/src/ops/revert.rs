@@ -54,6 +54,7 @@ impl Executor {
                 req.domain
             )));
         };
+        refuse_reverting_checkpoints(&dom, &req.snapshot)?;
         let Some(rt) = dom.core.runtime.clone() else {
             return self.snapshot_revert_stopped(req);
         };
@@ -87,6 +88,7 @@ impl Executor {
         let snap = dom.snapshots.get(&req.snapshot).ok_or_else(|| {
             ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
         })?;
+        refuse_reverting_checkpoints(dom, &req.snapshot)?;
         for d in req.overlays.keys() {
             if !snap
                 .disks
@@ -242,4 +244,16 @@ impl Executor {
             restarted: None,
         })
     }
+}
+
+/// A revert abandons the present overlays and starts new ones that no
+/// bitmap tracks: refused while checkpoints keep bitmaps on reverted disks.
+fn refuse_reverting_checkpoints(dom: &journal::DomainState, snapshot: &str) -> Result<()> {
+    let Some(snap) = dom.snapshots.get(snapshot) else { return Ok(()) };
+    let disks = snap
+        .disks
+        .iter()
+        .filter(|d| d.mode == DiskSnapshotMode::External)
+        .map(|d| d.disk.as_str());
+    super::checkpoint::refuse_with_checkpoints(dom, disks, &format!("reverting to snapshot {snapshot}"))
 }

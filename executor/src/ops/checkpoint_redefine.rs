@@ -1,0 +1,200 @@
+//! `checkpoint redefine`: import many full `<domaincheckpoint>` documents
+//! (each with its historic `<domain>`), validated as a whole against each
+//! other, the defined checkpoints and the bitmaps really in the images, and
+//! applied as ONE transaction, all or nothing. The bitmaps are the user's:
+//! nothing in the images changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use journal::{CheckpointRecord, DomainState, Intent, Plan, StateChange, Step};
+
+use super::redefine::RedefineReport;
+use super::{now_secs, require_defined};
+use crate::engine::Executor;
+use crate::error::{ExecError, Result};
+use crate::names::validate_name;
+use crate::xml::checkpoint::parse_checkpoint;
+use crate::xml::domain::parse_domain;
+
+/// Builds the checkpoint record a document describes.
+fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<CheckpointRecord> {
+    let domain = &dom.core.name;
+    let p = parse_checkpoint(origin, xml)?;
+    let name = p
+        .name
+        .clone()
+        .ok_or_else(|| ExecError::Invalid(format!("{origin}: the checkpoint has no <name>")))?;
+    validate_name(&format!("checkpoint (in {origin})"), &name)?;
+    let historic = p.domain_xml.clone().ok_or_else(|| {
+        ExecError::Invalid(format!(
+            "{origin}: checkpoint {name} has no <domain>; redefining needs the historic definition"
+        ))
+    })?;
+    let hd = parse_domain(&format!("{origin}: historic domain"), &historic)?;
+    if hd.name != *domain {
+        return Err(ExecError::Invalid(format!(
+            "{origin}: checkpoint {name} belongs to domain {}, not {domain}",
+            hd.name
+        )));
+    }
+    let mut disks = p.disks.clone();
+    if disks.is_empty() {
+        disks = hd.disks.iter().map(|d| (d.target.clone(), name.clone())).collect();
+    }
+    for (disk, _) in &disks {
+        if !hd.disks.iter().any(|d| &d.target == disk) {
+            return Err(ExecError::Invalid(format!(
+                "{origin}: checkpoint {name} lists disk {disk}, which its historic domain does not have"
+            )));
+        }
+    }
+    Ok(CheckpointRecord {
+        name,
+        description: p.description,
+        creation_time: p.creation_time.unwrap_or_else(now_secs),
+        parent: p.parent,
+        disks,
+        domain_xml: historic,
+    })
+}
+
+impl Executor {
+    /// Validates every item, then defines them all in one transaction.
+    pub fn checkpoint_redefine(&self, domain: &str, items: &[(String, String)]) -> Result<RedefineReport> {
+        let state = self.journal().state()?;
+        let dom = require_defined(&state, domain)?;
+        let (changes, report) = self.plan_checkpoint_redefine(dom, items)?;
+        if changes.is_empty() {
+            return Ok(report);
+        }
+        let plan = Plan {
+            steps: vec![Step::SyncXml {
+                domain: domain.to_string(),
+            }],
+            commit_index: 0,
+            changes,
+        };
+        let txn = self.run(
+            Intent::CheckpointRedefine {
+                domain: domain.to_string(),
+                count: report.defined.len() as u32,
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(RedefineReport {
+            txn: Some(txn),
+            ..report
+        })
+    }
+
+    /// The state changes a checkpoint redefine makes, after checking names,
+    /// parents and the bitmaps in the images of the domain's chains.
+    pub(crate) fn plan_checkpoint_redefine(
+        &self,
+        dom: &DomainState,
+        items: &[(String, String)],
+    ) -> Result<(Vec<StateChange>, RedefineReport)> {
+        let domain = &dom.core.name;
+        let mut incoming: BTreeMap<String, (String, CheckpointRecord)> = BTreeMap::new();
+        for (origin, xml) in items {
+            let rec = record_from_xml(dom, origin, xml)?;
+            if let Some((other, _)) = incoming.get(&rec.name) {
+                return Err(ExecError::Invalid(format!(
+                    "checkpoint {} is defined twice: in {other} and in {origin}",
+                    rec.name
+                )));
+            }
+            incoming.insert(rec.name.clone(), (origin.clone(), rec));
+        }
+        let mut unchanged = Vec::new();
+        for (name, (origin, rec)) in &incoming {
+            if let Some(existing) = dom.checkpoints.get(name) {
+                if existing == rec {
+                    unchanged.push(name.clone());
+                } else {
+                    return Err(ExecError::Invalid(format!(
+                        "checkpoint {name} in {origin} conflicts with the checkpoint {name} already defined for domain {domain}"
+                    )));
+                }
+            }
+        }
+        for (name, (origin, rec)) in &incoming {
+            let mut seen = BTreeSet::from([name.as_str()]);
+            let mut at = rec.parent.as_deref();
+            while let Some(p) = at {
+                if !incoming.contains_key(p) && !dom.checkpoints.contains_key(p) {
+                    return Err(ExecError::Invalid(format!(
+                        "{origin}: the ancestor {p} of checkpoint {name} is neither in the set nor defined for domain {domain}"
+                    )));
+                }
+                if !seen.insert(p) {
+                    return Err(ExecError::Invalid(format!(
+                        "{origin}: checkpoint {name} is its own ancestor (through {p})"
+                    )));
+                }
+                at = incoming
+                    .get(p)
+                    .map(|(_, r)| r.parent.as_deref())
+                    .or_else(|| dom.checkpoints.get(p).map(|c| c.parent.as_deref()))
+                    .flatten();
+            }
+        }
+        // Every bitmap a new checkpoint names is in an image of the disk's
+        // present chain (each image read once).
+        let mut in_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, (origin, rec)) in &incoming {
+            if unchanged.contains(name) {
+                continue;
+            }
+            for (disk, bitmap) in rec.bitmaps() {
+                let chain = dom.core.disks.get(disk).map(|d| d.chain.as_slice()).ok_or_else(|| {
+                    ExecError::Invalid(format!(
+                        "{origin}: checkpoint {name} keeps a bitmap on disk {disk}, which domain {domain} no longer has"
+                    ))
+                })?;
+                let mut found = false;
+                for image in chain.iter().filter(|i| i.format == "qcow2") {
+                    if !in_image.contains_key(&image.path) {
+                        let names = self
+                            .images()
+                            .bitmaps(&image.path)
+                            .map_err(|e| ExecError::Invalid(format!("{origin}: checkpoint {name}, disk {disk}: {e}")))?
+                            .into_iter()
+                            .map(|b| b.name)
+                            .collect();
+                        in_image.insert(image.path.clone(), names);
+                    }
+                    found |= in_image[&image.path].iter().any(|b| b == bitmap);
+                }
+                if !found {
+                    return Err(ExecError::Invalid(format!(
+                        "{origin}: checkpoint {name}, disk {disk}: no image of the disk's chain ({}) holds a bitmap called {bitmap}",
+                        chain.iter().map(|i| i.path.as_str()).collect::<Vec<_>>().join(" -> ")
+                    )));
+                }
+            }
+        }
+        let defined: Vec<String> = incoming
+            .keys()
+            .filter(|n| !unchanged.contains(n))
+            .cloned()
+            .collect();
+        let changes = incoming
+            .into_values()
+            .filter(|(_, r)| defined.contains(&r.name))
+            .map(|(_, r)| StateChange::CheckpointRecorded {
+                domain: domain.clone(),
+                checkpoint: r,
+            })
+            .collect();
+        Ok((
+            changes,
+            RedefineReport {
+                txn: None,
+                defined,
+                unchanged,
+            },
+        ))
+    }
+}

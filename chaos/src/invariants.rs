@@ -14,6 +14,8 @@ pub struct Summary {
     pub chains: BTreeMap<String, Vec<String>>,
     pub snapshots: BTreeMap<String, Option<String>>,
     pub current: Option<String>,
+    /// Checkpoint → parent.
+    pub checkpoints: BTreeMap<String, Option<String>>,
 }
 
 /// The shape of the fixture's domain, for comparing pre/post states (I6).
@@ -38,6 +40,11 @@ pub fn summary(f: &Fixture) -> Result<Summary> {
             .map(|s| (s.name.clone(), s.parent.clone()))
             .collect(),
         current: d.core.current_snapshot.clone(),
+        checkpoints: d
+            .checkpoints
+            .values()
+            .map(|c| (c.name.clone(), c.parent.clone()))
+            .collect(),
     })
 }
 

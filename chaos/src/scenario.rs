@@ -43,11 +43,21 @@ pub enum Op {
     /// `snapshot redefine vm --dir export --current s2`: s1 and s2
     /// exported, their metadata dropped, imported again in one transaction.
     Redefine,
+    /// `checkpoint create vm c2` with s1, s2 and checkpoint c1 present
+    /// (bitmaps in s2's overlays).
+    CheckpointCreate,
+    /// `snapshot create vm s3 --checkpoint c2`: one transaction adds the
+    /// overlays and the new bitmaps, and disables c1's.
+    SnapshotWithCheckpoint,
+    /// `checkpoint delete vm c2` of c1 ← c2, with c1 carried into s2's
+    /// overlays and c2 into s3's: c2 merges into c1 in both, and s3's
+    /// overlays get c1 (recording) in c2's place.
+    CheckpointDelete,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 11] = [
         Op::Create,
         Op::CreateOnChain,
         Op::Revert,
@@ -56,6 +66,9 @@ impl Op {
         Op::DeleteMiddle,
         Op::DeleteMetadataOnly,
         Op::Redefine,
+        Op::CheckpointCreate,
+        Op::SnapshotWithCheckpoint,
+        Op::CheckpointDelete,
     ];
 
     /// A short name.
@@ -69,6 +82,9 @@ impl Op {
             Op::DeleteMiddle => "delete-middle",
             Op::DeleteMetadataOnly => "delete-metadata-only",
             Op::Redefine => "redefine",
+            Op::CheckpointCreate => "checkpoint-create",
+            Op::SnapshotWithCheckpoint => "snapshot-with-checkpoint",
+            Op::CheckpointDelete => "checkpoint-delete",
         }
     }
 
@@ -89,6 +105,9 @@ impl Op {
             // Relative to the fixture's root, the working directory of
             // every `snapjournal` run.
             Op::Redefine => vec!["snapshot", "redefine", "vm", "--dir", "export", "--current", "s2"],
+            Op::CheckpointCreate => vec!["checkpoint", "create", "vm", "c2"],
+            Op::SnapshotWithCheckpoint => vec!["snapshot", "create", "vm", "s3", "--checkpoint", "c2"],
+            Op::CheckpointDelete => vec!["checkpoint", "delete", "vm", "c2"],
         }
     }
 
@@ -101,12 +120,27 @@ impl Op {
             return Ok(());
         }
         f.ok(&["snapshot", "create", "vm", "s1"])?;
+        if self == Op::CheckpointDelete {
+            f.ok(&["checkpoint", "create", "vm", "c1"])?;
+        }
         f.write_present(B, 1)?;
         f.ok(&["snapshot", "create", "vm", "s2"])?;
+        match self {
+            Op::CheckpointCreate | Op::SnapshotWithCheckpoint => {
+                f.ok(&["checkpoint", "create", "vm", "c1"])?;
+            }
+            Op::CheckpointDelete => {
+                f.ok(&["checkpoint", "create", "vm", "c2"])?;
+            }
+            _ => {}
+        }
         f.write_present(C, 2)?;
         if self == Op::DeleteMiddle {
             f.ok(&["snapshot", "create", "vm", "s3"])?;
             f.write_present(D, 3)?;
+        }
+        if self == Op::CheckpointDelete {
+            f.ok(&["snapshot", "create", "vm", "s3"])?;
         }
         if self == Op::Redefine {
             let export = f.root.path().join("export");

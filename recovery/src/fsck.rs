@@ -246,6 +246,8 @@ fn check_domain(
     }
     if let Some(rt) = &d.core.runtime {
         check_running(exec, d, rt, busy, report);
+    } else if !busy && !d.checkpoints.is_empty() {
+        check_bitmaps(exec, d, report);
     }
     for s in d.snapshots.values() {
         for sd in &s.disks {
@@ -422,4 +424,75 @@ fn show(chain: &[journal::ChainImage]) -> String {
         .map(|c| c.path.as_str())
         .collect::<Vec<_>>()
         .join(" -> ")
+}
+
+/// The checkpoints' bitmaps of a stopped domain: every bitmap a checkpoint
+/// names is in an image of its disk's chain, consistent; on each disk the
+/// newest checkpoint's bitmap is in the active image and records writes,
+/// and no other checkpoint's bitmap there does.
+fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckReport) {
+    let dom = &d.core.name;
+    for disk in d.core.disks.values() {
+        let mut per_image = Vec::new();
+        for image in disk.chain.iter().filter(|i| i.format == "qcow2") {
+            match exec.images().bitmaps(&image.path) {
+                Ok(list) => per_image.push((image.path.clone(), list)),
+                // An unreadable image is already an I2/I4 finding.
+                Err(_) => return,
+            }
+        }
+        let newest = d.newest_checkpoint(Some(&disk.target));
+        for c in d.checkpoints.values() {
+            let Some(b) = c.bitmap_on(&disk.target) else { continue };
+            let subject = format!("{dom}/{}/{b}", disk.target);
+            let found: Vec<(&str, &executor::images::BitmapInfo)> = per_image
+                .iter()
+                .filter_map(|(p, l)| l.iter().find(|x| x.name == b).map(|x| (p.as_str(), x)))
+                .collect();
+            if found.is_empty() {
+                report.findings.push(finding(
+                    "I4",
+                    "missing-bitmap",
+                    subject,
+                    format!(
+                        "domain {dom}, disk {}: checkpoint {} names bitmap {b}, which no image of the chain holds (a QEMU that died before storing it loses it)",
+                        disk.target, c.name
+                    ),
+                    "nothing automatic: the change tracking since the checkpoint is lost; delete the checkpoint (`checkpoint delete`) and take a full backup",
+                ));
+                continue;
+            }
+            if let Some((path, _)) = found.iter().find(|(_, x)| x.in_use) {
+                report.findings.push(finding(
+                    "I4",
+                    "inconsistent-bitmap",
+                    subject,
+                    format!(
+                        "domain {dom}, disk {}: bitmap {b} of checkpoint {} in {path} is marked in use: a QEMU stopped without storing it, so it is inconsistent",
+                        disk.target, c.name
+                    ),
+                    "nothing automatic: the change tracking since the checkpoint is lost; delete the checkpoint (`checkpoint delete`) and take a full backup",
+                ));
+                continue;
+            }
+            let active = per_image.first();
+            let in_active = active.and_then(|(_, l)| l.iter().find(|x| x.name == b));
+            let is_newest = newest.is_some_and(|n| n.name == c.name);
+            let wrong = match (is_newest, in_active) {
+                (true, Some(x)) => (!x.enabled).then_some("does not record writes in the active image"),
+                (true, None) => Some("is not in the active image, so writes go untracked"),
+                (false, Some(x)) => x.enabled.then_some("records writes although a newer checkpoint does"),
+                (false, None) => None,
+            };
+            if let Some(what) = wrong {
+                report.findings.push(finding(
+                    "I2",
+                    "bitmap-state",
+                    subject,
+                    format!("domain {dom}, disk {}: bitmap {b} of checkpoint {} {what}", disk.target, c.name),
+                    NO_REPAIR,
+                ));
+            }
+        }
+    }
 }

@@ -62,6 +62,8 @@ pub struct LiveBitmap {
     /// Records writes.
     pub recording: bool,
     pub persistent: bool,
+    /// Bytes marked dirty.
+    pub count: u64,
 }
 
 fn qdev_id(qdev: &str) -> String {
@@ -94,6 +96,7 @@ impl BlockGraph {
                             name: b.get("name")?.as_str()?.to_string(),
                             recording: b.get("recording").and_then(Value::as_bool).unwrap_or(false),
                             persistent: b.get("persistent").and_then(Value::as_bool).unwrap_or(false),
+                            count: b.get("count").and_then(Value::as_u64).unwrap_or(0),
                         })
                     })
                     .collect();

@@ -105,7 +105,7 @@ pub(crate) fn refuse_with_checkpoints<'a>(
             .collect();
         if !names.is_empty() {
             return Err(ExecError::Invalid(format!(
-                "domain {}, disk {disk}: {what} would merge or drop images that hold the bitmaps of checkpoint(s) {}, losing their change tracking; delete the checkpoints first (`checkpoint delete`). Nothing was changed",
+                "domain {}, disk {disk}: {what} would merge or drop images that hold the bitmaps of checkpoint(s) {}, losing their change tracking; delete the checkpoints first (`checkpoint delete`)",
                 dom.core.name,
                 names.join(", ")
             )));
@@ -240,7 +240,7 @@ impl Executor {
                 .is_some_and(|l| l.iter().any(|(n, _)| n == bitmap))
             {
                 return Err(ExecError::Invalid(format!(
-                    "domain {domain}, disk {disk}: {} already holds a bitmap called {bitmap}. Nothing was changed",
+                    "domain {domain}, disk {disk}: {} already holds a bitmap called {bitmap}",
                     active.path
                 )));
             }
@@ -331,7 +331,7 @@ impl Executor {
                     };
                     if graph.is_some() && i > 0 {
                         return Err(ExecError::Invalid(format!(
-                            "domain {domain}, disk {disk}: the bitmap {bitmap} of checkpoint {name} lies in {}, a read-only backing image of the running QEMU; stop the domain (`domain stop`) and delete the checkpoint then. Nothing was changed",
+                            "domain {domain}, disk {disk}: the bitmap {bitmap} of checkpoint {name} lies in {}, a read-only backing image of the running QEMU; stop the domain (`domain stop`) and delete the checkpoint then",
                             image.path
                         )));
                     }

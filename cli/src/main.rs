@@ -593,7 +593,9 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         &msg,
                     );
                 }
-                CheckpointCmd::List { domain, tree } => output::checkpoint_list(out, &domain_state(domain)?, *tree),
+                CheckpointCmd::List { domain, tree } => {
+                    output::checkpoint_list(out, &domain_state(domain)?, *tree)
+                }
                 CheckpointCmd::Dumpxml { domain, name } => {
                     let d = domain_state(domain)?;
                     let c = d

@@ -156,7 +156,8 @@ pub struct TreeItem<'a> {
 /// Renders a forest: children are indexed once, and the walk is iterative,
 /// so long histories cost linear time and no deep recursion.
 pub fn render_forest(items: &[TreeItem], out: &mut String) {
-    let mut kids: std::collections::BTreeMap<Option<&str>, Vec<&TreeItem>> = std::collections::BTreeMap::new();
+    let mut kids: std::collections::BTreeMap<Option<&str>, Vec<&TreeItem>> =
+        std::collections::BTreeMap::new();
     for s in items {
         kids.entry(s.parent).or_default().push(s);
     }
@@ -213,7 +214,11 @@ pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
             .map(|c| TreeItem {
                 name: &c.name,
                 parent: c.parent.as_deref().filter(|p| d.checkpoints.contains_key(*p)),
-                mark: if newest == Some(c.name.as_str()) { " (newest)" } else { "" },
+                mark: if newest == Some(c.name.as_str()) {
+                    " (newest)"
+                } else {
+                    ""
+                },
             })
             .collect();
         let mut text = String::new();
@@ -221,7 +226,10 @@ pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
         print!("{text}");
         return;
     }
-    println!("{:<24} {:<20} {:<16} Disks", "Name", "Creation Time (UTC)", "Parent");
+    println!(
+        "{:<24} {:<20} {:<16} Disks",
+        "Name", "Creation Time (UTC)", "Parent"
+    );
     let mut cps: Vec<_> = d.checkpoints.values().collect();
     cps.sort_by_key(|c| (c.creation_time, c.name.clone()));
     for c in cps {

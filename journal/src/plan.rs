@@ -209,7 +209,11 @@ impl Step {
                 bitmaps,
             } if disks.is_empty() => format!(
                 "{} in running domain {domain} (one QMP transaction)",
-                bitmaps.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
+                bitmaps
+                    .iter()
+                    .map(BitmapOp::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
             Step::LiveSnapshot {
                 domain,
@@ -228,7 +232,11 @@ impl Step {
                 } else {
                     format!(
                         ", with {}",
-                        bitmaps.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
+                        bitmaps
+                            .iter()
+                            .map(BitmapOp::describe)
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     )
                 }
             ),

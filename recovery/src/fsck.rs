@@ -443,7 +443,9 @@ fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckRep
         }
         let newest = d.newest_checkpoint(Some(&disk.target));
         for c in d.checkpoints.values() {
-            let Some(b) = c.bitmap_on(&disk.target) else { continue };
+            let Some(b) = c.bitmap_on(&disk.target) else {
+                continue;
+            };
             let subject = format!("{dom}/{}/{b}", disk.target);
             let found: Vec<(&str, &executor::images::BitmapInfo)> = per_image
                 .iter()
@@ -481,7 +483,9 @@ fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckRep
             let wrong = match (is_newest, in_active) {
                 (true, Some(x)) => (!x.enabled).then_some("does not record writes in the active image"),
                 (true, None) => Some("is not in the active image, so writes go untracked"),
-                (false, Some(x)) => x.enabled.then_some("records writes although a newer checkpoint does"),
+                (false, Some(x)) => x
+                    .enabled
+                    .then_some("records writes although a newer checkpoint does"),
                 (false, None) => None,
             };
             if let Some(what) = wrong {
@@ -489,7 +493,10 @@ fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckRep
                     "I2",
                     "bitmap-state",
                     subject,
-                    format!("domain {dom}, disk {}: bitmap {b} of checkpoint {} {what}", disk.target, c.name),
+                    format!(
+                        "domain {dom}, disk {}: bitmap {b} of checkpoint {} {what}",
+                        disk.target, c.name
+                    ),
                     NO_REPAIR,
                 ));
             }

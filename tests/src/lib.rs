@@ -1,7 +1,7 @@
 //! Shared helpers of the end-to-end tests: the chaos suite's fixtures on
 //! real qcow2 images and the `snapjournal` binary.
 
-pub use chaos::fixture::{domain_xml, files, region_holds, tool, write_pattern, Fixture};
+pub use chaos::fixture::{domain_xml, files, region_holds, tool, write_pattern, Fixture, REGION};
 pub use chaos::scenario::{A, B, C, D};
 
 /// Asserts that `image` reads `want` (region → pattern, others 0) in

@@ -391,6 +391,7 @@ fn library_api_round_trip() {
                 mode: journal::DiskSnapshotMode::External,
                 file: Some(f.img.join("custom-vdb").to_string_lossy().into_owned()),
             }],
+            checkpoint: None,
         })
         .unwrap();
     assert_eq!(r.overlays.len(), 2);

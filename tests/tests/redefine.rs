@@ -85,6 +85,29 @@ fn bulk_redefine_round_trips_and_is_idempotent() {
 }
 
 #[test]
+fn a_dumped_snapshot_redefines_as_identical_on_its_own_domain() {
+    // No undefine in between: the record made by `snapshot create` and the
+    // one read back from its XML are the same.
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    let p = f.root.path().join("s1.xml");
+    std::fs::write(&p, f.ok(&["snapshot", "dumpxml", "vm", "s1"]).unwrap()).unwrap();
+    let r = json(
+        &f.ok(&["--json", "snapshot", "redefine", "vm", p.to_str().unwrap()])
+            .unwrap(),
+    );
+    assert_eq!(r["unchanged"], serde_json::json!(["s1"]), "{r}");
+    f.ok(&["checkpoint", "create", "vm", "c1"]).unwrap();
+    let p = f.root.path().join("c1.xml");
+    std::fs::write(&p, f.ok(&["checkpoint", "dumpxml", "vm", "c1"]).unwrap()).unwrap();
+    let r = json(
+        &f.ok(&["--json", "checkpoint", "redefine", "vm", p.to_str().unwrap()])
+            .unwrap(),
+    );
+    assert_eq!(r["unchanged"], serde_json::json!(["c1"]), "{r}");
+}
+
+#[test]
 fn redefine_from_a_directory() {
     let f = Fixture::new(2).unwrap();
     let files = exported(&f);

@@ -22,6 +22,7 @@ use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 use crate::live::graph::BlockGraph;
 use crate::names::validate_name;
+use crate::xml::domain::domain_element_text;
 
 /// A checkpoint-create request.
 #[derive(Debug, Clone, Default)]
@@ -119,9 +120,13 @@ pub(crate) fn refuse_with_checkpoints<'a>(
 pub(crate) fn new_checkpoint_record(
     dom: &DomainState,
     req: &CheckpointRequest,
-    domain_xml: String,
+    domain_xml: &str,
 ) -> Result<CheckpointRecord> {
     validate_name("checkpoint", &req.name)?;
+    // The `<domain>` element alone, as the rendered XML carries it (so a
+    // dumped checkpoint redefines as identical).
+    let domain_xml =
+        domain_element_text(&format!("definition of domain {}", dom.core.name), domain_xml)?.to_string();
     let domain = &dom.core.name;
     if dom.checkpoints.contains_key(&req.name) {
         return Err(ExecError::Invalid(format!(
@@ -197,7 +202,9 @@ impl Executor {
     }
 
     fn graph_of(&self, dom: &DomainState) -> Result<Option<BlockGraph>> {
-        let Some(rt) = &dom.core.runtime else { return Ok(None) };
+        let Some(rt) = &dom.core.runtime else {
+            return Ok(None);
+        };
         live_chains(self, dom, rt)?;
         let name = &dom.core.name;
         self.live()
@@ -218,7 +225,7 @@ impl Executor {
         let state = self.journal().state()?;
         let dom = require_defined(&state, &req.domain)?;
         let domain = &req.domain;
-        let record = new_checkpoint_record(dom, req, dom.core.xml.clone())?;
+        let record = new_checkpoint_record(dom, req, &dom.core.xml)?;
         let graph = self.graph_of(dom)?;
         if graph.is_none() {
             check_world_chains(self.images(), dom)?;
@@ -226,9 +233,9 @@ impl Executor {
         let present = self.chain_bitmaps(dom, graph.as_ref())?;
         let mut ops = Vec::new();
         for (disk, bitmap) in record.bitmaps() {
-            let active = dom.core.disks[disk]
-                .active()
-                .ok_or_else(|| ExecError::Invalid(format!("domain {domain}, disk {disk}: the disk has no image")))?;
+            let active = dom.core.disks[disk].active().ok_or_else(|| {
+                ExecError::Invalid(format!("domain {domain}, disk {disk}: the disk has no image"))
+            })?;
             if active.format != "qcow2" {
                 return Err(ExecError::Invalid(format!(
                     "domain {domain}, disk {disk}: {} is {}; bitmaps need qcow2",
@@ -296,17 +303,27 @@ impl Executor {
     /// recording, and removed. The metadata goes first (the commit point);
     /// the bitmap changes only roll forward. `metadata_only` leaves the
     /// bitmaps.
-    pub fn checkpoint_delete(&self, domain: &str, name: &str, metadata_only: bool) -> Result<CheckpointReport> {
+    pub fn checkpoint_delete(
+        &self,
+        domain: &str,
+        name: &str,
+        metadata_only: bool,
+    ) -> Result<CheckpointReport> {
         let state = self.journal().state()?;
         let dom = require_defined(&state, domain)?;
-        let cp = dom.checkpoints.get(name).ok_or_else(|| {
-            ExecError::Invalid(format!("domain {domain} has no checkpoint called {name}"))
-        })?;
+        let cp = dom
+            .checkpoints
+            .get(name)
+            .ok_or_else(|| ExecError::Invalid(format!("domain {domain} has no checkpoint called {name}")))?;
         let mut changes = vec![StateChange::CheckpointRemoved {
             domain: domain.to_string(),
             checkpoint: name.to_string(),
         }];
-        for child in dom.checkpoints.values().filter(|c| c.parent.as_deref() == Some(name)) {
+        for child in dom
+            .checkpoints
+            .values()
+            .filter(|c| c.parent.as_deref() == Some(name))
+        {
             let mut moved = child.clone();
             moved.parent = cp.parent.clone();
             changes.push(StateChange::CheckpointRecorded {
@@ -319,7 +336,9 @@ impl Executor {
         if !metadata_only {
             let present = self.chain_bitmaps(dom, graph.as_ref())?;
             for (disk, bitmap) in cp.bitmaps() {
-                let Some(state_disk) = dom.core.disks.get(disk) else { continue };
+                let Some(state_disk) = dom.core.disks.get(disk) else {
+                    continue;
+                };
                 let ancestor = dom
                     .checkpoint_ancestor_on(name, disk)
                     .and_then(|a| a.bitmap_on(disk))

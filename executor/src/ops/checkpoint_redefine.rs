@@ -39,7 +39,11 @@ fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<Checkpo
     }
     let mut disks = p.disks.clone();
     if disks.is_empty() {
-        disks = hd.disks.iter().map(|d| (d.target.clone(), name.clone())).collect();
+        disks = hd
+            .disks
+            .iter()
+            .map(|d| (d.target.clone(), name.clone()))
+            .collect();
     }
     for (disk, _) in &disks {
         if !hd.disks.iter().any(|d| &d.target == disk) {
@@ -159,7 +163,9 @@ impl Executor {
                         let names = self
                             .images()
                             .bitmaps(&image.path)
-                            .map_err(|e| ExecError::Invalid(format!("{origin}: checkpoint {name}, disk {disk}: {e}")))?
+                            .map_err(|e| {
+                                ExecError::Invalid(format!("{origin}: checkpoint {name}, disk {disk}: {e}"))
+                            })?
                             .into_iter()
                             .map(|b| b.name)
                             .collect();

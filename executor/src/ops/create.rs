@@ -13,7 +13,7 @@ use super::{check_new_image_path, check_world_chains, derived_path, live_chains,
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 use crate::names::validate_name;
-use crate::xml::domain::set_disk_sources;
+use crate::xml::domain::{domain_element_text, set_disk_sources};
 use crate::xml::snapshot::DiskRequest;
 
 /// A snapshot-create request.
@@ -104,7 +104,12 @@ impl Executor {
                         active: active.path.clone(),
                         overlay: None,
                     };
-                    bitmap_ops.extend(switch_bitmap_ops(dom, &disk.target, &top, req.checkpoint.as_deref()));
+                    bitmap_ops.extend(switch_bitmap_ops(
+                        dom,
+                        &disk.target,
+                        &top,
+                        req.checkpoint.as_deref(),
+                    ));
                 }
                 snap_disks.push(SnapshotDisk {
                     disk: disk.target.clone(),
@@ -140,7 +145,12 @@ impl Executor {
                 active: active.path.clone(),
                 overlay: Some(path.clone()),
             };
-            bitmap_ops.extend(switch_bitmap_ops(dom, &disk.target, &top, req.checkpoint.as_deref()));
+            bitmap_ops.extend(switch_bitmap_ops(
+                dom,
+                &disk.target,
+                &top,
+                req.checkpoint.as_deref(),
+            ));
             let overlay = ChainImage::qcow2(path.clone());
             let mut chain = vec![overlay.clone()];
             chain.extend(disk.chain.iter().cloned());
@@ -212,7 +222,7 @@ impl Executor {
             };
             changes.push(StateChange::CheckpointRecorded {
                 domain: domain.clone(),
-                checkpoint: new_checkpoint_record(dom, &creq, new_xml.clone())?,
+                checkpoint: new_checkpoint_record(dom, &creq, &new_xml)?,
             });
         }
         changes.push(StateChange::DomainXmlSet {
@@ -233,7 +243,10 @@ impl Executor {
                 .into(),
                 parent: dom.core.current_snapshot.clone(),
                 disks: snap_disks,
-                domain_xml: dom.core.xml.clone(),
+                // The `<domain>` element alone, as the rendered XML
+                // carries it (so a dumped snapshot redefines as identical).
+                domain_xml: domain_element_text(&format!("definition of domain {domain}"), &dom.core.xml)?
+                    .to_string(),
             },
         });
         changes.push(StateChange::CurrentSnapshotSet {

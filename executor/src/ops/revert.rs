@@ -249,7 +249,9 @@ impl Executor {
 /// A revert abandons the present overlays and starts new ones that no
 /// bitmap tracks: refused while checkpoints keep bitmaps on reverted disks.
 fn refuse_reverting_checkpoints(dom: &journal::DomainState, snapshot: &str) -> Result<()> {
-    let Some(snap) = dom.snapshots.get(snapshot) else { return Ok(()) };
+    let Some(snap) = dom.snapshots.get(snapshot) else {
+        return Ok(());
+    };
     let disks = snap
         .disks
         .iter()

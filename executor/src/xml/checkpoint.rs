@@ -91,7 +91,12 @@ pub fn parse_checkpoint(what: &str, xml: &str) -> Result<ParsedCheckpoint, XmlEr
                     Some(_) => return Err(err(what, format!("disk {disk}: empty bitmap name"))),
                     None => name.clone().unwrap_or_default(),
                 },
-                other => return Err(err(what, format!("disk {disk}: unknown checkpoint mode {other:?}"))),
+                other => {
+                    return Err(err(
+                        what,
+                        format!("disk {disk}: unknown checkpoint mode {other:?}"),
+                    ))
+                }
             };
             disks.push((disk, bitmap));
         }

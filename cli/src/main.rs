@@ -79,7 +79,7 @@ enum Cmd {
 enum RedefineCmd {
     /// Open a session for a domain; prints its id.
     Begin { domain: String },
-    /// Add one <domainsnapshot> document.
+    /// Add one <domainsnapshot> or <domaincheckpoint> document.
     Add { id: String, file: PathBuf },
     /// Validate and define everything added, as one transaction.
     Commit {
@@ -312,14 +312,25 @@ fn parse_checkpoint_diskspec(spec: &str) -> Result<(String, bool)> {
 
 fn redefined(out: &Out, kind: &str, r: &executor::RedefineReport) {
     let txn = r.txn.map(|t| t.to_string());
+    let mut text = format!(
+        "{} {kind}(s) defined, {} already defined identically",
+        r.defined.len(),
+        r.unchanged.len()
+    );
+    if !r.checkpoints_defined.is_empty() || !r.checkpoints_unchanged.is_empty() {
+        text.push_str(&format!(
+            "; {} checkpoint(s) defined, {} already defined identically",
+            r.checkpoints_defined.len(),
+            r.checkpoints_unchanged.len()
+        ));
+    }
+    if let Some(t) = &txn {
+        text.push_str(&format!(" ({t})"));
+    }
     out.done(
-        json!({"txn": txn, "defined": r.defined, "unchanged": r.unchanged}),
-        &format!(
-            "{} {kind}(s) defined, {} already defined identically{}",
-            r.defined.len(),
-            r.unchanged.len(),
-            txn.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()
-        ),
+        json!({"txn": txn, "defined": r.defined, "unchanged": r.unchanged,
+               "checkpoints_defined": r.checkpoints_defined, "checkpoints_unchanged": r.checkpoints_unchanged}),
+        &text,
     );
 }
 
@@ -623,10 +634,10 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 }
                 RedefineCmd::Add { id, file } => {
                     let xml = read_input(file)?;
-                    let name = exec.redefine_add(id, &file.display().to_string(), &xml)?;
+                    let item = exec.redefine_add(id, &file.display().to_string(), &xml)?;
                     out.done(
-                        json!({"id": id, "snapshot": name}),
-                        &format!("added snapshot {name} to session {id}"),
+                        json!({"id": id, "item": item}),
+                        &format!("added {item} to session {id}"),
                     );
                 }
                 RedefineCmd::Commit { id, current } => {

@@ -91,6 +91,12 @@ pub enum Intent {
         domain: String,
         count: u32,
     },
+    /// A redefine session's snapshots and checkpoints, all or nothing.
+    SessionRedefine {
+        domain: String,
+        snapshots: u32,
+        checkpoints: u32,
+    },
 }
 
 impl Intent {
@@ -109,7 +115,8 @@ impl Intent {
             | Intent::SnapshotRedefine { domain, .. }
             | Intent::CheckpointCreate { domain, .. }
             | Intent::CheckpointDelete { domain, .. }
-            | Intent::CheckpointRedefine { domain, .. } => domain,
+            | Intent::CheckpointRedefine { domain, .. }
+            | Intent::SessionRedefine { domain, .. } => domain,
         }
     }
 
@@ -168,6 +175,13 @@ impl Intent {
             Intent::CheckpointRedefine { domain, count } => {
                 format!("redefine {count} checkpoint(s) of domain {domain}")
             }
+            Intent::SessionRedefine {
+                domain,
+                snapshots,
+                checkpoints,
+            } => format!(
+                "redefine {snapshots} snapshot(s) and {checkpoints} checkpoint(s) of domain {domain} (session)"
+            ),
         }
     }
 }

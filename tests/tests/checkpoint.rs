@@ -443,3 +443,88 @@ fn checkpoint_redefine_is_validated_against_the_images_and_all_or_nothing() {
     f.ok(&["checkpoint", "delete", "vm", "c2"]).unwrap();
     f.ok(&["fsck"]).unwrap();
 }
+
+/// A domain with snapshot s1 and checkpoints c1 ← c2, exported and then
+/// defined again bare; returns the exported documents.
+fn exported_with_checkpoints(f: &Fixture) -> Vec<String> {
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.ok(&["checkpoint", "create", "vm", "c1"]).unwrap();
+    f.ok(&["checkpoint", "create", "vm", "c2"]).unwrap();
+    let export = f.root.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    let mut files = Vec::new();
+    for (kind, name) in [("snapshot", "s1"), ("checkpoint", "c1"), ("checkpoint", "c2")] {
+        let p = export.join(format!("{name}.xml"));
+        std::fs::write(&p, f.ok(&[kind, "dumpxml", "vm", name]).unwrap()).unwrap();
+        files.push(p.display().to_string());
+    }
+    let dom = f.root.path().join("vm-now.xml");
+    std::fs::write(&dom, f.ok(&["domain", "dumpxml", "vm"]).unwrap()).unwrap();
+    f.ok(&["domain", "undefine", "vm", "--snapshots-metadata"])
+        .unwrap();
+    f.ok(&["domain", "define", dom.to_str().unwrap()]).unwrap();
+    files
+}
+
+fn defined_items(f: &Fixture) -> (Vec<String>, Vec<String>) {
+    let st = f.state().unwrap();
+    let d = &st.domains["vm"];
+    (
+        d.snapshots.keys().cloned().collect(),
+        d.checkpoints.keys().cloned().collect(),
+    )
+}
+
+#[test]
+fn a_session_defines_snapshots_and_checkpoints_in_one_transaction() {
+    let f = Fixture::new(1).unwrap();
+    let files = exported_with_checkpoints(&f);
+    let id = f.ok(&["redefine", "begin", "vm"]).unwrap().trim().to_string();
+    for p in &files {
+        let r = json(&f.ok(&["--json", "redefine", "add", &id, p]).unwrap());
+        assert!(r["item"].as_str().unwrap().contains(' '), "{r}");
+    }
+    assert_eq!(defined_items(&f), (vec![], vec![]));
+    let r = json(
+        &f.ok(&["--json", "redefine", "commit", &id, "--current", "s1"])
+            .unwrap(),
+    );
+    assert_eq!(r["defined"], serde_json::json!(["s1"]));
+    assert_eq!(r["checkpoints_defined"], serde_json::json!(["c1", "c2"]));
+    assert_eq!(
+        defined_items(&f),
+        (vec!["s1".into()], vec!["c1".into(), "c2".into()])
+    );
+    let h = json(&f.ok(&["--json", "domain", "history", "vm"]).unwrap());
+    let last = h.as_array().unwrap().last().unwrap();
+    assert!(
+        last["what"]
+            .as_str()
+            .unwrap()
+            .contains("1 snapshot(s) and 2 checkpoint(s)"),
+        "{last}"
+    );
+    f.ok(&["fsck"]).unwrap();
+
+    // Killed anywhere in the commit: all of it or none of it.
+    for crash_at in 1..=10u64 {
+        let f = Fixture::new(1).unwrap();
+        let files = exported_with_checkpoints(&f);
+        let id = f.ok(&["redefine", "begin", "vm"]).unwrap().trim().to_string();
+        for p in &files {
+            f.ok(&["redefine", "add", &id, p]).unwrap();
+        }
+        let st = f
+            .command(&["redefine", "commit", &id])
+            .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
+            .status()
+            .unwrap();
+        f.ok(&["recover"]).unwrap();
+        let items = defined_items(&f);
+        assert!(
+            items == (vec![], vec![]) || items == (vec!["s1".into()], vec!["c1".into(), "c2".into()]),
+            "crash at {crash_at} ({st}): partial redefine {items:?}"
+        );
+        f.ok(&["fsck"]).unwrap();
+    }
+}

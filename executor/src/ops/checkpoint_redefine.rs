@@ -197,9 +197,9 @@ impl Executor {
         Ok((
             changes,
             RedefineReport {
-                txn: None,
                 defined,
                 unchanged,
+                ..Default::default()
             },
         ))
     }

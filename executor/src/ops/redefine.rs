@@ -28,13 +28,18 @@ pub struct RedefineRequest {
 }
 
 /// What a redefine did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedefineReport {
     /// `None` when nothing needed changing.
     pub txn: Option<TxnId>,
+    /// Snapshots (or, for `checkpoint redefine`, checkpoints) defined.
     pub defined: Vec<String>,
-    /// Items identical to snapshots already defined (no-ops).
+    /// Items identical to ones already defined (no-ops).
     pub unchanged: Vec<String>,
+    /// Checkpoints defined by a session that also held snapshots.
+    pub checkpoints_defined: Vec<String>,
+    /// Checkpoints of such a session that were already defined identically.
+    pub checkpoints_unchanged: Vec<String>,
 }
 
 /// Builds the snapshot record a document describes.
@@ -150,6 +155,39 @@ impl Executor {
         if req.items.is_empty() && req.current.is_none() {
             return Err(ExecError::Invalid("no snapshot documents given".into()));
         }
+        let (changes, report) = self.plan_snapshot_redefine(dom, req)?;
+        if changes.is_empty() {
+            return Ok(report);
+        }
+        let plan = Plan {
+            steps: vec![Step::SyncXml {
+                domain: domain.clone(),
+            }],
+            commit_index: 0,
+            changes,
+        };
+        let txn = self.run(
+            Intent::SnapshotRedefine {
+                domain: domain.clone(),
+                count: report.defined.len() as u32,
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(RedefineReport {
+            txn: Some(txn),
+            ..report
+        })
+    }
+
+    /// The state changes of a snapshot redefine, after validating every
+    /// item against the others, the defined snapshots and the images.
+    pub(crate) fn plan_snapshot_redefine(
+        &self,
+        dom: &DomainState,
+        req: &RedefineRequest,
+    ) -> Result<(Vec<StateChange>, RedefineReport)> {
+        let domain = &req.domain;
         // Parse all; duplicates within the set.
         let mut incoming: BTreeMap<String, (String, SnapshotRecord)> = BTreeMap::new();
         for (origin, xml) in &req.items {
@@ -230,33 +268,14 @@ impl Executor {
             }
         }
         let defined: Vec<String> = new.iter().map(|r| r.name.clone()).collect();
-        if changes.is_empty() {
-            return Ok(RedefineReport {
-                txn: None,
+        Ok((
+            changes,
+            RedefineReport {
                 defined,
                 unchanged,
-            });
-        }
-        let plan = Plan {
-            steps: vec![Step::SyncXml {
-                domain: domain.clone(),
-            }],
-            commit_index: 0,
-            changes,
-        };
-        let txn = self.run(
-            Intent::SnapshotRedefine {
-                domain: domain.clone(),
-                count: defined.len() as u32,
+                ..Default::default()
             },
-            plan,
-            Some(dom),
-        )?;
-        Ok(RedefineReport {
-            txn: Some(txn),
-            defined,
-            unchanged,
-        })
+        ))
     }
 
     /// Every image a new snapshot names exists, with the format its

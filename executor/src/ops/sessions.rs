@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::redefine::{RedefineReport, RedefineRequest};
+use super::require_defined;
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 use crate::metadata::write_atomic;
+use crate::xml::checkpoint::parse_checkpoint;
 use crate::xml::snapshot::parse_snapshot;
+use journal::{Intent, Plan, Step};
 
 /// How long an idle session survives implicit recoveries.
 pub const SESSION_TTL: Duration = Duration::from_secs(3600);
@@ -66,15 +69,25 @@ impl Executor {
         Ok(id)
     }
 
-    /// Adds one `<domainsnapshot>` document to session `id` (checked to
-    /// parse and name a snapshot; the whole set is validated at commit).
+    /// Adds one `<domainsnapshot>` or `<domaincheckpoint>` document to
+    /// session `id` (checked to parse and name its item; the whole set is
+    /// validated at commit). Returns what it names (`snapshot s1`).
     pub fn redefine_add(&self, id: &str, origin: &str, xml: &str) -> Result<String> {
         let dir = self.session_dir(id)?;
-        let parsed = parse_snapshot(origin, xml)?;
-        let name = parsed
-            .request
-            .name
-            .ok_or_else(|| ExecError::Invalid(format!("{origin}: the snapshot has no <name>")))?;
+        let name = match parse_snapshot(origin, xml) {
+            Ok(p) => p
+                .request
+                .name
+                .map(|n| format!("snapshot {n}"))
+                .ok_or_else(|| ExecError::Invalid(format!("{origin}: the snapshot has no <name>")))?,
+            Err(snapshot_err) => match parse_checkpoint(origin, xml) {
+                Ok(p) => p
+                    .name
+                    .map(|n| format!("checkpoint {n}"))
+                    .ok_or_else(|| ExecError::Invalid(format!("{origin}: the checkpoint has no <name>")))?,
+                Err(_) => return Err(snapshot_err.into()),
+            },
+        };
         let n = std::fs::read_dir(&dir)
             .map_err(|e| io_err(&dir, "cannot list", e))?
             .count();
@@ -101,17 +114,67 @@ impl Executor {
             .collect();
         files.sort();
         let mut items = Vec::with_capacity(files.len());
+        let mut checkpoints = Vec::new();
         for f in &files {
             let xml = std::fs::read_to_string(f).map_err(|e| io_err(f, "cannot read", e))?;
-            items.push((format!("session {id} item {}", f.display()), xml));
+            let origin = format!("session {id} item {}", f.display());
+            if xml.trim_start().starts_with("<domaincheckpoint") {
+                checkpoints.push((origin, xml));
+            } else {
+                items.push((origin, xml));
+            }
         }
-        let report = self.snapshot_redefine(&RedefineRequest {
-            domain,
-            items,
-            current,
-        })?;
+        let report = self.commit_session_items(
+            &RedefineRequest {
+                domain,
+                items,
+                current,
+            },
+            &checkpoints,
+        )?;
         journal::crashpoint::crash_point("redefine.session.committed");
         std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, "cannot remove", e))?;
+        Ok(report)
+    }
+
+    /// Validates a session's snapshots and checkpoints and defines them all
+    /// in ONE transaction.
+    fn commit_session_items(
+        &self,
+        req: &RedefineRequest,
+        checkpoints: &[(String, String)],
+    ) -> Result<RedefineReport> {
+        let state = self.journal().state()?;
+        let dom = require_defined(&state, &req.domain)?;
+        let (mut changes, snaps) = self.plan_snapshot_redefine(dom, req)?;
+        let (cp_changes, cps) = self.plan_checkpoint_redefine(dom, checkpoints)?;
+        changes.extend(cp_changes);
+        let mut report = RedefineReport {
+            txn: None,
+            defined: snaps.defined,
+            unchanged: snaps.unchanged,
+            checkpoints_defined: cps.defined,
+            checkpoints_unchanged: cps.unchanged,
+        };
+        if changes.is_empty() {
+            return Ok(report);
+        }
+        let plan = Plan {
+            steps: vec![Step::SyncXml {
+                domain: req.domain.clone(),
+            }],
+            commit_index: 0,
+            changes,
+        };
+        report.txn = Some(self.run(
+            Intent::SessionRedefine {
+                domain: req.domain.clone(),
+                snapshots: report.defined.len() as u32,
+                checkpoints: report.checkpoints_defined.len() as u32,
+            },
+            plan,
+            Some(dom),
+        )?);
         Ok(report)
     }
 

@@ -51,7 +51,7 @@ struct Args {
     #[arg(long)]
     recovery_crash_at: Option<u64>,
     /// Only these live operations (live-create, live-delete-active-commit,
-    /// live-delete-stream, live-revert).
+    /// live-delete-stream, live-revert, live-snapshot-with-checkpoint, live-checkpoint-delete).
     #[arg(long = "live-op")]
     live_ops: Vec<String>,
     /// Leave out the live operations (bounded and full modes).
@@ -276,6 +276,8 @@ fn main() -> Result<()> {
                 (LiveOp::DeleteActive, "blockdev-del"),
                 (LiveOp::DeleteStream, "block-stream"),
                 (LiveOp::Revert, "quit"),
+                (LiveOp::SnapshotWithCheckpoint, "transaction"),
+                (LiveOp::CheckpointDelete, "transaction"),
             ] {
                 if live_ops.contains(&op) {
                     report.faults.push(livechaos::reply_lost(op, command)?);

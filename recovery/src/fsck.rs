@@ -65,6 +65,7 @@ fn finding(
 }
 
 const NO_REPAIR: &str = "nothing automatic: an operator must look at it";
+const LOST_TRACKING: &str = "nothing automatic: the change tracking since the checkpoint cannot be trusted; delete the checkpoint (`checkpoint delete`) and take a full backup";
 
 /// Checks every invariant (for one domain, or all) and repairs what is
 /// safe when `repair` is set: re-render XML, remove stray temp files,
@@ -247,7 +248,7 @@ fn check_domain(
     if let Some(rt) = &d.core.runtime {
         check_running(exec, d, rt, busy, report);
     } else if !busy && !d.checkpoints.is_empty() {
-        check_bitmaps(exec, d, report);
+        check_bitmaps(d, |disk| bitmaps_from_images(exec, disk), report);
     }
     for s in d.snapshots.values() {
         for sd in &s.disks {
@@ -367,6 +368,9 @@ fn check_running(
             return;
         }
     };
+    if !busy {
+        check_bitmaps(d, |disk| Some(bitmaps_from_graph(&graph, disk)), report);
+    }
     let mut in_chains = std::collections::BTreeSet::new();
     for disk in d.core.disks.values() {
         let active = disk.active().map(|a| a.path.as_str()).unwrap_or_default();
@@ -426,21 +430,62 @@ fn show(chain: &[journal::ChainImage]) -> String {
         .join(" -> ")
 }
 
-/// The checkpoints' bitmaps of a stopped domain: every bitmap a checkpoint
-/// names is in an image of its disk's chain, consistent; on each disk the
-/// newest checkpoint's bitmap is in the active image and records writes,
-/// and no other checkpoint's bitmap there does.
-fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckReport) {
+/// The bitmaps of each image of a disk's chain (active first): from the
+/// images of a stopped domain, or from the graph of a running QEMU.
+type ChainBitmaps = Vec<(String, Vec<executor::images::BitmapInfo>)>;
+
+/// The bitmaps of a stopped domain's chains, read from the images; `None`
+/// when an image cannot be read (already an I2/I4 finding).
+fn bitmaps_from_images(exec: &Executor, disk: &journal::DiskState) -> Option<ChainBitmaps> {
+    let mut out = Vec::new();
+    for image in disk.chain.iter().filter(|i| i.format == "qcow2") {
+        out.push((image.path.clone(), exec.images().bitmaps(&image.path).ok()?));
+    }
+    Some(out)
+}
+
+/// The bitmaps of a running domain's chain, as its QEMU holds them.
+fn bitmaps_from_graph(graph: &executor::live::graph::BlockGraph, disk: &journal::DiskState) -> ChainBitmaps {
+    disk.chain
+        .iter()
+        .map(|image| {
+            let list = graph
+                .format_node_of(&image.path)
+                .and_then(|n| graph.bitmaps.get(n))
+                .map(|l| {
+                    l.iter()
+                        .map(|b| executor::images::BitmapInfo {
+                            name: b.name.clone(),
+                            enabled: b.recording,
+                            in_use: b.inconsistent,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (image.path.clone(), list)
+        })
+        .collect()
+}
+
+/// The checkpoints' bitmaps: every bitmap a checkpoint names is in an image
+/// of its disk's chain, consistent; on each disk the newest checkpoint's
+/// bitmap is in the active image and records writes, and no other
+/// checkpoint's bitmap there does.
+fn check_bitmaps(
+    d: &journal::DomainState,
+    mut read: impl FnMut(&journal::DiskState) -> Option<ChainBitmaps>,
+    report: &mut FsckReport,
+) {
     let dom = &d.core.name;
     for disk in d.core.disks.values() {
-        let mut per_image = Vec::new();
-        for image in disk.chain.iter().filter(|i| i.format == "qcow2") {
-            match exec.images().bitmaps(&image.path) {
-                Ok(list) => per_image.push((image.path.clone(), list)),
-                // An unreadable image is already an I2/I4 finding.
-                Err(_) => return,
-            }
+        if !d
+            .checkpoints
+            .values()
+            .any(|c| c.bitmap_on(&disk.target).is_some())
+        {
+            continue;
         }
+        let Some(per_image) = read(disk) else { continue };
         let newest = d.newest_checkpoint(Some(&disk.target));
         for c in d.checkpoints.values() {
             let Some(b) = c.bitmap_on(&disk.target) else {
@@ -460,7 +505,7 @@ fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckRep
                         "domain {dom}, disk {}: checkpoint {} names bitmap {b}, which no image of the chain holds (a QEMU that died before storing it loses it)",
                         disk.target, c.name
                     ),
-                    "nothing automatic: the change tracking since the checkpoint is lost; delete the checkpoint (`checkpoint delete`) and take a full backup",
+                    LOST_TRACKING,
                 ));
                 continue;
             }
@@ -473,7 +518,7 @@ fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckRep
                         "domain {dom}, disk {}: bitmap {b} of checkpoint {} in {path} is marked in use: a QEMU stopped without storing it, so it is inconsistent",
                         disk.target, c.name
                     ),
-                    "nothing automatic: the change tracking since the checkpoint is lost; delete the checkpoint (`checkpoint delete`) and take a full backup",
+                    LOST_TRACKING,
                 ));
                 continue;
             }
@@ -494,10 +539,10 @@ fn check_bitmaps(exec: &Executor, d: &journal::DomainState, report: &mut FsckRep
                     "bitmap-state",
                     subject,
                     format!(
-                        "domain {dom}, disk {}: bitmap {b} of checkpoint {} {what}",
+                        "domain {dom}, disk {}: bitmap {b} of checkpoint {} {what} (a QEMU that died loses the bitmap changes it had not stored)",
                         disk.target, c.name
                     ),
-                    NO_REPAIR,
+                    LOST_TRACKING,
                 ));
             }
         }

@@ -64,6 +64,9 @@ pub struct LiveBitmap {
     pub persistent: bool,
     /// Bytes marked dirty.
     pub count: u64,
+    /// Loaded from an image a QEMU did not store it back to (it died):
+    /// unusable, can only be removed.
+    pub inconsistent: bool,
 }
 
 fn qdev_id(qdev: &str) -> String {
@@ -97,6 +100,7 @@ impl BlockGraph {
                             recording: b.get("recording").and_then(Value::as_bool).unwrap_or(false),
                             persistent: b.get("persistent").and_then(Value::as_bool).unwrap_or(false),
                             count: b.get("count").and_then(Value::as_u64).unwrap_or(0),
+                            inconsistent: b.get("inconsistent").and_then(Value::as_bool).unwrap_or(false),
                         })
                     })
                     .collect();

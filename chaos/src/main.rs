@@ -40,7 +40,8 @@ struct Args {
     #[arg(long, value_enum, default_value = "bounded")]
     mode: Mode,
     /// Only these operations (create, create-on-chain, revert, delete-root, delete-leaf, delete-middle,
-    /// delete-metadata-only, redefine, checkpoint-create, snapshot-with-checkpoint, checkpoint-delete).
+    /// delete-metadata-only, redefine, checkpoint-create, snapshot-with-checkpoint, checkpoint-delete,
+    /// delete-with-checkpoints).
     #[arg(long = "op")]
     ops: Vec<String>,
     /// Only these disk counts.

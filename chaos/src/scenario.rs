@@ -53,11 +53,15 @@ pub enum Op {
     /// overlays and c2 into s3's: c2 merges into c1 in both, and s3's
     /// overlays get c1 (recording) in c2's place.
     CheckpointDelete,
+    /// `snapshot delete vm s2` with the checkpoints of
+    /// [`Op::CheckpointDelete`]: the merge carries c1's and c2's bitmaps
+    /// into the image below.
+    DeleteWithCheckpoints,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::Create,
         Op::CreateOnChain,
         Op::Revert,
@@ -69,6 +73,7 @@ impl Op {
         Op::CheckpointCreate,
         Op::SnapshotWithCheckpoint,
         Op::CheckpointDelete,
+        Op::DeleteWithCheckpoints,
     ];
 
     /// A short name.
@@ -85,6 +90,7 @@ impl Op {
             Op::CheckpointCreate => "checkpoint-create",
             Op::SnapshotWithCheckpoint => "snapshot-with-checkpoint",
             Op::CheckpointDelete => "checkpoint-delete",
+            Op::DeleteWithCheckpoints => "delete-with-checkpoints",
         }
     }
 
@@ -100,7 +106,9 @@ impl Op {
             Op::CreateOnChain => vec!["snapshot", "create", "vm", "s3"],
             Op::Revert => vec!["snapshot", "revert", "vm", "s1"],
             Op::DeleteRoot => vec!["snapshot", "delete", "vm", "s1"],
-            Op::DeleteLeaf | Op::DeleteMiddle => vec!["snapshot", "delete", "vm", "s2"],
+            Op::DeleteLeaf | Op::DeleteMiddle | Op::DeleteWithCheckpoints => {
+                vec!["snapshot", "delete", "vm", "s2"]
+            }
             Op::DeleteMetadataOnly => vec!["snapshot", "delete", "vm", "s1", "--metadata-only"],
             // Relative to the fixture's root, the working directory of
             // every `snapjournal` run.
@@ -120,7 +128,8 @@ impl Op {
             return Ok(());
         }
         f.ok(&["snapshot", "create", "vm", "s1"])?;
-        if self == Op::CheckpointDelete {
+        let with_checkpoints = matches!(self, Op::CheckpointDelete | Op::DeleteWithCheckpoints);
+        if with_checkpoints {
             f.ok(&["checkpoint", "create", "vm", "c1"])?;
         }
         f.write_present(B, 1)?;
@@ -129,7 +138,7 @@ impl Op {
             Op::CheckpointCreate | Op::SnapshotWithCheckpoint => {
                 f.ok(&["checkpoint", "create", "vm", "c1"])?;
             }
-            Op::CheckpointDelete => {
+            Op::CheckpointDelete | Op::DeleteWithCheckpoints => {
                 f.ok(&["checkpoint", "create", "vm", "c2"])?;
             }
             _ => {}
@@ -139,7 +148,7 @@ impl Op {
             f.ok(&["snapshot", "create", "vm", "s3"])?;
             f.write_present(D, 3)?;
         }
-        if self == Op::CheckpointDelete {
+        if with_checkpoints {
             f.ok(&["snapshot", "create", "vm", "s3"])?;
         }
         if self == Op::Redefine {

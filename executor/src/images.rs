@@ -263,6 +263,21 @@ impl QemuImg {
                 args.push("--remove");
                 name
             }
+            BitmapAction::MergeFrom {
+                source_image,
+                source,
+                target,
+            } => {
+                args.extend([
+                    "--merge",
+                    source.as_str(),
+                    "-b",
+                    source_image.as_str(),
+                    "-F",
+                    "qcow2",
+                ]);
+                target
+            }
         };
         args.extend([path, name.as_str()]);
         self.run("bitmap", path, &args)?;

@@ -171,6 +171,22 @@ impl World<'_> {
                 (Some(_), None) => false,
             },
             BitmapAction::Remove { name } => find(name).is_none(),
+            // Repeating an OR is harmless: done once the source is gone.
+            BitmapAction::MergeFrom {
+                source_image,
+                source,
+                target,
+            } => {
+                if !exists(source_image) {
+                    return Ok(true);
+                }
+                let from = self.images.bitmaps(source_image)?;
+                match (from.iter().find(|b| &b.name == source), find(target)) {
+                    (None, _) => true,
+                    (Some(s), Some(t)) => s.in_use || t.in_use,
+                    (Some(_), None) => false,
+                }
+            }
         })
     }
 
@@ -180,7 +196,9 @@ impl World<'_> {
         if self.bitmap_done_offline(op)? {
             return Ok(());
         }
-        if let BitmapAction::Merge { source, target } = &op.action {
+        if let BitmapAction::Merge { source, target } | BitmapAction::MergeFrom { source, target, .. } =
+            &op.action
+        {
             if !self.images.bitmaps(&op.image)?.iter().any(|b| &b.name == target) {
                 return Err(ExecError::Invalid(format!(
                     "domain {domain}, disk {}: cannot merge bitmap {source} into {target} in {}: {target} is missing",

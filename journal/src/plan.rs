@@ -115,6 +115,13 @@ pub enum BitmapAction {
     Merge { source: String, target: String },
     /// Remove bitmap `name`.
     Remove { name: String },
+    /// OR bitmap `source` of another image, `source_image`, into `target`
+    /// (carries a checkpoint's bitmap through a snapshot merge).
+    MergeFrom {
+        source_image: String,
+        source: String,
+        target: String,
+    },
 }
 
 impl BitmapOp {
@@ -128,6 +135,11 @@ impl BitmapOp {
             BitmapAction::Disable { name } => format!("disable bitmap {name}"),
             BitmapAction::Merge { source, target } => format!("merge bitmap {source} into {target}"),
             BitmapAction::Remove { name } => format!("remove bitmap {name}"),
+            BitmapAction::MergeFrom {
+                source_image,
+                source,
+                target,
+            } => format!("merge bitmap {source} of {source_image} into {target}"),
         };
         format!("{what} in {} (disk {})", self.image, self.disk)
     }

@@ -258,7 +258,6 @@ fn checkpoints_refuse_what_would_lose_tracking_and_bad_requests() {
     f.ok(&["snapshot", "create", "vm", "s2"]).unwrap();
     let before = f.state().unwrap();
     for (args, needle) in [
-        (vec!["snapshot", "delete", "vm", "s2"], "checkpoint(s) c1"),
         (vec!["snapshot", "revert", "vm", "s1"], "checkpoint(s) c1"),
         (
             vec!["checkpoint", "create", "vm", "c1"],
@@ -313,8 +312,8 @@ fn checkpoints_refuse_what_would_lose_tracking_and_bad_requests() {
         .unwrap();
     let info = tool("qemu-img", &["info", "--output=json", &img(&f, "vda.s2")]).unwrap();
     assert!(info.contains("\"c1\""), "{info}");
-    // Once no checkpoint is left, snapshots can be deleted again.
-    f.ok(&["snapshot", "delete", "vm", "s2"]).unwrap();
+    // Once no checkpoint is left, snapshots can be reverted again.
+    f.ok(&["snapshot", "revert", "vm", "s1"]).unwrap();
     f.ok(&["fsck"]).unwrap();
 }
 
@@ -527,4 +526,51 @@ fn a_session_defines_snapshots_and_checkpoints_in_one_transaction() {
         );
         f.ok(&["fsck"]).unwrap();
     }
+}
+
+#[test]
+fn offline_snapshot_deletes_carry_the_bitmaps_through_commit_and_pull() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.ok(&["checkpoint", "create", "vm", "c1"]).unwrap();
+    f.write_present(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s2"]).unwrap();
+    f.write_present(B, 1).unwrap();
+    f.ok(&["checkpoint", "create", "vm", "c2"]).unwrap();
+    f.write_present(C, 2).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s3"]).unwrap();
+    f.write_present(D, 3).unwrap();
+    // s3's overlay (one region) is committed into s2's (two): c2, which
+    // recorded in s3's overlay, records in s2's now and holds both writes.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s3"]).unwrap());
+    assert!(r["merges"][0].as_str().unwrap().contains("commit"), "{r}");
+    f.ok(&["fsck"]).unwrap();
+    // s2's overlay (three regions) is bigger than s1's (one): s1's is
+    // pulled into it, and c1's bitmap there with it.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s2"]).unwrap());
+    assert!(r["merges"][0].as_str().unwrap().contains("pull"), "{r}");
+    f.ok(&["fsck"]).unwrap();
+    f.start().unwrap();
+    assert_eq!(
+        live_bitmaps(&f, "vda"),
+        BTreeMap::from([
+            ("vda.s2".to_string(), bm(&[("c1", false, 2), ("c2", true, 2)])),
+            ("vda.qcow2".to_string(), bm(&[])),
+        ])
+    );
+    f.ok(&["domain", "stop", "vm"]).unwrap();
+    assert_view(&img(&f, "vda.s2"), &[(0, A), (1, B), (2, C), (3, D)]);
+    // Still refused where the bitmaps would be lost: a subtree removal, a
+    // revert, and merges by QEMU's block jobs.
+    f.ok(&["snapshot", "create", "vm", "s4"]).unwrap();
+    for args in [
+        vec!["snapshot", "delete", "vm", "s1", "--children"],
+        vec!["snapshot", "revert", "vm", "s1"],
+    ] {
+        let e = f.fails(&args).unwrap();
+        assert!(e.contains("checkpoint(s) c1, c2"), "{args:?}: {e}");
+    }
+    f.start().unwrap();
+    let e = f.fails(&["snapshot", "delete", "vm", "s4"]).unwrap();
+    assert!(e.contains("running domain"), "{e}");
 }

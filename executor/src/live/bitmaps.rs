@@ -37,6 +37,20 @@ pub fn actions(graph: &BlockGraph, ops: &[BitmapOp]) -> Result<Vec<Value>, Strin
                     "type": "block-dirty-bitmap-remove",
                     "data": { "node": node, "name": name },
                 }),
+                BitmapAction::MergeFrom {
+                    source_image,
+                    source,
+                    target,
+                } => {
+                    let from = graph
+                        .format_node_of(source_image)
+                        .ok_or_else(|| format!("{source_image} is not open in QEMU"))?;
+                    json!({
+                        "type": "block-dirty-bitmap-merge",
+                        "data": { "node": node, "target": target,
+                                  "bitmaps": [{ "node": from, "name": source }] },
+                    })
+                }
             })
         })
         .collect()

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use journal::{
-    ChainImage, DiskSnapshotMode, DomainState, Intent, LiveMerge, Plan, State, StateChange, Step, TxnId,
+    BitmapAction, BitmapOp, ChainImage, DiskSnapshotMode, DomainState, Intent, LiveMerge, Plan, State,
+    StateChange, Step, TxnId,
 };
 
 use super::checkpoint::refuse_with_checkpoints;
@@ -223,6 +224,54 @@ impl Executor {
         Ok(out)
     }
 
+    /// The steps that carry every bitmap of `from` into `into` when a merge
+    /// folds `from` away (commit: `from` is the top and `into` its base,
+    /// which takes over its recording bitmap; pull: `from` is the base), so
+    /// the checkpoints' change tracking survives the merge. They run after
+    /// the merge and before `from` is removed; an OR repeated is harmless.
+    fn carry_bitmaps(
+        &self,
+        domain: &str,
+        disk: &str,
+        from: &str,
+        into: &str,
+        commit: bool,
+    ) -> Result<Vec<Step>> {
+        let source = self.images().bitmaps(from)?;
+        if source.is_empty() {
+            return Ok(Vec::new());
+        }
+        let target = self.images().bitmaps(into)?;
+        let mut steps = Vec::new();
+        let mut push = |action| {
+            steps.push(Step::Bitmap {
+                domain: domain.to_string(),
+                op: BitmapOp {
+                    disk: disk.to_string(),
+                    image: into.to_string(),
+                    action,
+                },
+            })
+        };
+        for b in &source {
+            let recording = commit && b.enabled;
+            match target.iter().find(|t| t.name == b.name) {
+                None => push(BitmapAction::Add {
+                    name: b.name.clone(),
+                    enabled: recording,
+                }),
+                Some(t) if recording && !t.enabled => push(BitmapAction::Enable { name: b.name.clone() }),
+                Some(_) => {}
+            }
+            push(BitmapAction::MergeFrom {
+                source_image: from.to_string(),
+                source: b.name.clone(),
+                target: b.name.clone(),
+            });
+        }
+        Ok(steps)
+    }
+
     /// Deletes a snapshot (of a running domain: through QMP block jobs).
     pub fn snapshot_delete(&self, req: &DeleteRequest) -> Result<DeleteReport> {
         let state = self.journal().state()?;
@@ -240,14 +289,23 @@ impl Executor {
         let mut changes = Vec::new();
         let mut steps = Vec::new();
         let mut merges = Vec::new();
-        if !req.metadata_only {
+        // A stopped domain's merges carry the checkpoints' bitmaps along
+        // (below); merges by QEMU block jobs and subtree removal do not.
+        if !req.metadata_only && (req.children || dom.core.runtime.is_some()) {
             let touched = doomed
                 .iter()
                 .filter_map(|n| dom.snapshots.get(n))
                 .flat_map(|s| s.disks.iter())
                 .filter(|d| d.mode == DiskSnapshotMode::External)
                 .map(|d| d.disk.as_str());
-            refuse_with_checkpoints(dom, touched, &format!("deleting snapshot {}", snap.name))?;
+            let what = if req.children {
+                format!("deleting snapshot {} with its children", snap.name)
+            } else {
+                format!("deleting snapshot {} of the running domain", snap.name)
+            };
+            refuse_with_checkpoints(dom, touched, &what)?;
+        }
+        if !req.metadata_only {
             check_world_chains(self.images(), dom)?;
         }
         if !req.metadata_only && !req.children {
@@ -310,6 +368,7 @@ impl Executor {
                             });
                         }
                     }
+                    steps.extend(self.carry_bitmaps(domain, &sd.disk, &top, &frozen.path, true)?);
                     let c = replace_image(&dom_now, &top, frozen)?;
                     working = simulate(&working, &c);
                     changes.extend(c);
@@ -324,12 +383,42 @@ impl Executor {
                     // block-pull: the base's data into top, which then
                     // stands on the base's backing file.
                     let below = graph.get(&frozen.path).cloned().flatten();
+                    // The copy is no guest write: top's recording bitmaps
+                    // are paused across it (offline, nothing else writes).
+                    let paused: Vec<String> = if dom.core.runtime.is_none() {
+                        self.images()
+                            .bitmaps(&top)?
+                            .into_iter()
+                            .filter(|b| b.enabled)
+                            .map(|b| b.name)
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let toggle = |action: fn(String) -> BitmapAction| -> Vec<Step> {
+                        paused
+                            .iter()
+                            .map(|name| Step::Bitmap {
+                                domain: domain.clone(),
+                                op: BitmapOp {
+                                    disk: sd.disk.clone(),
+                                    image: top.clone(),
+                                    action: action(name.clone()),
+                                },
+                            })
+                            .collect()
+                    };
+                    steps.extend(toggle(|name| BitmapAction::Disable { name }));
                     steps.push(Step::RebaseImage {
                         disk: sd.disk.clone(),
                         image: top.clone(),
                         backing: below,
                         safe: true,
                     });
+                    steps.extend(toggle(|name| BitmapAction::Enable { name }));
+                    if frozen.format == "qcow2" {
+                        steps.extend(self.carry_bitmaps(domain, &sd.disk, &frozen.path, &top, false)?);
+                    }
                     let c = replace_image(&dom_now, &frozen.path, &ChainImage::qcow2(top.clone()))?;
                     working = simulate(&working, &c);
                     changes.extend(c);

@@ -312,6 +312,32 @@ fn header_err(path: &str, message: impl Into<String>) -> ImageError {
     }
 }
 
+/// The backing chain of `path` (the image itself first) read from the
+/// image headers in-process, with each image's header: what `qemu-img info
+/// --backing-chain` says about chains, without a process per call.
+pub fn header_chain(path: &str) -> Result<Vec<(ChainImage, Header)>, ImageError> {
+    let mut out: Vec<(ChainImage, Header)> = Vec::new();
+    let mut at = Some(path.to_string());
+    while let Some(p) = at.take() {
+        if out.iter().any(|(c, _)| c.path == p) {
+            return Err(header_err(path, format!("the backing chain loops at {p}")));
+        }
+        if out.len() >= 4096 {
+            return Err(header_err(path, "the backing chain is longer than 4096 images"));
+        }
+        let h = read_header(&p)?;
+        at = h.backing.clone();
+        out.push((
+            ChainImage {
+                path: p,
+                format: h.format.clone(),
+            },
+            h,
+        ));
+    }
+    Ok(out)
+}
+
 /// Reads the header of the image at `path`.
 pub fn read_header(path: &str) -> Result<Header, ImageError> {
     use std::io::{Read, Seek, SeekFrom};

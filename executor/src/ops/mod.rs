@@ -96,24 +96,24 @@ pub(crate) fn require_domain<'a>(state: &'a State, name: &str) -> Result<&'a Dom
 }
 
 /// Checks every disk's real backing chain against the state (I2) and that
-/// no image holds internal snapshots.
-pub(crate) fn check_world_chains(images: &QemuImg, dom: &DomainState) -> Result<()> {
+/// no image holds internal snapshots. The chains are read from the image
+/// headers in-process (no qemu-img process per disk).
+pub(crate) fn check_world_chains(_images: &QemuImg, dom: &DomainState) -> Result<()> {
     for disk in dom.core.disks.values() {
         let Some(active) = disk.active() else { continue };
-        let infos = images.chain_info(&active.path).map_err(|e| {
+        let chain = crate::images::header_chain(&active.path).map_err(|e| {
             ExecError::Invalid(format!(
                 "domain {}, disk {}: cannot read the image chain: {e}",
                 dom.core.name, disk.target
             ))
         })?;
-        refuse_internal(&dom.core.name, &disk.target, &infos)?;
-        let real: Vec<ChainImage> = infos
-            .into_iter()
-            .map(|i| ChainImage {
-                path: i.filename,
-                format: i.format,
-            })
-            .collect();
+        if let Some((img, _)) = chain.iter().find(|(_, h)| h.internal_snapshots > 0) {
+            return Err(ExecError::Invalid(format!(
+                "domain {}, disk {}: image {} holds internal snapshots; mixed internal/external snapshot trees are refused",
+                dom.core.name, disk.target, img.path
+            )));
+        }
+        let real: Vec<ChainImage> = chain.into_iter().map(|(c, _)| c).collect();
         if real != disk.chain {
             return Err(ExecError::Invalid(format!(
                 "domain {}, disk {}: the image chain on disk ({}) differs from the journal's ({}); run `snapjournal fsck`",
@@ -309,11 +309,19 @@ fn replace_source(what: &str, xml: &str, from: &str, to: &ChainImage) -> Result<
     Ok(set_disk_sources(what, xml, &map)?)
 }
 
-/// The real chain of an image (itself first), with a clear error.
-pub(crate) fn world_chain(images: &QemuImg, domain: &str, disk: &str, path: &str) -> Result<Vec<ChainImage>> {
-    images.chain(path).map_err(|e| {
-        ExecError::Invalid(format!(
-            "domain {domain}, disk {disk}: image {path} is not usable: {e}"
-        ))
-    })
+/// The real chain of an image (itself first, read from the headers), with
+/// a clear error.
+pub(crate) fn world_chain(
+    _images: &QemuImg,
+    domain: &str,
+    disk: &str,
+    path: &str,
+) -> Result<Vec<ChainImage>> {
+    crate::images::header_chain(path)
+        .map(|c| c.into_iter().map(|(i, _)| i).collect())
+        .map_err(|e| {
+            ExecError::Invalid(format!(
+                "domain {domain}, disk {disk}: image {path} is not usable: {e}"
+            ))
+        })
 }

@@ -216,8 +216,15 @@ impl QemuImg {
     }
 
     /// Bytes allocated in `path` itself (not in its backing files): what a
-    /// merge of this layer moves.
+    /// merge of this layer moves. qcow2 images are read in-process (their
+    /// L1 and L2 tables); other formats and qcow2 features the reader does
+    /// not handle go through `qemu-img map`.
     pub fn allocated_bytes(&self, path: &str, format: &str) -> Result<u64, ImageError> {
+        if format == "qcow2" {
+            if let Some(n) = qcow2_data_bytes(path)? {
+                return Ok(n);
+            }
+        }
         let out = self.run("map", path, &["map", "-U", "--output=json", "-f", format, path])?;
         let entries: Vec<MapEntry> = serde_json::from_slice(&out).map_err(|e| ImageError {
             action: "map".into(),
@@ -336,6 +343,73 @@ pub fn header_chain(path: &str) -> Result<Vec<(ChainImage, Header)>, ImageError>
         ));
     }
     Ok(out)
+}
+
+/// The bytes of guest data a qcow2 image holds itself: its allocated
+/// (and compressed) clusters, not those that read as zero, as `qemu-img
+/// map` counts them at depth 0, from the L1 and L2 tables. `None` for what
+/// the reader does not handle (extended L2 entries, encryption, an
+/// external data file).
+pub fn qcow2_data_bytes(path: &str) -> Result<Option<u64>, ImageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| header_err(path, e.to_string()))?;
+    let mut h = [0u8; 104];
+    let n = f.read(&mut h).map_err(|e| header_err(path, e.to_string()))?;
+    if n < 72 || h[..4] != *b"QFI\xfb" {
+        return Ok(None);
+    }
+    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let be64 = |o: usize| (u64::from(be32(o)) << 32) | u64::from(be32(o + 4));
+    let version = be32(4);
+    let cluster_bits = be32(20);
+    let size = be64(24);
+    let encrypted = be32(32) != 0;
+    let l1_size = be32(36) as u64;
+    let l1_offset = be64(40);
+    // Incompatible features: external data file (bit 2), extended L2 (4).
+    let incompatible = if version >= 3 && n >= 80 { be64(72) } else { 0 };
+    if encrypted || incompatible & 0b10100 != 0 || !(9..=21).contains(&cluster_bits) {
+        return Ok(None);
+    }
+    let cluster = 1u64 << cluster_bits;
+    let per_l2 = cluster / 8;
+    if l1_size > (1 << 26) {
+        return Err(header_err(
+            path,
+            format!("L1 table of {l1_size} entries is implausible"),
+        ));
+    }
+    let mut l1 = vec![0u8; (l1_size * 8) as usize];
+    f.seek(SeekFrom::Start(l1_offset))
+        .and_then(|_| f.read_exact(&mut l1))
+        .map_err(|e| header_err(path, format!("cannot read the L1 table: {e}")))?;
+    const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+    let mut l2 = vec![0u8; cluster as usize];
+    let mut bytes = 0u64;
+    for (i, e) in l1.chunks_exact(8).enumerate() {
+        let l2_offset = u64::from_be_bytes(e.try_into().unwrap_or([0; 8])) & OFFSET_MASK;
+        if l2_offset == 0 {
+            continue;
+        }
+        f.seek(SeekFrom::Start(l2_offset))
+            .and_then(|_| f.read_exact(&mut l2))
+            .map_err(|e| header_err(path, format!("cannot read an L2 table: {e}")))?;
+        for (j, e) in l2.chunks_exact(8).enumerate() {
+            let v = u64::from_be_bytes(e.try_into().unwrap_or([0; 8]));
+            let compressed = v & (1 << 62) != 0;
+            let data = if compressed {
+                v & ((1 << 62) - 1) != 0
+            } else {
+                v & OFFSET_MASK != 0 && v & 1 == 0
+            };
+            if data {
+                // The last cluster counts only up to the virtual size.
+                let start = (i as u64 * per_l2 + j as u64) * cluster;
+                bytes += cluster.min(size.saturating_sub(start));
+            }
+        }
+    }
+    Ok(Some(bytes))
 }
 
 /// Reads the header of the image at `path`.
@@ -466,5 +540,84 @@ mod header_tests {
         let info = QemuImg::default().info(&p("top.qcow2")).unwrap();
         assert_eq!(info.backing_path(), top.backing);
         assert!(read_header(&p("missing")).is_err());
+    }
+
+    #[test]
+    fn data_bytes_agree_with_qemu_img_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let img = QemuImg::default();
+        let count_via_map = |path: &str| {
+            let out = img
+                .run("map", path, &["map", "--output=json", "-f", "qcow2", path])
+                .unwrap();
+            let entries: Vec<MapEntry> = serde_json::from_slice(&out).unwrap();
+            entries
+                .iter()
+                .filter(|e| e.data && e.depth == 0)
+                .map(|e| e.length)
+                .sum::<u64>()
+        };
+        qemu_img(&["create", "-q", "-f", "qcow2", &p("a.qcow2"), "100M"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            &p("b.qcow2"),
+            "10000000",
+        ]);
+        for (name, cmds) in [
+            (
+                "a.qcow2",
+                vec!["write 0 64k", "write 1M 300k", "write -z 2M 128k", "write 99M 1k"],
+            ),
+            (
+                "b.qcow2",
+                vec!["write 0 5k", "write 9999000 1000", "write -z 4096 4096"],
+            ),
+        ] {
+            assert_eq!(qcow2_data_bytes(&p(name)).unwrap(), Some(0), "{name} empty");
+            for c in cmds {
+                qemu_io(&p(name), c);
+            }
+            assert_eq!(
+                qcow2_data_bytes(&p(name)).unwrap(),
+                Some(count_via_map(&p(name))),
+                "{name}"
+            );
+        }
+        // An overlay counts only its own clusters.
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &p("a.qcow2"),
+            "-F",
+            "qcow2",
+            &p("c.qcow2"),
+        ]);
+        qemu_io(&p("c.qcow2"), "write 5M 64k");
+        assert_eq!(qcow2_data_bytes(&p("c.qcow2")).unwrap(), Some(65536));
+        // Compressed clusters count too.
+        qemu_img(&["convert", "-c", "-O", "qcow2", &p("a.qcow2"), &p("z.qcow2")]);
+        assert_eq!(
+            qcow2_data_bytes(&p("z.qcow2")).unwrap(),
+            Some(count_via_map(&p("z.qcow2")))
+        );
+        assert_eq!(qcow2_data_bytes(&p("raw")).ok().flatten(), None);
+    }
+
+    fn qemu_io(path: &str, cmd: &str) {
+        let st = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", cmd, path])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("qemu-io");
+        assert!(st.success(), "qemu-io {cmd}");
     }
 }

@@ -280,11 +280,10 @@ impl World<'_> {
             Step::BlockdevAdd {
                 domain, node, path, ..
             } => {
+                // Tried first, checked on refusal: a node left by an earlier
+                // attempt makes QEMU refuse the duplicate name.
                 self.on_qemu(domain, |q| {
-                    if BlockGraph::read(q)?.has_node(node) {
-                        return Ok(());
-                    }
-                    q.execute(
+                    let added = q.execute(
                         Cmd::BlockdevAdd,
                         json!({
                             "driver": "qcow2",
@@ -292,8 +291,14 @@ impl World<'_> {
                             "file": { "driver": "file", "filename": path, "node-name": file_node(path) },
                             "backing": null,
                         }),
-                    )
-                    .map(|_| ())
+                    );
+                    match added {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.refused_with("Duplicate") && BlockGraph::read(q)?.has_node(node) => {
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
                 })?;
                 Ok(())
             }
@@ -302,29 +307,35 @@ impl World<'_> {
                 disks,
                 bitmaps: ops,
             } => {
-                if self.switch_seen(step)?.unwrap_or(true) {
-                    return Ok(());
-                }
                 crash_point("live.switch.before");
                 let sent = self.on_qemu(domain, |q| {
                     // The bitmap actions come first: a checkpoint's new
                     // bitmaps exist on the overlays before the guest
                     // writes to them.
-                    let mut actions = match bitmaps::actions(&BlockGraph::read(q)?, ops) {
-                        Ok(a) => a,
-                        Err(e) => return Ok(Err(e)),
-                    };
+                    let mut actions = Vec::new();
+                    if !ops.is_empty() {
+                        match bitmaps::actions(&BlockGraph::read(q)?, ops) {
+                            Ok(a) => actions = a,
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
                     actions.extend(disks.iter().map(|d| {
                         json!({
                             "type": "blockdev-snapshot",
                             "data": { "node": d.top_node, "overlay": d.overlay_node },
                         })
                     }));
-                    q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
-                    Ok(Ok(()))
+                    // Sent first, checked on failure: a transaction that
+                    // already ran (before a crash, or whose reply was lost)
+                    // shows in the graph.
+                    Ok(q.execute(Cmd::Transaction, json!({ "actions": actions }))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()))
                 })?;
                 if let Some(Err(e)) = sent {
-                    return Err(ExecError::Live(format!("domain {domain}: {e}")));
+                    if !self.switch_seen(step)?.unwrap_or(true) {
+                        return Err(ExecError::Live(format!("domain {domain}: {e}")));
+                    }
                 }
                 crash_point("live.switch.after");
                 Ok(())
@@ -372,12 +383,19 @@ impl World<'_> {
                 }
             }
             Step::BlockdevDel { domain, node } => {
+                // Tried first: a node already gone is refused by name.
                 self.on_qemu(domain, |q| {
-                    if !BlockGraph::read(q)?.has_node(node) {
-                        return Ok(());
+                    match q.execute(Cmd::BlockdevDel, json!({ "node-name": node })) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.refused_with("Failed to find node") || e.refused_with("Cannot find") => {
+                            if BlockGraph::read(q)?.has_node(node) {
+                                Err(e)
+                            } else {
+                                Ok(())
+                            }
+                        }
+                        Err(e) => Err(e),
                     }
-                    q.execute(Cmd::BlockdevDel, json!({ "node-name": node }))
-                        .map(|_| ())
                 })?;
                 Ok(())
             }

@@ -151,7 +151,8 @@ pub fn run(
                     message: format!("the job is {} in QEMU", job.status),
                 })
             }
-            _ => std::thread::sleep(Duration::from_millis(5)),
+            // A QMP round trip costs a fraction of a millisecond.
+            _ => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }

@@ -59,23 +59,24 @@ impl World<'_> {
     /// Whether the world shows `step` done.
     pub fn probe(&self, step: &Step) -> Result<bool> {
         Ok(match step {
+            // The header tells (read in-process: recovery probes every
+            // crashed create's overlays).
             Step::CreateOverlay { path, backing, .. } => {
                 exists(path)
-                    && self
-                        .images
-                        .info(path)
-                        .map(|i| i.backing_path().as_deref() == Some(backing.path.as_str()))
+                    && crate::images::read_header(path)
+                        .map(|h| h.format == "qcow2" && h.backing.as_deref() == Some(backing.path.as_str()))
                         .unwrap_or(false)
+                    // qemu-img writes the backing name last; the tables
+                    // must read too.
+                    && matches!(crate::images::qcow2_data_bytes(path), Ok(Some(_)))
             }
             // A merge leaves no mark we can read cheaply; it counts as done
             // once its top image is gone (removed by a later step).
             Step::CommitImage { top, .. } => !exists(top),
             Step::RebaseImage { image, backing, .. } => {
                 exists(image)
-                    && self
-                        .images
-                        .info(image)
-                        .map(|i| i.backing_path() == backing.as_ref().map(|b| b.path.clone()))
+                    && crate::images::read_header(image)
+                        .map(|h| h.backing == backing.as_ref().map(|b| b.path.clone()))
                         .unwrap_or(false)
             }
             Step::RemoveImage { path } => !exists(path),

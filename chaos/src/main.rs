@@ -206,6 +206,12 @@ fn main() -> Result<()> {
     let offline_ops: &[Op] = if args.mode == Mode::Live { &[] } else { &ops };
     for op in offline_ops {
         for d in &disks {
+            // CI's bounded mode runs the checkpoint operations on one disk
+            // (their multi-disk atomicity is the snapshot machinery's,
+            // crashed on two disks above); full mode runs them on all.
+            if args.mode == Mode::Bounded && op.is_checkpoint_op() && *d > 1 && args.disks.is_empty() {
+                continue;
+            }
             let r = Arc::new(reference(*op, *d)?);
             eprintln!("{} on {d} disk(s): {} crash points", op.name(), r.trace.len());
             let points: Vec<u64> = match (args.mode, args.crash_at) {

@@ -94,6 +94,14 @@ impl Op {
         }
     }
 
+    /// Whether the operation is about checkpoints (their bitmaps).
+    pub fn is_checkpoint_op(self) -> bool {
+        matches!(
+            self,
+            Op::CheckpointCreate | Op::SnapshotWithCheckpoint | Op::CheckpointDelete | Op::DeleteWithCheckpoints
+        )
+    }
+
     /// Parses a short name.
     pub fn parse(s: &str) -> Option<Op> {
         Op::ALL.into_iter().find(|o| o.name() == s)

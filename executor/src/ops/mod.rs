@@ -57,12 +57,23 @@ pub(crate) fn live_chains(
                 rt.qmp_socket
             ))
         })?;
+    device_chains(dom, &graph, "the running QEMU")
+}
+
+/// Each disk's device in a QEMU's graph, its chain checked against the
+/// journal's (I2): disk → device. `qemu` names the QEMU in errors.
+pub(crate) fn device_chains(
+    dom: &DomainState,
+    graph: &crate::live::graph::BlockGraph,
+    qemu: &str,
+) -> Result<BTreeMap<String, crate::live::graph::Device>> {
+    let name = &dom.core.name;
     let mut out = BTreeMap::new();
     for disk in dom.core.disks.values() {
         let active = disk.active().map(|a| a.path.as_str()).unwrap_or_default();
         let dev = graph.device(&disk.target, active).ok_or_else(|| {
             ExecError::Invalid(format!(
-                "domain {name}, disk {}: the running QEMU shows no device on {active}",
+                "domain {name}, disk {}: {qemu} shows no device on {active}",
                 disk.target
             ))
         })?;

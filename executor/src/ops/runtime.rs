@@ -144,25 +144,7 @@ impl Executor {
         let mut q = Qmp::connect(Path::new(qmp_socket)).map_err(|e| ExecError::Invalid(e.to_string()))?;
         let graph = BlockGraph::read(&mut q).map_err(|e| ExecError::Invalid(e.to_string()))?;
         drop(q);
-        for disk in dom.core.disks.values() {
-            let active = disk.active().map(|a| a.path.as_str()).unwrap_or_default();
-            let dev = graph.device(&disk.target, active).ok_or_else(|| {
-                ExecError::Invalid(format!(
-                    "domain {domain}, disk {}: QEMU at {qmp_socket} has no device on {active}",
-                    disk.target
-                ))
-            })?;
-            let real: Vec<&str> = dev.chain.iter().map(|l| l.path.as_str()).collect();
-            let ours: Vec<&str> = disk.chain.iter().map(|c| c.path.as_str()).collect();
-            if real != ours {
-                return Err(ExecError::Invalid(format!(
-                    "domain {domain}, disk {}: QEMU's chain ({}) differs from the journal's ({})",
-                    disk.target,
-                    real.join(" -> "),
-                    ours.join(" -> ")
-                )));
-            }
-        }
+        super::device_chains(&dom, &graph, &format!("QEMU at {qmp_socket}"))?;
         let plan = Plan {
             steps: vec![],
             commit_index: 0,

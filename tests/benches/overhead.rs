@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use executor::images::QemuImg;
@@ -424,21 +423,34 @@ fn recovery_scale(domains: usize) -> (Duration, Duration, usize) {
     (scan, rec, report.transactions.len())
 }
 
-/// A create and a delete on a domain with `snapshots` snapshots (made by
-/// creates, metadata and images real).
+/// A create and a delete on a domain with `snapshots` snapshots defined
+/// (redefined in one go, all frozen on the domain's base image: the
+/// metadata is at scale, the chains stay short).
 fn scale(snapshots: usize, rounds: usize) -> (Duration, Duration) {
     let root = tempfile::Builder::new().prefix("sj-ovh-").tempdir().unwrap();
     let (exec, _) = recovery::open(&root.path().join("state")).unwrap();
-    let exec = Arc::new(exec);
-    define(&exec, root.path(), "vm", 1);
-    for i in 0..snapshots {
-        exec.snapshot_create(&CreateRequest {
-            domain: "vm".into(),
-            name: format!("old{i}"),
-            ..Default::default()
+    let pairs = define(&exec, root.path(), "vm", 1);
+    let dom_xml = chaos::fixture::domain_xml("vm", &pairs);
+    let items: Vec<(String, String)> = (0..snapshots)
+        .map(|i| {
+            let parent = if i > 0 {
+                format!("  <parent>\n    <name>old{}</name>\n  </parent>\n", i - 1)
+            } else {
+                String::new()
+            };
+            let xml = format!(
+                "<domainsnapshot>\n  <name>old{i}</name>\n  <state>shutoff</state>\n{parent}  <creationTime>{}</creationTime>\n  <memory snapshot='no'/>\n  <disks>\n    <disk name='vda' snapshot='external' type='file'/>\n  </disks>\n  {dom_xml}\n</domainsnapshot>\n",
+                1_700_000_000 + i
+            );
+            (format!("item {i}"), xml)
         })
-        .unwrap();
-    }
+        .collect();
+    exec.snapshot_redefine(&executor::RedefineRequest {
+        domain: "vm".into(),
+        items,
+        current: None,
+    })
+    .unwrap();
     let mut c = Vec::new();
     let mut d = Vec::new();
     for r in 0..rounds {

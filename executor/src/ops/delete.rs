@@ -92,21 +92,26 @@ impl Executor {
     /// image → its backing image.
     fn image_graph(&self, dom: &DomainState) -> Result<BTreeMap<String, Option<ChainImage>>> {
         let mut backing: BTreeMap<String, Option<ChainImage>> = BTreeMap::new();
-        let mut add_chain = |chain: &[ChainImage]| {
+        fn add_chain(backing: &mut BTreeMap<String, Option<ChainImage>>, chain: &[ChainImage]) {
             for (i, img) in chain.iter().enumerate() {
                 backing
                     .entry(img.path.clone())
                     .or_insert_with(|| chain.get(i + 1).cloned());
             }
-        };
-        for d in dom.core.disks.values() {
-            add_chain(&d.chain);
         }
+        for d in dom.core.disks.values() {
+            add_chain(&mut backing, &d.chain);
+        }
+        // Many snapshots share frozen images: each chain is read once.
+        let mut seen = BTreeSet::new();
         for s in dom.snapshots.values() {
             for sd in &s.disks {
                 if let Some(f) = &sd.frozen {
+                    if !seen.insert(f.path.as_str()) || backing.contains_key(&f.path) {
+                        continue;
+                    }
                     let chain = world_chain(self.images(), &dom.core.name, &sd.disk, &f.path)?;
-                    add_chain(&chain);
+                    add_chain(&mut backing, &chain);
                 }
             }
         }

@@ -98,7 +98,10 @@ impl Op {
     pub fn is_checkpoint_op(self) -> bool {
         matches!(
             self,
-            Op::CheckpointCreate | Op::SnapshotWithCheckpoint | Op::CheckpointDelete | Op::DeleteWithCheckpoints
+            Op::CheckpointCreate
+                | Op::SnapshotWithCheckpoint
+                | Op::CheckpointDelete
+                | Op::DeleteWithCheckpoints
         )
     }
 

@@ -371,7 +371,7 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         &format!("Domain '{domain}' undefined ({txn})"),
                     );
                 }
-                DomainCmd::List => output::domain_list(out, &exec.journal().state()?),
+                DomainCmd::List => exec.journal().with_state(|s| output::domain_list(out, s))?,
                 DomainCmd::Dumpxml { domain } => {
                     let d = exec
                         .journal()
@@ -466,11 +466,15 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     );
                 }
                 SnapshotCmd::List { domain, tree } => {
-                    let d = exec
-                        .journal()
-                        .domain(domain)?
-                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
-                    output::snapshot_list(out, &d, *tree);
+                    // Rendered from the journal's state in place: a domain
+                    // with 10,000 snapshots is not copied to be listed.
+                    exec.journal().with_state(|s| match s.domains.get(domain) {
+                        Some(d) => {
+                            output::snapshot_list(out, d, *tree);
+                            Ok(())
+                        }
+                        None => Err(anyhow!("domain {domain} is not defined")),
+                    })??;
                 }
                 SnapshotCmd::Dumpxml { domain, name } => {
                     let d = exec

@@ -222,6 +222,10 @@ impl Journal {
         // Waiting writers block instead of spinning: spinning threads on a
         // small machine steal the cores the group leader needs.
         opts.set_enable_write_thread_adaptive_yield(false);
+        // Every command opens the journal: skip reading every table file's
+        // statistics at open, and keep RocksDB's own log to warnings.
+        opts.set_skip_stats_update_on_db_open(true);
+        opts.set_log_level(rocksdb::LogLevel::Warn);
         let cfs = [CF_EVENTS, CF_OPEN, CF_STATE, CF_HISTORY, CF_META]
             .into_iter()
             .map(|n| {
@@ -796,43 +800,50 @@ impl Journal {
 
     /// The projection as stored in the `state` column family.
     pub fn stored_projection(&self) -> Result<State> {
-        let mut state = State::default();
-        let mut snapshots: Vec<(String, SnapshotRecord)> = Vec::new();
-        let mut checkpoints: Vec<(String, CheckpointRecord)> = Vec::new();
+        // Read every entry, then decode on every core: with 10,000
+        // snapshots, decoding is most of the time a command needs to open
+        // the journal.
+        let mut raw: Vec<(Box<[u8]>, Box<[u8]>)> = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let name = RecordName::Projection { key: key.clone() };
-            let mut parts = key.splitn(3, '\0');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("d"), Some(d), None) => {
-                    let core: DomainCore = decode(RecordKind::Domain, &v, name, None)?;
-                    state.domains.insert(
-                        d.to_string(),
-                        DomainState {
-                            core,
-                            snapshots: BTreeMap::new(),
-                            checkpoints: BTreeMap::new(),
-                        },
-                    );
-                }
-                (Some("s"), Some(d), Some(_)) => {
-                    snapshots.push((d.to_string(), decode(RecordKind::Snapshot, &v, name, None)?))
-                }
-                (Some("c"), Some(d), Some(_)) => {
-                    checkpoints.push((d.to_string(), decode(RecordKind::Checkpoint, &v, name, None)?))
-                }
-                (Some("i"), Some(_), None) => {
-                    let img: ImageRecord = decode(RecordKind::Image, &v, name, None)?;
-                    state.images.insert(img.path.clone(), img);
-                }
-                _ => {
-                    return Err(JournalError::Corrupt {
-                        record: name,
-                        txn: None,
-                        kind: crate::error::CorruptKind::Payload("unknown projection key".into()),
-                    })
-                }
+            raw.push(item.map_err(|e| self.db_err(e))?);
+        }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let chunk = raw.len().div_ceil(threads).max(1024);
+        let parts: Vec<Result<ProjectionPart>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = raw
+                .chunks(chunk)
+                .map(|c| scope.spawn(move || decode_projection(c)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(JournalError::Poisoned("a decoding thread panicked".into())))
+                })
+                .collect()
+        });
+        let mut state = State::default();
+        let mut snapshots = Vec::new();
+        let mut checkpoints = Vec::new();
+        for part in parts {
+            let part = part?;
+            for (d, core) in part.domains {
+                state.domains.insert(
+                    d,
+                    DomainState {
+                        core,
+                        snapshots: BTreeMap::new(),
+                        checkpoints: BTreeMap::new(),
+                    },
+                );
+            }
+            snapshots.extend(part.snapshots);
+            checkpoints.extend(part.checkpoints);
+            for img in part.images {
+                state.images.insert(img.path.clone(), img);
             }
         }
         for (d, s) in snapshots {
@@ -987,4 +998,44 @@ impl Journal {
             .put_cf(self.cf(CF_OPEN), txn_key(txn), bytes)
             .map_err(|e| self.db_err(e))
     }
+}
+
+/// What one slice of the `state` column family decodes to.
+#[derive(Default)]
+struct ProjectionPart {
+    domains: Vec<(String, DomainCore)>,
+    snapshots: Vec<(String, SnapshotRecord)>,
+    checkpoints: Vec<(String, CheckpointRecord)>,
+    images: Vec<ImageRecord>,
+}
+
+/// Decodes projection entries (`d\0dom`, `s\0dom\0snap`, `c\0dom\0cp`,
+/// `i\0path`); an entry that does not decode is an error naming its key.
+fn decode_projection(entries: &[(Box<[u8]>, Box<[u8]>)]) -> Result<ProjectionPart> {
+    let mut part = ProjectionPart::default();
+    for (k, v) in entries {
+        let key = String::from_utf8_lossy(k);
+        let name = || RecordName::Projection { key: key.to_string() };
+        let mut parts = key.splitn(3, '\0');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("d"), Some(d), None) => part
+                .domains
+                .push((d.to_string(), decode(RecordKind::Domain, v, name(), None)?)),
+            (Some("s"), Some(d), Some(_)) => part
+                .snapshots
+                .push((d.to_string(), decode(RecordKind::Snapshot, v, name(), None)?)),
+            (Some("c"), Some(d), Some(_)) => part
+                .checkpoints
+                .push((d.to_string(), decode(RecordKind::Checkpoint, v, name(), None)?)),
+            (Some("i"), Some(_), None) => part.images.push(decode(RecordKind::Image, v, name(), None)?),
+            _ => {
+                return Err(JournalError::Corrupt {
+                    record: name(),
+                    txn: None,
+                    kind: crate::error::CorruptKind::Payload("unknown projection key".into()),
+                })
+            }
+        }
+    }
+    Ok(part)
 }

@@ -279,14 +279,16 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
 
 /// Domains recorded running whose QEMU does not answer and is not alive.
 fn gone_domains(exec: &Executor) -> Result<Vec<String>> {
-    let state = exec.journal().state()?;
-    Ok(state
-        .domains
-        .iter()
-        .filter_map(|(name, d)| {
-            let rt = d.core.runtime.as_ref()?;
-            matches!(exec.live().reachable(rt), Ok(false)).then(|| name.clone())
-        })
+    let running: Vec<(String, journal::Runtime)> = exec.journal().with_state(|s| {
+        s.domains
+            .iter()
+            .filter_map(|(name, d)| Some((name.clone(), d.core.runtime.clone()?)))
+            .collect()
+    })?;
+    Ok(running
+        .into_iter()
+        .filter(|(_, rt)| matches!(exec.live().reachable(rt), Ok(false)))
+        .map(|(name, _)| name)
         .collect())
 }
 

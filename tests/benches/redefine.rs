@@ -148,4 +148,10 @@ fn main() {
             );
         }
     }
+    // SNAPJOURNAL_BENCH_KEEP=1 keeps the state directory for profiling.
+    if std::env::var_os("SNAPJOURNAL_BENCH_KEEP").is_some() {
+        #[allow(deprecated)]
+        let kept = root.into_path();
+        eprintln!("kept {}", kept.display());
+    }
 }

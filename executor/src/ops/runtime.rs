@@ -195,18 +195,24 @@ impl Executor {
     /// For every domain the state says runs: if its QEMU is gone, records
     /// it stopped. Returns the domains found gone.
     pub fn reap_gone_domains(&self) -> Result<Vec<String>> {
-        let state = self.journal().state()?;
+        // The runtimes only: the state (all snapshots) is not copied.
+        let running: Vec<(String, Runtime)> = self.journal().with_state(|s| {
+            s.domains
+                .iter()
+                .filter_map(|(name, d)| Some((name.clone(), d.core.runtime.clone()?)))
+                .collect()
+        })?;
         let mut gone = Vec::new();
-        for (name, dom) in &state.domains {
-            let Some(rt) = dom.core.runtime.clone() else {
-                continue;
-            };
+        for (name, rt) in running {
             match self.live().reachable(&rt) {
                 Ok(true) | Err(_) => continue,
                 Ok(false) => {}
             }
-            self.stop_transaction(name, dom, rt, true)?;
-            gone.push(name.clone());
+            let Some(dom) = self.journal().domain(&name)? else {
+                continue;
+            };
+            self.stop_transaction(&name, &dom, rt, true)?;
+            gone.push(name);
         }
         Ok(gone)
     }

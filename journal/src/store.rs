@@ -803,7 +803,7 @@ impl Journal {
         // Read every entry, then decode on every core: with 10,000
         // snapshots, decoding is most of the time a command needs to open
         // the journal.
-        let mut raw: Vec<(Box<[u8]>, Box<[u8]>)> = Vec::new();
+        let mut raw: Vec<RawEntry> = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::Start) {
             raw.push(item.map_err(|e| self.db_err(e))?);
         }
@@ -1000,6 +1000,9 @@ impl Journal {
     }
 }
 
+/// A stored (key, value) pair as RocksDB returns it.
+type RawEntry = (Box<[u8]>, Box<[u8]>);
+
 /// What one slice of the `state` column family decodes to.
 #[derive(Default)]
 struct ProjectionPart {
@@ -1011,7 +1014,7 @@ struct ProjectionPart {
 
 /// Decodes projection entries (`d\0dom`, `s\0dom\0snap`, `c\0dom\0cp`,
 /// `i\0path`); an entry that does not decode is an error naming its key.
-fn decode_projection(entries: &[(Box<[u8]>, Box<[u8]>)]) -> Result<ProjectionPart> {
+fn decode_projection(entries: &[RawEntry]) -> Result<ProjectionPart> {
     let mut part = ProjectionPart::default();
     for (k, v) in entries {
         let key = String::from_utf8_lossy(k);

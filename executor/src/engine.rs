@@ -207,7 +207,12 @@ impl Executor {
                 continue;
             }
             crash_point("step.apply.before");
-            world.apply(StepCtx { txn, index: i as u32 }, step)?;
+            match step {
+                // The files of what this transaction changed, not every
+                // snapshot of the domain.
+                journal::Step::SyncXml { domain } => world.sync_xml(domain, &open.plan.changes)?,
+                _ => world.apply(StepCtx { txn, index: i as u32 }, step)?,
+            }
             crash_point("step.apply.after");
             self.record_done(txn, i as u32, step)?;
         }

@@ -2,13 +2,13 @@
 //! `snapshots/<dom>/<snap>.xml` and `checkpoints/<dom>/<cp>.xml`, a projection of the journal's state,
 //! written atomically (temp file, fsync, rename, fsync of the directory).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use journal::crashpoint::crash_point;
-use journal::State;
+use journal::{State, StateChange};
 
 use crate::error::{ExecError, Result};
 use crate::xml::checkpoint::render_checkpoint;
@@ -174,6 +174,100 @@ impl MetadataStore {
                     fs::remove_dir(&dir)
                         .map_err(|e| meta_err(&dir, format!("cannot remove directory: {e}")))?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The XML items a transaction's state changes touch in one domain; `None`
+/// when the whole domain must be rendered (it was defined or undefined).
+pub fn touched_items(changes: &[StateChange], domain: &str) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+    let mut snapshots = BTreeSet::new();
+    let mut checkpoints = BTreeSet::new();
+    for c in changes {
+        if c.domain() != Some(domain) {
+            continue;
+        }
+        match c {
+            StateChange::DomainDefined { .. } | StateChange::DomainUndefined { .. } => return None,
+            StateChange::SnapshotRecorded { snapshot, .. } => {
+                snapshots.insert(snapshot.name.clone());
+            }
+            StateChange::SnapshotRemoved { snapshot, .. } | StateChange::SnapshotReparented { snapshot, .. } => {
+                snapshots.insert(snapshot.clone());
+            }
+            StateChange::CheckpointRecorded { checkpoint, .. } => {
+                checkpoints.insert(checkpoint.name.clone());
+            }
+            StateChange::CheckpointRemoved { checkpoint, .. } => {
+                checkpoints.insert(checkpoint.clone());
+            }
+            _ => {}
+        }
+    }
+    Some((snapshots, checkpoints))
+}
+
+impl MetadataStore {
+    /// Like [`MetadataStore::sync_domain`], for the domain file and the
+    /// given snapshots and checkpoints only (plus any stray temp file): a
+    /// transaction re-renders what it changed, not every snapshot of the
+    /// domain. The records are copied out of the journal's state under its
+    /// lock; the files are written after.
+    pub fn sync_items(
+        &self,
+        journal: &journal::Journal,
+        domain: &str,
+        snapshots: &BTreeSet<String>,
+        checkpoints: &BTreeSet<String>,
+    ) -> Result<()> {
+        type Rendered = Vec<(PathBuf, Option<String>)>;
+        let rendered: Result<Rendered> = journal.with_state(|state| {
+            let d = state.domains.get(domain);
+            let mut out = vec![(self.domain_file(domain), d.map(|d| d.core.xml.clone()))];
+            for s in snapshots {
+                let content = match d.and_then(|d| d.snapshots.get(s)) {
+                    Some(r) => Some(render_snapshot(r)?),
+                    None => None,
+                };
+                out.push((self.snapshot_dir(domain).join(format!("{s}.xml")), content));
+            }
+            for c in checkpoints {
+                let content = match d.and_then(|d| d.checkpoints.get(c)) {
+                    Some(r) => Some(render_checkpoint(r)?),
+                    None => None,
+                };
+                out.push((self.checkpoint_dir(domain).join(format!("{c}.xml")), content));
+            }
+            Ok(out)
+        })?;
+        let rendered = rendered?;
+        let stale: Vec<(&Path, &[u8])> = rendered
+            .iter()
+            .filter_map(|(p, c)| c.as_ref().map(|c| (p.as_path(), c.as_bytes())))
+            .filter(|(p, c)| fs::read(p).ok().as_deref() != Some(*c))
+            .collect();
+        if stale.len() > BATCH_FROM {
+            write_many_atomic(&stale)?;
+        } else {
+            for (path, content) in stale {
+                write_atomic(path, content)?;
+            }
+        }
+        for (p, c) in &rendered {
+            if c.is_none() && p.exists() {
+                crash_point("xml.remove.before");
+                fs::remove_file(p).map_err(|e| meta_err(p, format!("cannot remove: {e}")))?;
+            }
+        }
+        // Stray temp files (of a crashed writer) go too.
+        for p in self.present_files(domain)? {
+            let stray = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX));
+            if stray {
+                fs::remove_file(&p).map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
             }
         }
         Ok(())

@@ -488,6 +488,20 @@ impl World<'_> {
         }
     }
 
+    /// [`Step::SyncXml`] for a transaction whose state `changes` are known:
+    /// only the files they touch are rendered and compared.
+    pub fn sync_xml(&self, domain: &str, changes: &[journal::StateChange]) -> Result<()> {
+        match crate::metadata::touched_items(changes, domain) {
+            Some((snapshots, checkpoints)) => {
+                self.metadata
+                    .sync_items(self.journal, domain, &snapshots, &checkpoints)
+            }
+            None => self.apply_plain(&Step::SyncXml {
+                domain: domain.to_string(),
+            }),
+        }
+    }
+
     /// The steps that touch only files.
     fn apply_plain(&self, step: &Step) -> Result<()> {
         match step {

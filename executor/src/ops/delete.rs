@@ -316,6 +316,9 @@ impl Executor {
         if !req.metadata_only && !req.children {
             let graph = self.image_graph(dom)?;
             let mut working: State = state.clone();
+            // Bitmaps are carried through the merges while checkpoints
+            // track changes (reading them costs a qemu-img call per image).
+            let tracked = !dom.checkpoints.is_empty();
             for sd in &snap.disks {
                 if sd.mode != DiskSnapshotMode::External {
                     continue;
@@ -373,7 +376,9 @@ impl Executor {
                             });
                         }
                     }
-                    steps.extend(self.carry_bitmaps(domain, &sd.disk, &top, &frozen.path, true)?);
+                    if tracked {
+                        steps.extend(self.carry_bitmaps(domain, &sd.disk, &top, &frozen.path, true)?);
+                    }
                     let c = replace_image(&dom_now, &top, frozen)?;
                     working = simulate(&working, &c);
                     changes.extend(c);
@@ -390,7 +395,7 @@ impl Executor {
                     let below = graph.get(&frozen.path).cloned().flatten();
                     // The copy is no guest write: top's recording bitmaps
                     // are paused across it (offline, nothing else writes).
-                    let paused: Vec<String> = if dom.core.runtime.is_none() {
+                    let paused: Vec<String> = if tracked && dom.core.runtime.is_none() {
                         self.images()
                             .bitmaps(&top)?
                             .into_iter()
@@ -421,7 +426,7 @@ impl Executor {
                         safe: true,
                     });
                     steps.extend(toggle(|name| BitmapAction::Enable { name }));
-                    if frozen.format == "qcow2" {
+                    if tracked && frozen.format == "qcow2" {
                         steps.extend(self.carry_bitmaps(domain, &sd.disk, &frozen.path, &top, false)?);
                     }
                     let c = replace_image(&dom_now, &frozen.path, &ChainImage::qcow2(top.clone()))?;

@@ -194,7 +194,8 @@ pub fn touched_items(changes: &[StateChange], domain: &str) -> Option<(BTreeSet<
             StateChange::SnapshotRecorded { snapshot, .. } => {
                 snapshots.insert(snapshot.name.clone());
             }
-            StateChange::SnapshotRemoved { snapshot, .. } | StateChange::SnapshotReparented { snapshot, .. } => {
+            StateChange::SnapshotRemoved { snapshot, .. }
+            | StateChange::SnapshotReparented { snapshot, .. } => {
                 snapshots.insert(snapshot.clone());
             }
             StateChange::CheckpointRecorded { checkpoint, .. } => {

@@ -231,8 +231,8 @@ fn main() -> Result<()> {
             // Double faults: crash recovery at each of its own points.
             let double: Vec<u64> = match args.mode {
                 Mode::Full => points.clone(),
-                // A sample: every 6th crash point of the 1-disk runs.
-                Mode::Bounded if *d == 1 => points.iter().copied().filter(|c| c % 6 == 2).collect(),
+                // A sample: every 9th crash point of the 1-disk runs.
+                Mode::Bounded if *d == 1 => points.iter().copied().filter(|c| c % 9 == 2).collect(),
                 Mode::One => args.recovery_crash_at.map(|_| points.clone()).unwrap_or_default(),
                 _ => vec![],
             };

@@ -81,15 +81,24 @@ impl Report {
                         .unwrap_or_default(),
                     v.join("\n  ")
                 ));
-                out.push_str(&format!(
-                    "  reproduce: snapjournal-chaos --op {} --disks {} --crash-at {}{}\n",
-                    c.op,
-                    c.disks,
-                    c.crash_at,
-                    c.recovery_crash_at
-                        .map(|j| format!(" --recovery-crash-at {j}"))
-                        .unwrap_or_default()
-                ));
+                if c.op.starts_with("live-") {
+                    // Live cases are run per operation, every crash point.
+                    let op = c.op.trim_end_matches("+qemu-killed");
+                    out.push_str(&format!(
+                        "  reproduce: snapjournal-chaos --mode live --live-op {op} (this case: crash point #{})\n",
+                        c.crash_at
+                    ));
+                } else {
+                    out.push_str(&format!(
+                        "  reproduce: snapjournal-chaos --mode one --op {} --disks {} --crash-at {}{}\n",
+                        c.op,
+                        c.disks,
+                        c.crash_at,
+                        c.recovery_crash_at
+                            .map(|j| format!(" --recovery-crash-at {j}"))
+                            .unwrap_or_default()
+                    ));
+                }
             }
         }
         out.push_str("\nfaults:\n");

@@ -155,13 +155,7 @@ impl MetadataStore {
             .filter(|(path, content)| fs::read(path).ok().as_deref() != Some(content.as_bytes()))
             .map(|(p, c)| (p.as_path(), c.as_bytes()))
             .collect();
-        if stale.len() > BATCH_FROM {
-            write_many_atomic(&stale)?;
-        } else {
-            for (path, content) in stale {
-                write_atomic(path, content)?;
-            }
-        }
+        write_files(&stale)?;
         for p in self.present_files(domain)? {
             if !expected.contains_key(&p) {
                 crash_point("xml.remove.before");
@@ -249,13 +243,7 @@ impl MetadataStore {
             .filter_map(|(p, c)| c.as_ref().map(|c| (p.as_path(), c.as_bytes())))
             .filter(|(p, c)| fs::read(p).ok().as_deref() != Some(*c))
             .collect();
-        if stale.len() > BATCH_FROM {
-            write_many_atomic(&stale)?;
-        } else {
-            for (path, content) in stale {
-                write_atomic(path, content)?;
-            }
-        }
+        write_files(&stale)?;
         for (p, c) in &rendered {
             if c.is_none() && p.exists() {
                 crash_point("xml.remove.before");
@@ -277,6 +265,18 @@ impl MetadataStore {
 
 /// From how many files a sync writes them as one batch.
 const BATCH_FROM: usize = 8;
+
+/// Writes `files` atomically: one at a time, or as one batch with a single
+/// file-system sync when there are many.
+fn write_files(files: &[(&Path, &[u8])]) -> Result<()> {
+    if files.len() > BATCH_FROM {
+        return write_many_atomic(files);
+    }
+    for (path, content) in files {
+        write_atomic(path, content)?;
+    }
+    Ok(())
+}
 
 /// Writes many files atomically with one file-system sync instead of one
 /// per file: every temp file written, `syncfs` once, every rename, one

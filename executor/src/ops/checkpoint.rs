@@ -17,7 +17,7 @@ use journal::{
     BitmapAction, BitmapOp, CheckpointRecord, DomainState, Intent, Plan, StateChange, Step, TxnId,
 };
 
-use super::{check_world_chains, live_chains, now_secs, require_defined};
+use super::{check_world_chains, device_chains, now_secs, require_defined};
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 use crate::live::graph::BlockGraph;
@@ -175,12 +175,23 @@ pub(crate) fn new_checkpoint_record(
 type ImageBitmaps = BTreeMap<String, Vec<(String, bool)>>;
 
 impl Executor {
-    /// The bitmaps of every image of the domain's chains: from QEMU's graph
-    /// when it runs, else from the images.
-    fn chain_bitmaps(&self, dom: &DomainState, graph: Option<&BlockGraph>) -> Result<ImageBitmaps> {
+    /// The bitmaps of the images of the domain's chains (`active_only`:
+    /// of each active image): from QEMU's graph when it runs, else from the
+    /// images (a qemu-img call each).
+    fn chain_bitmaps(
+        &self,
+        dom: &DomainState,
+        graph: Option<&BlockGraph>,
+        active_only: bool,
+    ) -> Result<ImageBitmaps> {
         let mut out = BTreeMap::new();
         for disk in dom.core.disks.values() {
-            for image in &disk.chain {
+            let images = if active_only {
+                &disk.chain[..disk.chain.len().min(1)]
+            } else {
+                &disk.chain[..]
+            };
+            for image in images {
                 let list = match graph {
                     Some(g) => g
                         .format_node_of(&image.path)
@@ -205,17 +216,19 @@ impl Executor {
         let Some(rt) = &dom.core.runtime else {
             return Ok(None);
         };
-        live_chains(self, dom, rt)?;
+        // One read of QEMU's graph: the chains are checked on it.
         let name = &dom.core.name;
-        self.live()
+        let graph = self
+            .live()
             .with_qemu(rt, BlockGraph::read)
             .map_err(|e| ExecError::Invalid(format!("domain {name}: {e}")))?
             .ok_or_else(|| {
                 ExecError::Invalid(format!(
                     "domain {name}: its QEMU is gone; run `snapjournal recover`"
                 ))
-            })
-            .map(Some)
+            })?;
+        device_chains(dom, &graph, "the running QEMU")?;
+        Ok(Some(graph))
     }
 
     /// Takes a checkpoint: a new persistent dirty bitmap on each chosen
@@ -228,9 +241,9 @@ impl Executor {
         let record = new_checkpoint_record(dom, req, &dom.core.xml)?;
         let graph = self.graph_of(dom)?;
         if graph.is_none() {
-            check_world_chains(self.images(), dom)?;
+            check_world_chains(dom)?;
         }
-        let present = self.chain_bitmaps(dom, graph.as_ref())?;
+        let present = self.chain_bitmaps(dom, graph.as_ref(), true)?;
         let mut ops = Vec::new();
         for (disk, bitmap) in record.bitmaps() {
             let active = dom.core.disks[disk].active().ok_or_else(|| {
@@ -334,7 +347,7 @@ impl Executor {
         let mut ops = Vec::new();
         let graph = if metadata_only { None } else { self.graph_of(dom)? };
         if !metadata_only {
-            let present = self.chain_bitmaps(dom, graph.as_ref())?;
+            let present = self.chain_bitmaps(dom, graph.as_ref(), false)?;
             for (disk, bitmap) in cp.bitmaps() {
                 let Some(state_disk) = dom.core.disks.get(disk) else {
                     continue;

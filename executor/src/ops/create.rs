@@ -76,7 +76,7 @@ impl Executor {
                 return Err(ExecError::Invalid(format!("disk {} is given twice", d.disk)));
             }
         }
-        check_world_chains(self.images(), dom)?;
+        check_world_chains(dom)?;
         let mut bitmap_ops = Vec::new();
         if let Some(cp) = &req.checkpoint {
             validate_name("checkpoint", cp)?;

@@ -110,7 +110,7 @@ impl Executor {
                     if !seen.insert(f.path.as_str()) || backing.contains_key(&f.path) {
                         continue;
                     }
-                    let chain = world_chain(self.images(), &dom.core.name, &sd.disk, &f.path)?;
+                    let chain = world_chain(&dom.core.name, &sd.disk, &f.path)?;
                     add_chain(&mut backing, &chain);
                 }
             }
@@ -311,7 +311,7 @@ impl Executor {
             refuse_with_checkpoints(dom, touched, &what)?;
         }
         if !req.metadata_only {
-            check_world_chains(self.images(), dom)?;
+            check_world_chains(dom)?;
         }
         if !req.metadata_only && !req.children {
             let graph = self.image_graph(dom)?;

@@ -19,7 +19,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use journal::{ChainImage, DomainState, ImageRecord, State, StateChange, Step};
 
 use crate::error::{ExecError, Result};
-use crate::images::QemuImg;
 use crate::names::validate_image_path;
 use crate::xml::domain::{parse_domain, set_disk_sources};
 
@@ -109,7 +108,7 @@ pub(crate) fn require_domain<'a>(state: &'a State, name: &str) -> Result<&'a Dom
 /// Checks every disk's real backing chain against the state (I2) and that
 /// no image holds internal snapshots. The chains are read from the image
 /// headers in-process (no qemu-img process per disk).
-pub(crate) fn check_world_chains(_images: &QemuImg, dom: &DomainState) -> Result<()> {
+pub(crate) fn check_world_chains(dom: &DomainState) -> Result<()> {
     for disk in dom.core.disks.values() {
         let Some(active) = disk.active() else { continue };
         let chain = crate::images::header_chain(&active.path).map_err(|e| {
@@ -322,12 +321,7 @@ fn replace_source(what: &str, xml: &str, from: &str, to: &ChainImage) -> Result<
 
 /// The real chain of an image (itself first, read from the headers), with
 /// a clear error.
-pub(crate) fn world_chain(
-    _images: &QemuImg,
-    domain: &str,
-    disk: &str,
-    path: &str,
-) -> Result<Vec<ChainImage>> {
+pub(crate) fn world_chain(domain: &str, disk: &str, path: &str) -> Result<Vec<ChainImage>> {
     crate::images::header_chain(path)
         .map(|c| c.into_iter().map(|(i, _)| i).collect())
         .map_err(|e| {

@@ -101,7 +101,7 @@ impl Executor {
                 )));
             }
         }
-        check_world_chains(self.images(), dom)?;
+        check_world_chains(dom)?;
         let historic = parse_domain(
             &format!("historic domain of snapshot {}", snap.name),
             &snap.domain_xml,
@@ -123,7 +123,7 @@ impl Executor {
                     snap.name, sd.disk
                 ))
             })?;
-            let below = world_chain(self.images(), domain, &sd.disk, &frozen.path)?;
+            let below = world_chain(domain, &sd.disk, &frozen.path)?;
             let path = match req.overlays.get(&sd.disk) {
                 Some(p) => p.clone(),
                 None => (1..)
@@ -165,7 +165,7 @@ impl Executor {
                             snap.name, hd.target
                         ))
                     })?;
-                    world_chain(self.images(), domain, &hd.target, src)?
+                    world_chain(domain, &hd.target, src)?
                 }
             };
             if let Some(a) = chain.first() {

@@ -37,7 +37,7 @@ impl Executor {
                 rt.qmp_socket
             )));
         }
-        check_world_chains(self.images(), &dom)?;
+        check_world_chains(&dom)?;
         let (socket, pidfile) = run_paths(self.journal().dir(), domain);
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Metadata {

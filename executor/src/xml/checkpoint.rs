@@ -3,15 +3,8 @@
 use journal::CheckpointRecord;
 
 use super::domain::domain_element_text;
-use super::tree::{escape, parse};
+use super::tree::{err, escape, parse};
 use crate::error::XmlError;
-
-fn err(what: &str, message: impl Into<String>) -> XmlError {
-    XmlError {
-        what: what.to_string(),
-        message: message.into(),
-    }
-}
 
 /// Renders a checkpoint as libvirt's `<domaincheckpoint>`, with the
 /// historic `<domain>` embedded.

@@ -5,15 +5,8 @@ use std::collections::BTreeMap;
 use journal::{DiskSnapshotMode, SnapshotRecord};
 
 use super::domain::domain_element_text;
-use super::tree::{escape, parse};
+use super::tree::{err, escape, parse};
 use crate::error::XmlError;
-
-fn err(what: &str, message: impl Into<String>) -> XmlError {
-    XmlError {
-        what: what.to_string(),
-        message: message.into(),
-    }
-}
 
 /// Renders a snapshot as libvirt's `<domainsnapshot>`, with the historic
 /// `<domain>` embedded.

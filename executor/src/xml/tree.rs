@@ -55,7 +55,8 @@ impl Element {
     }
 }
 
-fn err(what: &str, message: impl Into<String>) -> XmlError {
+/// An XML error naming the document.
+pub(crate) fn err(what: &str, message: impl Into<String>) -> XmlError {
     XmlError {
         what: what.to_string(),
         message: message.into(),

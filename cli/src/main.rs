@@ -335,7 +335,11 @@ fn redefined(out: &Out, kind: &str, r: &executor::RedefineReport) {
 }
 
 fn open(cli: &Cli, out: &Out) -> Result<Executor> {
-    let (exec, report) = recovery::open(&cli.state_dir)?;
+    let (exec, report) = if reads_only(&cli.cmd) {
+        recovery::open_for_reading(&cli.state_dir)?
+    } else {
+        recovery::open(&cli.state_dir)?
+    };
     if !report.transactions.is_empty() {
         out.note(&format!(
             "recovered open transactions first:\n{}",
@@ -343,6 +347,20 @@ fn open(cli: &Cli, out: &Out) -> Result<Executor> {
         ));
     }
     Ok(exec)
+}
+
+/// Commands that only read the journal: they open it read-only when there
+/// is nothing to recover.
+fn reads_only(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Domain(DomainCmd::List | DomainCmd::Dumpxml { .. } | DomainCmd::History { .. })
+            | Cmd::Snapshot(
+                SnapshotCmd::List { .. } | SnapshotCmd::Dumpxml { .. } | SnapshotCmd::Current { .. }
+            )
+            | Cmd::Checkpoint(CheckpointCmd::List { .. } | CheckpointCmd::Dumpxml { .. })
+            | Cmd::Redefine(RedefineCmd::List)
+    )
 }
 
 fn run(cli: &Cli, out: &Out) -> Result<i32> {

@@ -128,15 +128,14 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
 
 /// Renders the snapshot tree.
 pub fn render_tree(d: &DomainState, out: &mut String) {
+    let current = d.core.current_snapshot.as_deref();
     let items: Vec<TreeItem> = d
         .snapshots
         .values()
         .map(|s| TreeItem {
             name: &s.name,
-            // A parent that is not defined (cannot happen through
-            // snapjournal) shows its children as roots rather than hiding them.
-            parent: s.parent.as_deref().filter(|p| d.snapshots.contains_key(*p)),
-            mark: if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) {
+            parent: s.parent.as_deref(),
+            mark: if current == Some(s.name.as_str()) {
                 " (current)"
             } else {
                 ""
@@ -153,37 +152,44 @@ pub struct TreeItem<'a> {
     pub mark: &'a str,
 }
 
-/// Renders a forest: children are indexed once, and the walk is iterative,
-/// so long histories cost linear time and no deep recursion.
+/// Renders a forest in the items' order among siblings. An item whose
+/// parent is not among the items (cannot happen through snapjournal) is
+/// shown as a root rather than hidden. Children are indexed once and the
+/// walk is iterative with one shared indent buffer, so long histories cost
+/// linear time, no deep recursion and no string per line.
 pub fn render_forest(items: &[TreeItem], out: &mut String) {
-    let mut kids: std::collections::BTreeMap<Option<&str>, Vec<&TreeItem>> =
-        std::collections::BTreeMap::new();
-    for s in items {
-        kids.entry(s.parent).or_default().push(s);
+    let index: std::collections::HashMap<&str, usize> =
+        items.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
+    let mut roots = Vec::new();
+    let mut kids: Vec<Vec<usize>> = vec![Vec::new(); items.len()];
+    for (i, s) in items.iter().enumerate() {
+        match s.parent.and_then(|p| index.get(p)) {
+            Some(&p) if p != i => kids[p].push(i),
+            _ => roots.push(i),
+        }
     }
-    // (item, indent of its children's lines, whether it is a root, last sibling)
-    let mut stack: Vec<(&TreeItem, String, bool, bool)> = Vec::new();
-    let roots = kids.get(&None).cloned().unwrap_or_default();
-    for (i, s) in roots.iter().enumerate().rev() {
-        stack.push((s, String::new(), true, i + 1 == roots.len()));
+    // (item, length of its indent in `indent`, whether it is a root, last sibling)
+    let mut stack: Vec<(usize, usize, bool, bool)> = Vec::new();
+    for (n, &r) in roots.iter().enumerate().rev() {
+        stack.push((r, 0, true, n + 1 == roots.len()));
     }
-    while let Some((s, indent, root, last)) = stack.pop() {
-        let child_indent = if root {
-            out.push_str(&format!("{}{}\n", s.name, s.mark));
-            String::new()
-        } else {
-            out.push_str(&format!(
-                "{indent}{}{}{}\n",
-                if last { "└── " } else { "├── " },
-                s.name,
-                s.mark
-            ));
-            format!("{indent}{}", if last { "    " } else { "│   " })
-        };
-        if let Some(children) = kids.get(&Some(s.name)) {
-            for (i, c) in children.iter().enumerate().rev() {
-                stack.push((c, child_indent.clone(), false, i + 1 == children.len()));
-            }
+    let mut indent = String::new();
+    while let Some((i, indent_len, root, last)) = stack.pop() {
+        // The buffer holds the indent of the item printed last, which
+        // begins with this item's indent (depth-first order).
+        indent.truncate(indent_len);
+        let s = &items[i];
+        out.push_str(&indent);
+        if !root {
+            out.push_str(if last { "└── " } else { "├── " });
+            indent.push_str(if last { "    " } else { "│   " });
+        }
+        out.push_str(s.name);
+        out.push_str(s.mark);
+        out.push('\n');
+        let children = &kids[i];
+        for (n, &c) in children.iter().enumerate().rev() {
+            stack.push((c, indent.len(), false, n + 1 == children.len()));
         }
     }
 }
@@ -328,7 +334,42 @@ pub fn utc(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{render_forest, utc, TreeItem};
+
+    fn item<'a>(name: &'a str, parent: Option<&'a str>) -> TreeItem<'a> {
+        TreeItem {
+            name,
+            parent,
+            mark: "",
+        }
+    }
+
+    #[test]
+    fn forest_shape() {
+        // a ── b ── d, a ── c; e is a second root; f's parent is unknown
+        // (shown as a root); g's is itself.
+        let items = [
+            item("a", None),
+            item("b", Some("a")),
+            item("c", Some("a")),
+            item("d", Some("b")),
+            item("e", None),
+            item("f", Some("gone")),
+            TreeItem {
+                name: "g",
+                parent: Some("g"),
+                mark: " (current)",
+            },
+            item("h", Some("d")),
+            item("i", Some("c")),
+        ];
+        let mut out = String::new();
+        render_forest(&items, &mut out);
+        assert_eq!(
+            out,
+            "a\n├── b\n│   └── d\n│       └── h\n└── c\n    └── i\ne\nf\ng (current)\n"
+        );
+    }
 
     #[test]
     fn utc_dates() {

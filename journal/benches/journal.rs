@@ -57,6 +57,7 @@ fn open(dir: &std::path::Path, sync: bool) -> Journal {
         JournalOptions {
             actor: "bench".into(),
             sync,
+            read_only: false,
         },
     )
     .expect("open")

@@ -77,6 +77,8 @@ pub enum JournalError {
     Poisoned(String),
     #[error("encoding a record failed: {0}")]
     Encode(String),
+    #[error("the journal in {dir} was opened read-only; nothing was changed")]
+    ReadOnly { dir: PathBuf },
     #[error("journal background task failed: {0}")]
     Task(String),
 }

@@ -65,8 +65,10 @@ impl DirLock {
         }
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
+        // The PID only informs a refused opener; the flock is the lock. It
+        // is not synced: after a crash no process holds the flock, and a
+        // stale PID is never read.
         writeln!(file, "{}", std::process::id()).map_err(io)?;
-        file.sync_data().map_err(io)?;
         Ok(DirLock { _file: file, path })
     }
 

@@ -11,6 +11,7 @@ pub fn open(dir: &std::path::Path) -> Journal {
         JournalOptions {
             actor: "test".into(),
             sync: false,
+            read_only: false,
         },
     )
     .expect("open journal")

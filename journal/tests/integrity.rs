@@ -111,6 +111,51 @@ fn second_opener_is_refused_with_the_holders_pid() {
 }
 
 #[test]
+fn read_only_open_reads_everything_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ro = || journal::JournalOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    // No journal yet: a read-only open does not create one.
+    assert!(journal::Journal::open(dir.path(), ro()).is_err());
+    let (state, open) = {
+        let j = common::open(dir.path());
+        one_txn(&j, "a");
+        j.begin(common::intent("b"), common::plan("b", 1), None).unwrap();
+        (j.state().unwrap(), j.open_transactions().unwrap())
+    };
+    let j = journal::Journal::open(dir.path(), ro()).unwrap();
+    assert!(j.is_read_only());
+    assert_eq!(j.state().unwrap(), state);
+    assert_eq!(j.open_transactions().unwrap(), open);
+    // Refused before anything changes, in memory or on disk.
+    let err = j
+        .begin(common::intent("c"), common::plan("c", 1), None)
+        .unwrap_err();
+    assert!(matches!(err, JournalError::ReadOnly { .. }), "{err}");
+    assert!(
+        err.to_string().contains("read-only; nothing was changed"),
+        "{err}"
+    );
+    assert!(j.finish(open[0].txn).is_err());
+    assert!(j.compact(u64::MAX, u64::MAX).is_err());
+    assert_eq!(j.open_transactions().unwrap(), open);
+    assert!(j.busy_with("c").unwrap().is_none());
+    // It still owns the directory.
+    assert!(matches!(
+        journal::Journal::open(dir.path(), Default::default()),
+        Err(JournalError::StateDirLocked { .. })
+    ));
+    drop(j);
+    let j = common::open(dir.path());
+    assert_eq!(j.state().unwrap(), state);
+    j.commit(open[0].txn, vec![]).unwrap();
+    j.finish(open[0].txn).unwrap();
+    assert!(j.open_transactions().unwrap().is_empty());
+}
+
+#[test]
 fn one_transaction_per_domain_others_proceed() {
     let dir = tempfile::tempdir().unwrap();
     let j = common::open(dir.path());

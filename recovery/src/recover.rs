@@ -278,7 +278,7 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
 }
 
 /// Domains recorded running whose QEMU does not answer and is not alive.
-fn gone_domains(exec: &Executor) -> Result<Vec<String>> {
+pub(crate) fn gone_domains(exec: &Executor) -> Result<Vec<String>> {
     let running: Vec<(String, journal::Runtime)> = exec.journal().with_state(|s| {
         s.domains
             .iter()

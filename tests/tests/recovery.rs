@@ -89,6 +89,57 @@ fn dry_run_explains_and_changes_nothing() {
     assert_eq!(f.run(&["fsck"]).unwrap().status.code(), Some(0));
 }
 
+#[test]
+fn a_reading_command_after_a_crash_recovers_first() {
+    // Listing opens the journal read-only only when nothing is open: after
+    // a crash it recovers, exactly as a writing command does.
+    let f = Fixture::new(2).unwrap();
+    let r = reference(Op::Create, 2).unwrap();
+    let at = r.trace.iter().position(|p| p == "step.apply.after").unwrap() as u64 + 1;
+    let st = f
+        .command(&Op::Create.args())
+        .env("SNAPJOURNAL_CRASH_AT", at.to_string())
+        .status()
+        .unwrap();
+    assert!(!st.success());
+    assert!(f.img.join("vda.s1").exists());
+    let out = f.command(&["snapshot", "list", "vm"]).output().unwrap();
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("recovered open transactions first"), "{note}");
+    assert!(
+        !f.img.join("vda.s1").exists(),
+        "the crashed create was rolled back"
+    );
+    assert_eq!(f.run(&["fsck"]).unwrap().status.code(), Some(0));
+    // Nothing open now: the same command neither recovers nor writes.
+    let journal = f.state.join("journal");
+    let before = files_in(&journal);
+    let out = f.command(&["snapshot", "list", "vm"]).output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    assert_eq!(
+        files_in(&journal),
+        before,
+        "a read-only open leaves the journal's files alone"
+    );
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("LOG"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn fsck_json(f: &Fixture, extra: &[&str]) -> (i32, serde_json::Value) {
     let mut args = vec!["--json", "fsck"];
     args.extend_from_slice(extra);

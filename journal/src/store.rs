@@ -281,6 +281,20 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Bytes of write-ahead log in a state directory that a read-only open
+    /// would replay into memory (a read-write open moves them into table
+    /// files once, so later opens are quick). 0 when there is no journal.
+    pub fn log_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir.join("journal"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Whether the journal was opened read-only.
     pub fn is_read_only(&self) -> bool {
         self.options.read_only

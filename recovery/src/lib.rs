@@ -30,13 +30,22 @@ pub fn open(dir: &Path) -> Result<(Executor, RecoveryReport)> {
     Ok((exec, report))
 }
 
+/// Write-ahead log above which a reading command opens read-write: a
+/// read-only open would replay it on every run, a read-write open moves it
+/// into table files once.
+const READ_ONLY_LOG_LIMIT: u64 = 1 << 20;
+
 /// Opens a state directory for a command that only reads. When nothing
 /// needs recovering (no open transaction, no running domain whose QEMU is
-/// gone), the journal is opened read-only: nothing is written and the open
-/// costs a third less. Otherwise, and for a state directory that does not
-/// exist yet, this is [`open`], with its recovery.
+/// gone) and little log is waiting to be replayed, the journal is opened
+/// read-only: nothing is written and the open costs a fraction. Otherwise,
+/// and for a state directory that does not exist yet, this is [`open`],
+/// with its recovery.
 pub fn open_for_reading(dir: &Path) -> Result<(Executor, RecoveryReport)> {
     journal::crashpoint::init();
+    if Journal::log_bytes(dir) > READ_ONLY_LOG_LIMIT {
+        return open(dir);
+    }
     let options = JournalOptions {
         read_only: true,
         ..JournalOptions::default()

@@ -495,22 +495,29 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                     })??;
                 }
                 SnapshotCmd::Dumpxml { domain, name } => {
-                    let d = exec
-                        .journal()
-                        .domain(domain)?
-                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
-                    let s = d
-                        .snapshots
-                        .get(name)
-                        .ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))?;
-                    out.raw(&executor::xml::snapshot::render_snapshot(s)?);
+                    let s = exec.journal().with_state(|st| {
+                        let d = st
+                            .domains
+                            .get(domain)
+                            .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                        d.snapshots
+                            .get(name)
+                            .cloned()
+                            .ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))
+                    })??;
+                    let historic = exec.journal().snapshot_domain_xml(domain, name)?.ok_or_else(|| {
+                        anyhow!("the journal has no historic <domain> for snapshot {name} of domain {domain} (run fsck)")
+                    })?;
+                    out.raw(&executor::xml::snapshot::render_snapshot(&s, &historic)?);
                 }
                 SnapshotCmd::Current { domain } => {
-                    let d = exec
-                        .journal()
-                        .domain(domain)?
-                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
-                    match &d.core.current_snapshot {
+                    let current = exec.journal().with_state(|st| {
+                        st.domains
+                            .get(domain)
+                            .map(|d| d.core.current_snapshot.clone())
+                            .ok_or_else(|| anyhow!("domain {domain} is not defined"))
+                    })??;
+                    match &current {
                         Some(c) => out.done(json!({"current": c}), c),
                         None => bail!("domain {domain} has no current snapshot"),
                     }
@@ -635,7 +642,10 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         .checkpoints
                         .get(name)
                         .ok_or_else(|| anyhow!("domain {domain} has no checkpoint called {name}"))?;
-                    out.raw(&executor::xml::checkpoint::render_checkpoint(c)?);
+                    let historic = exec.journal().checkpoint_domain_xml(domain, name)?.ok_or_else(|| {
+                        anyhow!("the journal has no historic <domain> for checkpoint {name} of domain {domain} (run fsck)")
+                    })?;
+                    out.raw(&executor::xml::checkpoint::render_checkpoint(c, &historic)?);
                 }
                 CheckpointCmd::Redefine { domain, files, dir } => {
                     let mut items = Vec::new();

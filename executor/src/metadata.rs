@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use journal::crashpoint::crash_point;
-use journal::{State, StateChange};
+use journal::{Journal, State, StateChange};
 
 use crate::error::{ExecError, Result};
 use crate::xml::checkpoint::render_checkpoint;
@@ -53,21 +53,29 @@ impl MetadataStore {
         self.root.join("checkpoints").join(domain)
     }
 
-    /// Every file the state says should exist for `domain`, with its content.
-    pub fn expected_files(&self, state: &State, domain: &str) -> Result<BTreeMap<PathBuf, String>> {
+    /// Every file the state says should exist for `domain`, with its
+    /// content (the historic `<domain>` documents read from `journal`).
+    pub fn expected_files(
+        &self,
+        journal: &Journal,
+        state: &State,
+        domain: &str,
+    ) -> Result<BTreeMap<PathBuf, String>> {
         let mut out = BTreeMap::new();
         if let Some(d) = state.domains.get(domain) {
             out.insert(self.domain_file(domain), d.core.xml.clone());
+            let docs = journal.snapshot_domain_xmls(domain)?;
             for s in d.snapshots.values() {
                 out.insert(
                     self.snapshot_dir(domain).join(format!("{}.xml", s.name)),
-                    render_snapshot(s)?,
+                    render_snapshot(s, document(&docs, "snapshot", domain, &s.name)?)?,
                 );
             }
+            let docs = journal.checkpoint_domain_xmls(domain)?;
             for c in d.checkpoints.values() {
                 out.insert(
                     self.checkpoint_dir(domain).join(format!("{}.xml", c.name)),
-                    render_checkpoint(c)?,
+                    render_checkpoint(c, document(&docs, "checkpoint", domain, &c.name)?)?,
                 );
             }
         }
@@ -126,8 +134,8 @@ impl MetadataStore {
     }
 
     /// Whether the files of `domain` equal the rendering of `state`.
-    pub fn in_sync(&self, state: &State, domain: &str) -> Result<bool> {
-        let expected = self.expected_files(state, domain)?;
+    pub fn in_sync(&self, journal: &Journal, state: &State, domain: &str) -> Result<bool> {
+        let expected = self.expected_files(journal, state, domain)?;
         let present = self.present_files(domain)?;
         if present.len() != expected.len() {
             return Ok(false);
@@ -148,8 +156,8 @@ impl MetadataStore {
     /// Makes the files of `domain` equal the rendering of `state`: rewrites
     /// what differs, removes what the state does not have (and stray temp
     /// files). Idempotent.
-    pub fn sync_domain(&self, state: &State, domain: &str) -> Result<()> {
-        let expected = self.expected_files(state, domain)?;
+    pub fn sync_domain(&self, journal: &Journal, state: &State, domain: &str) -> Result<()> {
+        let expected = self.expected_files(journal, state, domain)?;
         let stale: Vec<(&Path, &[u8])> = expected
             .iter()
             .filter(|(path, content)| fs::read(path).ok().as_deref() != Some(content.as_bytes()))
@@ -172,6 +180,21 @@ impl MetadataStore {
         }
         Ok(())
     }
+}
+
+/// The historic `<domain>` of an item, which the journal keeps for every
+/// recorded snapshot and checkpoint; missing, it is a damaged journal.
+fn document<'a, K: std::borrow::Borrow<str> + Ord>(
+    docs: &'a BTreeMap<K, String>,
+    kind: &str,
+    domain: &str,
+    name: &str,
+) -> Result<&'a str> {
+    docs.get(name).map(String::as_str).ok_or_else(|| {
+        ExecError::Invalid(format!(
+            "the journal has no historic <domain> for {kind} {name} of domain {domain} (damaged journal; run fsck)"
+        ))
+    })
 }
 
 /// The XML items a transaction's state changes touch in one domain; `None`
@@ -218,19 +241,39 @@ impl MetadataStore {
         checkpoints: &BTreeSet<String>,
     ) -> Result<()> {
         type Rendered = Vec<(PathBuf, Option<String>)>;
+        // The transaction holding the domain is the only writer of these
+        // records and documents, so reading the documents first is safe.
+        let mut snapshot_docs = BTreeMap::new();
+        for s in snapshots {
+            if let Some(x) = journal.snapshot_domain_xml(domain, s)? {
+                snapshot_docs.insert(s.as_str(), x);
+            }
+        }
+        let mut checkpoint_docs = BTreeMap::new();
+        for c in checkpoints {
+            if let Some(x) = journal.checkpoint_domain_xml(domain, c)? {
+                checkpoint_docs.insert(c.as_str(), x);
+            }
+        }
         let rendered: Result<Rendered> = journal.with_state(|state| {
             let d = state.domains.get(domain);
             let mut out = vec![(self.domain_file(domain), d.map(|d| d.core.xml.clone()))];
             for s in snapshots {
                 let content = match d.and_then(|d| d.snapshots.get(s)) {
-                    Some(r) => Some(render_snapshot(r)?),
+                    Some(r) => Some(render_snapshot(
+                        r,
+                        document(&snapshot_docs, "snapshot", domain, s)?,
+                    )?),
                     None => None,
                 };
                 out.push((self.snapshot_dir(domain).join(format!("{s}.xml")), content));
             }
             for c in checkpoints {
                 let content = match d.and_then(|d| d.checkpoints.get(c)) {
-                    Some(r) => Some(render_checkpoint(r)?),
+                    Some(r) => Some(render_checkpoint(
+                        r,
+                        document(&checkpoint_docs, "checkpoint", domain, c)?,
+                    )?),
                     None => None,
                 };
                 out.push((self.checkpoint_dir(domain).join(format!("{c}.xml")), content));

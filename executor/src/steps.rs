@@ -82,7 +82,7 @@ impl World<'_> {
             Step::RemoveImage { path } => !exists(path),
             Step::SyncXml { domain } => {
                 let state = self.journal.state()?;
-                self.metadata.in_sync(&state, domain)?
+                self.metadata.in_sync(self.journal, &state, domain)?
             }
             // With QEMU gone, the nodes went with it: nothing is left to do
             // or undo in QEMU.
@@ -531,7 +531,7 @@ impl World<'_> {
             Step::RemoveImage { path } => remove_file_if_exists(path)?,
             Step::SyncXml { domain } => {
                 let state = self.journal.state()?;
-                self.metadata.sync_domain(&state, domain)?;
+                self.metadata.sync_domain(self.journal, &state, domain)?;
             }
             other => {
                 return Err(ExecError::Invalid(format!(

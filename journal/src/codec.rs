@@ -13,7 +13,9 @@ use crate::event::TxnId;
 ///
 /// - 1: the first format.
 /// - 2: `Step::LiveSnapshot` carries the bitmaps of a checkpoint.
-pub const FORMAT_VERSION: u8 = 2;
+/// - 3: snapshot and checkpoint records leave their historic `<domain>` to
+///   a document of its own (`StateChange::*Recorded` carry it beside).
+pub const FORMAT_VERSION: u8 = 3;
 /// Size of the envelope header in bytes.
 pub const HEADER_LEN: usize = 6;
 
@@ -30,6 +32,7 @@ pub enum RecordKind {
     Image = 6,
     History = 7,
     Meta = 8,
+    Document = 9,
 }
 
 fn config() -> bincode::config::Configuration {

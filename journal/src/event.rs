@@ -204,10 +204,12 @@ pub enum StateChange {
     },
     /// A disk left the domain definition.
     DiskRemoved { domain: String, disk: String },
-    /// A snapshot was recorded (or replaced).
+    /// A snapshot was recorded (or replaced), with the `<domain>` as it was
+    /// when the snapshot was taken.
     SnapshotRecorded {
         domain: String,
         snapshot: SnapshotRecord,
+        domain_xml: String,
     },
     /// A snapshot's metadata was removed.
     SnapshotRemoved { domain: String, snapshot: String },
@@ -217,10 +219,11 @@ pub enum StateChange {
         snapshot: String,
         parent: Option<String>,
     },
-    /// A checkpoint was recorded.
+    /// A checkpoint was recorded (or replaced), with its historic `<domain>`.
     CheckpointRecorded {
         domain: String,
         checkpoint: CheckpointRecord,
+        domain_xml: String,
     },
     /// A checkpoint was removed.
     CheckpointRemoved { domain: String, checkpoint: String },

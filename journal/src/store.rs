@@ -184,6 +184,27 @@ fn history_key(domain: &str, txn: TxnId) -> Vec<u8> {
     k
 }
 
+/// Historic `<domain>` documents sort after every other projection key
+/// (`x\0s\0dom\0snap`, `x\0c\0dom\0cp`), so the projection is read whole
+/// without them.
+const DOC_PREFIX: &[u8] = b"x";
+const DOC_SNAPSHOT: char = 's';
+const DOC_CHECKPOINT: char = 'c';
+
+fn document_key(kind: char, domain: &str, name: &str) -> Vec<u8> {
+    format!("x\0{kind}\0{domain}\0{name}").into_bytes()
+}
+
+/// The key range of one domain's documents of one kind.
+fn document_range(kind: char, domain: &str) -> (Vec<u8>, Vec<u8>) {
+    let from = format!("x\0{kind}\0{domain}\0").into_bytes();
+    let mut to = from.clone();
+    if let Some(last) = to.last_mut() {
+        *last = 1;
+    }
+    (from, to)
+}
+
 fn projection_key(t: &Touched) -> String {
     match t {
         Touched::Domain(d) => format!("d\0{d}"),
@@ -653,6 +674,7 @@ impl Journal {
                 let mut touched = BTreeSet::new();
                 for c in &changes {
                     g.state.apply(c, &mut touched);
+                    self.put_document(&g.state, c, batch)?;
                 }
                 for t in touched {
                     self.put_projection(&g.state, &t, batch)?;
@@ -737,6 +759,109 @@ impl Journal {
             None => batch.delete_cf(cf, key.as_bytes()),
         }
         Ok(())
+    }
+
+    /// Stores or removes the historic `<domain>` documents a change implies
+    /// (after the change was applied to `state`).
+    fn put_document(&self, state: &State, change: &StateChange, batch: &mut WriteBatch) -> Result<()> {
+        let cf = self.cf(CF_STATE);
+        match change {
+            // Stored only when the record was (its domain is defined).
+            StateChange::SnapshotRecorded {
+                domain,
+                snapshot,
+                domain_xml,
+            } if state
+                .domains
+                .get(domain)
+                .is_some_and(|d| d.snapshots.contains_key(&snapshot.name)) =>
+            {
+                let value = encode(RecordKind::Document, domain_xml)?;
+                batch.put_cf(cf, document_key(DOC_SNAPSHOT, domain, &snapshot.name), value);
+            }
+            StateChange::CheckpointRecorded {
+                domain,
+                checkpoint,
+                domain_xml,
+            } if state
+                .domains
+                .get(domain)
+                .is_some_and(|d| d.checkpoints.contains_key(&checkpoint.name)) =>
+            {
+                let value = encode(RecordKind::Document, domain_xml)?;
+                batch.put_cf(cf, document_key(DOC_CHECKPOINT, domain, &checkpoint.name), value);
+            }
+            StateChange::SnapshotRemoved { domain, snapshot } => {
+                batch.delete_cf(cf, document_key(DOC_SNAPSHOT, domain, snapshot));
+            }
+            StateChange::CheckpointRemoved { domain, checkpoint } => {
+                batch.delete_cf(cf, document_key(DOC_CHECKPOINT, domain, checkpoint));
+            }
+            StateChange::DomainUndefined { domain } => {
+                for kind in [DOC_SNAPSHOT, DOC_CHECKPOINT] {
+                    let (from, to) = document_range(kind, domain);
+                    batch.delete_range_cf(cf, from, to);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn document(&self, kind: char, domain: &str, name: &str) -> Result<Option<String>> {
+        let key = document_key(kind, domain, name);
+        let Some(v) = self
+            .db
+            .get_cf(self.cf(CF_STATE), &key)
+            .map_err(|e| self.db_err(e))?
+        else {
+            return Ok(None);
+        };
+        let record = RecordName::Projection {
+            key: String::from_utf8_lossy(&key).into_owned(),
+        };
+        Ok(Some(decode(RecordKind::Document, &v, record, None)?))
+    }
+
+    fn documents(&self, kind: char, domain: &str) -> Result<BTreeMap<String, String>> {
+        let (from, to) = document_range(kind, domain);
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_iterate_upper_bound(to);
+        let mut out = BTreeMap::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_STATE),
+            read,
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let record = RecordName::Projection {
+                key: String::from_utf8_lossy(&k).into_owned(),
+            };
+            let name = String::from_utf8_lossy(&k[from.len()..]).into_owned();
+            out.insert(name, decode(RecordKind::Document, &v, record, None)?);
+        }
+        Ok(out)
+    }
+
+    /// The `<domain>` as it was when snapshot `name` of `domain` was taken
+    /// (`None`: no such snapshot).
+    pub fn snapshot_domain_xml(&self, domain: &str, name: &str) -> Result<Option<String>> {
+        self.document(DOC_SNAPSHOT, domain, name)
+    }
+
+    /// The historic `<domain>` of checkpoint `name` of `domain`.
+    pub fn checkpoint_domain_xml(&self, domain: &str, name: &str) -> Result<Option<String>> {
+        self.document(DOC_CHECKPOINT, domain, name)
+    }
+
+    /// The historic `<domain>` of every snapshot of `domain`, by name.
+    pub fn snapshot_domain_xmls(&self, domain: &str) -> Result<BTreeMap<String, String>> {
+        self.documents(DOC_SNAPSHOT, domain)
+    }
+
+    /// The historic `<domain>` of every checkpoint of `domain`, by name.
+    pub fn checkpoint_domain_xmls(&self, domain: &str) -> Result<BTreeMap<String, String>> {
+        self.documents(DOC_CHECKPOINT, domain)
     }
 
     /// Runs `f` on the current state projection.
@@ -862,6 +987,7 @@ impl Journal {
         read.set_readahead_size(4 << 20);
         read.fill_cache(false);
         read.set_verify_checksums(false);
+        read.set_iterate_upper_bound(DOC_PREFIX);
         for item in self
             .db
             .iterator_cf_opt(self.cf(CF_STATE), read, IteratorMode::Start)
@@ -1015,6 +1141,16 @@ impl Journal {
         }
         if let Err(e) = self.stored_projection() {
             bad.push(e);
+        }
+        for item in self.db.iterator_cf(
+            self.cf(CF_STATE),
+            IteratorMode::From(DOC_PREFIX, Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            if let Err(e) = decode::<String>(RecordKind::Document, &v, RecordName::Projection { key }, None) {
+                bad.push(e);
+            }
         }
         for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;

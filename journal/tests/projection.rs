@@ -61,8 +61,8 @@ fn change(dom: &str, k: u8, n: usize) -> StateChange {
                     overlay: Some(format!("/img/{dom}.{n}")),
                     frozen: Some(ChainImage::qcow2("/img/base")),
                 }],
-                domain_xml: "<domain/>".into(),
             },
+            domain_xml: format!("<domain n='{n}'/>"),
         },
         4 => StateChange::SnapshotRemoved {
             domain: d,
@@ -91,6 +91,30 @@ fn change(dom: &str, k: u8, n: usize) -> StateChange {
             xml: format!("<domain><name>{dom}</name><n>{n}</n></domain>"),
         },
     }
+}
+
+/// Every snapshot has exactly its historic document, the one recorded last
+/// (a recording `n` writes overlay `/img/<dom>.<n>` and `<domain n='n'/>`);
+/// nothing else has one.
+fn check_documents(j: &journal::Journal, doms: &[&str]) -> Result<(), TestCaseError> {
+    let state = j.state().unwrap();
+    for dom in doms {
+        let docs = j.snapshot_domain_xmls(dom).unwrap();
+        let snaps = state
+            .domains
+            .get(*dom)
+            .map(|d| d.snapshots.clone())
+            .unwrap_or_default();
+        prop_assert_eq!(docs.keys().collect::<Vec<_>>(), snaps.keys().collect::<Vec<_>>());
+        for (name, s) in &snaps {
+            let overlay = s.disks[0].overlay.clone().unwrap();
+            let n = overlay.rsplit('.').next().unwrap();
+            let expected = format!("<domain n='{n}'/>");
+            prop_assert_eq!(&docs[name], &expected);
+            prop_assert_eq!(j.snapshot_domain_xml(dom, name).unwrap(), Some(expected));
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -132,6 +156,7 @@ proptest! {
                     Op::Compact => { j.compact(u64::MAX, 0).unwrap(); }
                 }
                 prop_assert_eq!(&j.state().unwrap(), &j.stored_projection().unwrap());
+                check_documents(&j, &doms)?;
             }
             let state = j.state().unwrap();
             prop_assert_eq!(&state, &j.fold_events().unwrap());
@@ -143,6 +168,7 @@ proptest! {
         let j = common::open(dir.path());
         prop_assert_eq!(&j.state().unwrap(), &j.fold_events().unwrap());
         prop_assert_eq!(j.open_transactions().unwrap().len(), pending.len());
+        check_documents(&j, &doms)?;
         prop_assert!(j.verify_records().unwrap().is_empty());
     }
 }

@@ -144,7 +144,7 @@ fn check_domain(
     let busy = exec.journal().busy_with(dom)?.is_some();
     // I1: XML files = rendering of the state.
     let meta = exec.metadata();
-    let expected = meta.expected_files(state, dom)?;
+    let expected = meta.expected_files(exec.journal(), state, dom)?;
     let present = meta.present_files(dom)?;
     let mut xml_findings = Vec::new();
     for (path, content) in &expected {
@@ -196,7 +196,7 @@ fn check_domain(
         xml_findings.push(finding("I1", kind, p.display().to_string(), msg, "remove it"));
     }
     if !xml_findings.is_empty() && repair && !busy {
-        meta.sync_domain(state, dom)?;
+        meta.sync_domain(exec.journal(), state, dom)?;
         for f in &mut xml_findings {
             f.repaired = true;
         }

@@ -116,12 +116,13 @@ pub(crate) fn refuse_with_checkpoints<'a>(
 }
 
 /// Checks a new checkpoint request and builds its record (parent: the
-/// newest checkpoint) with one bitmap per chosen disk, named after it.
+/// newest checkpoint) with one bitmap per chosen disk, named after it, and
+/// its historic `<domain>`.
 pub(crate) fn new_checkpoint_record(
     dom: &DomainState,
     req: &CheckpointRequest,
     domain_xml: &str,
-) -> Result<CheckpointRecord> {
+) -> Result<(CheckpointRecord, String)> {
     validate_name("checkpoint", &req.name)?;
     // The `<domain>` element alone, as the rendered XML carries it (so a
     // dumped checkpoint redefines as identical).
@@ -161,14 +162,14 @@ pub(crate) fn new_checkpoint_record(
             req.name
         )));
     }
-    Ok(CheckpointRecord {
+    let record = CheckpointRecord {
         name: req.name.clone(),
         description: req.description.clone(),
         creation_time: now_secs(),
         parent: dom.newest_checkpoint(None).map(|c| c.name.clone()),
         disks,
-        domain_xml,
-    })
+    };
+    Ok((record, domain_xml))
 }
 
 /// The bitmaps each image holds: (name, recording).
@@ -238,7 +239,7 @@ impl Executor {
         let state = self.journal().state()?;
         let dom = require_defined(&state, &req.domain)?;
         let domain = &req.domain;
-        let record = new_checkpoint_record(dom, req, &dom.core.xml)?;
+        let (record, domain_xml) = new_checkpoint_record(dom, req, &dom.core.xml)?;
         let graph = self.graph_of(dom)?;
         if graph.is_none() {
             check_world_chains(dom)?;
@@ -294,6 +295,7 @@ impl Executor {
             changes: vec![StateChange::CheckpointRecorded {
                 domain: domain.clone(),
                 checkpoint: record,
+                domain_xml,
             }],
         };
         let txn = self.run(
@@ -339,9 +341,16 @@ impl Executor {
         {
             let mut moved = child.clone();
             moved.parent = cp.parent.clone();
+            let domain_xml = self.journal().checkpoint_domain_xml(domain, &child.name)?.ok_or_else(|| {
+                ExecError::Invalid(format!(
+                    "the journal has no historic <domain> for checkpoint {} of domain {domain} (damaged journal; run fsck); nothing was changed",
+                    child.name
+                ))
+            })?;
             changes.push(StateChange::CheckpointRecorded {
                 domain: domain.to_string(),
                 checkpoint: moved,
+                domain_xml,
             });
         }
         let mut ops = Vec::new();

@@ -17,7 +17,15 @@ use crate::xml::checkpoint::parse_checkpoint;
 use crate::xml::domain::parse_domain;
 
 /// Builds the checkpoint record a document describes.
-fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<CheckpointRecord> {
+/// A checkpoint read from a redefine document: where it came from, its
+/// record and its historic `<domain>`.
+struct Incoming {
+    origin: String,
+    record: CheckpointRecord,
+    domain_xml: String,
+}
+
+fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<(CheckpointRecord, String)> {
     let domain = &dom.core.name;
     let p = parse_checkpoint(origin, xml)?;
     let name = p
@@ -52,14 +60,14 @@ fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<Checkpo
             )));
         }
     }
-    Ok(CheckpointRecord {
+    let record = CheckpointRecord {
         name,
         description: p.description,
         creation_time: p.creation_time.unwrap_or_else(now_secs),
         parent: p.parent,
         disks,
-        domain_xml: historic,
-    })
+    };
+    Ok((record, historic))
 }
 
 impl Executor {
@@ -100,21 +108,38 @@ impl Executor {
         items: &[(String, String)],
     ) -> Result<(Vec<StateChange>, RedefineReport)> {
         let domain = &dom.core.name;
-        let mut incoming: BTreeMap<String, (String, CheckpointRecord)> = BTreeMap::new();
+        let mut incoming: BTreeMap<String, Incoming> = BTreeMap::new();
         for (origin, xml) in items {
-            let rec = record_from_xml(dom, origin, xml)?;
-            if let Some((other, _)) = incoming.get(&rec.name) {
+            let (record, domain_xml) = record_from_xml(dom, origin, xml)?;
+            if let Some(other) = incoming.get(&record.name) {
                 return Err(ExecError::Invalid(format!(
-                    "checkpoint {} is defined twice: in {other} and in {origin}",
-                    rec.name
+                    "checkpoint {} is defined twice: in {} and in {origin}",
+                    record.name, other.origin
                 )));
             }
-            incoming.insert(rec.name.clone(), (origin.clone(), rec));
+            incoming.insert(
+                record.name.clone(),
+                Incoming {
+                    origin: origin.clone(),
+                    record,
+                    domain_xml,
+                },
+            );
         }
         let mut unchanged = Vec::new();
-        for (name, (origin, rec)) in &incoming {
+        for (
+            name,
+            Incoming {
+                origin,
+                record: rec,
+                domain_xml,
+            },
+        ) in &incoming
+        {
             if let Some(existing) = dom.checkpoints.get(name) {
-                if existing == rec {
+                if existing == rec
+                    && self.journal().checkpoint_domain_xml(domain, name)?.as_ref() == Some(domain_xml)
+                {
                     unchanged.push(name.clone());
                 } else {
                     return Err(ExecError::Invalid(format!(
@@ -123,7 +148,13 @@ impl Executor {
                 }
             }
         }
-        for (name, (origin, rec)) in &incoming {
+        for (
+            name,
+            Incoming {
+                origin, record: rec, ..
+            },
+        ) in &incoming
+        {
             let mut seen = BTreeSet::from([name.as_str()]);
             let mut at = rec.parent.as_deref();
             while let Some(p) = at {
@@ -139,7 +170,7 @@ impl Executor {
                 }
                 at = incoming
                     .get(p)
-                    .map(|(_, r)| r.parent.as_deref())
+                    .map(|i| i.record.parent.as_deref())
                     .or_else(|| dom.checkpoints.get(p).map(|c| c.parent.as_deref()))
                     .flatten();
             }
@@ -147,7 +178,13 @@ impl Executor {
         // Every bitmap a new checkpoint names is in an image of the disk's
         // present chain (each image read once).
         let mut in_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, (origin, rec)) in &incoming {
+        for (
+            name,
+            Incoming {
+                origin, record: rec, ..
+            },
+        ) in &incoming
+        {
             if unchanged.contains(name) {
                 continue;
             }
@@ -188,10 +225,11 @@ impl Executor {
             .collect();
         let changes = incoming
             .into_values()
-            .filter(|(_, r)| defined.contains(&r.name))
-            .map(|(_, r)| StateChange::CheckpointRecorded {
+            .filter(|i| defined.contains(&i.record.name))
+            .map(|i| StateChange::CheckpointRecorded {
                 domain: domain.clone(),
-                checkpoint: r,
+                checkpoint: i.record,
+                domain_xml: i.domain_xml,
             })
             .collect();
         Ok((

@@ -220,9 +220,11 @@ impl Executor {
                 description: req.description.clone(),
                 disks: Vec::new(),
             };
+            let (checkpoint, domain_xml) = new_checkpoint_record(dom, &creq, &new_xml)?;
             changes.push(StateChange::CheckpointRecorded {
                 domain: domain.clone(),
-                checkpoint: new_checkpoint_record(dom, &creq, &new_xml)?,
+                checkpoint,
+                domain_xml,
             });
         }
         changes.push(StateChange::DomainXmlSet {
@@ -243,11 +245,11 @@ impl Executor {
                 .into(),
                 parent: dom.core.current_snapshot.clone(),
                 disks: snap_disks,
-                // The `<domain>` element alone, as the rendered XML
-                // carries it (so a dumped snapshot redefines as identical).
-                domain_xml: domain_element_text(&format!("definition of domain {domain}"), &dom.core.xml)?
-                    .to_string(),
             },
+            // The `<domain>` element alone, as the rendered XML carries it
+            // (so a dumped snapshot redefines as identical).
+            domain_xml: domain_element_text(&format!("definition of domain {domain}"), &dom.core.xml)?
+                .to_string(),
         });
         changes.push(StateChange::CurrentSnapshotSet {
             domain: domain.clone(),

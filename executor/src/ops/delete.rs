@@ -316,6 +316,9 @@ impl Executor {
         if !req.metadata_only && !req.children {
             let graph = self.image_graph(dom)?;
             let mut working: State = state.clone();
+            // The snapshots' historic definitions, as the merges planned so
+            // far rewrite them.
+            let mut historic = self.journal().snapshot_domain_xmls(domain)?;
             // Bitmaps are carried through the merges while checkpoints
             // track changes (reading them costs a qemu-img call per image).
             let tracked = !dom.checkpoints.is_empty();
@@ -379,7 +382,7 @@ impl Executor {
                     if tracked {
                         steps.extend(self.carry_bitmaps(domain, &sd.disk, &top, &frozen.path, true)?);
                     }
-                    let c = replace_image(&dom_now, &top, frozen)?;
+                    let c = replace_image(&dom_now, &mut historic, &top, frozen)?;
                     working = simulate(&working, &c);
                     changes.extend(c);
                     merges.push(MergeChoice::Commit {
@@ -429,7 +432,12 @@ impl Executor {
                     if tracked && frozen.format == "qcow2" {
                         steps.extend(self.carry_bitmaps(domain, &sd.disk, &frozen.path, &top, false)?);
                     }
-                    let c = replace_image(&dom_now, &frozen.path, &ChainImage::qcow2(top.clone()))?;
+                    let c = replace_image(
+                        &dom_now,
+                        &mut historic,
+                        &frozen.path,
+                        &ChainImage::qcow2(top.clone()),
+                    )?;
                     working = simulate(&working, &c);
                     changes.extend(c);
                     merges.push(MergeChoice::Pull {

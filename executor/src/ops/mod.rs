@@ -253,7 +253,15 @@ pub(crate) fn collect_garbage(
 /// Replaces image `from` by `to` everywhere in a domain: disk chains
 /// (dropping the duplicate this makes), snapshots' frozen images and
 /// overlays, and disk sources of the present and historic definitions.
-pub(crate) fn replace_image(dom: &DomainState, from: &str, to: &ChainImage) -> Result<Vec<StateChange>> {
+/// `historic` holds the snapshots' historic `<domain>` documents as the
+/// changes planned so far leave them, and is updated (a delete merging on
+/// two disks rewrites one document twice).
+pub(crate) fn replace_image(
+    dom: &DomainState,
+    historic: &mut BTreeMap<String, String>,
+    from: &str,
+    to: &ChainImage,
+) -> Result<Vec<StateChange>> {
     let name = dom.core.name.clone();
     let mut out = Vec::new();
     for disk in dom.core.disks.values() {
@@ -289,16 +297,24 @@ pub(crate) fn replace_image(dom: &DomainState, from: &str, to: &ChainImage) -> R
                 d.overlay = Some(to.path.clone());
             }
         }
-        s2.domain_xml = replace_source(
-            &format!("historic domain of snapshot {}", s.name),
-            &s.domain_xml,
-            from,
-            to,
-        )?;
-        if &s2 != s {
+        let doc = historic.get(&s.name).ok_or_else(|| {
+            ExecError::Invalid(format!(
+                "the journal has no historic <domain> for snapshot {} of domain {name} (damaged journal; run fsck); nothing was changed",
+                s.name
+            ))
+        })?;
+        // Most documents do not name the image: they are not parsed.
+        let doc2 = if doc.contains(from) || doc.contains(&crate::xml::tree::escape(from)) {
+            replace_source(&format!("historic domain of snapshot {}", s.name), doc, from, to)?
+        } else {
+            doc.clone()
+        };
+        if &s2 != s || &doc2 != doc {
+            historic.insert(s.name.clone(), doc2.clone());
             out.push(StateChange::SnapshotRecorded {
                 domain: name.clone(),
                 snapshot: s2,
+                domain_xml: doc2,
             });
         }
     }

@@ -42,8 +42,9 @@ pub struct RedefineReport {
     pub checkpoints_unchanged: Vec<String>,
 }
 
-/// Builds the snapshot record a document describes.
-fn record_from_xml(domain: &str, origin: &str, xml: &str) -> Result<SnapshotRecord> {
+/// Builds the snapshot record a document describes, with its historic
+/// `<domain>`.
+fn record_from_xml(domain: &str, origin: &str, xml: &str) -> Result<(SnapshotRecord, String)> {
     let p = parse_snapshot(origin, xml)?;
     let name = p
         .request
@@ -110,19 +111,25 @@ fn record_from_xml(domain: &str, origin: &str, xml: &str) -> Result<SnapshotReco
             "{origin}: snapshot {name} includes no disk"
         )));
     }
-    Ok(SnapshotRecord {
+    let record = SnapshotRecord {
         name,
         description: p.request.description.clone(),
         creation_time: p.creation_time.unwrap_or_else(now_secs),
         state: p.state.clone().unwrap_or_else(|| "disk-snapshot".into()),
         parent: p.parent.clone(),
         disks,
-        domain_xml: historic,
-    })
+    };
+    Ok((record, historic))
 }
 
-/// What differs between two records of one snapshot, for messages.
-fn differences(a: &SnapshotRecord, b: &SnapshotRecord) -> Vec<&'static str> {
+/// What differs between two records of one snapshot (and their historic
+/// `<domain>` documents), for messages; empty when they are identical.
+fn differences(
+    a: &SnapshotRecord,
+    a_xml: Option<&str>,
+    b: &SnapshotRecord,
+    b_xml: &str,
+) -> Vec<&'static str> {
     let mut out = Vec::new();
     if a.parent != b.parent {
         out.push("parent");
@@ -130,7 +137,7 @@ fn differences(a: &SnapshotRecord, b: &SnapshotRecord) -> Vec<&'static str> {
     if a.disks != b.disks {
         out.push("disks");
     }
-    if a.domain_xml != b.domain_xml {
+    if a_xml != Some(b_xml) {
         out.push("historic domain");
     }
     if a.state != b.state {
@@ -190,26 +197,30 @@ impl Executor {
         let domain = &req.domain;
         // Parse all; duplicates within the set.
         let mut incoming: BTreeMap<String, (String, SnapshotRecord)> = BTreeMap::new();
+        let mut historic: BTreeMap<String, String> = BTreeMap::new();
         for (origin, xml) in &req.items {
-            let rec = record_from_xml(domain, origin, xml)?;
+            let (rec, domain_xml) = record_from_xml(domain, origin, xml)?;
             if let Some((other, _)) = incoming.get(&rec.name) {
                 return Err(ExecError::Invalid(format!(
                     "snapshot {} is defined twice: in {other} and in {origin}",
                     rec.name
                 )));
             }
+            historic.insert(rec.name.clone(), domain_xml);
             incoming.insert(rec.name.clone(), (origin.clone(), rec));
         }
         // Identical to a defined one: no-op; different: conflict.
         let mut unchanged = Vec::new();
         for (name, (origin, rec)) in &incoming {
             if let Some(existing) = dom.snapshots.get(name) {
-                if existing == rec {
+                let existing_xml = self.journal().snapshot_domain_xml(domain, name)?;
+                let differ = differences(existing, existing_xml.as_deref(), rec, &historic[name]);
+                if differ.is_empty() {
                     unchanged.push(name.clone());
                 } else {
                     return Err(ExecError::Invalid(format!(
                         "snapshot {name} in {origin} conflicts with the snapshot {name} already defined for domain {domain} (they differ in: {})",
-                        differences(existing, rec).join(", ")
+                        differ.join(", ")
                     )));
                 }
             }
@@ -257,6 +268,7 @@ impl Executor {
             .map(|r| StateChange::SnapshotRecorded {
                 domain: domain.clone(),
                 snapshot: (*r).clone(),
+                domain_xml: historic.remove(&r.name).unwrap_or_default(),
             })
             .collect();
         if let Some(c) = &req.current {

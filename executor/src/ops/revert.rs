@@ -102,9 +102,15 @@ impl Executor {
             }
         }
         check_world_chains(dom)?;
+        let historic_xml = self.journal().snapshot_domain_xml(domain, &snap.name)?.ok_or_else(|| {
+            ExecError::Invalid(format!(
+                "the journal has no historic <domain> for snapshot {} of domain {domain} (damaged journal; run fsck); nothing was changed",
+                snap.name
+            ))
+        })?;
         let historic = parse_domain(
             &format!("historic domain of snapshot {}", snap.name),
-            &snap.domain_xml,
+            &historic_xml,
         )?;
 
         let mut steps = Vec::new();
@@ -175,7 +181,7 @@ impl Executor {
         }
         let xml = set_disk_sources(
             &format!("historic domain of snapshot {}", snap.name),
-            &snap.domain_xml,
+            &historic_xml,
             &sources,
         )?;
         changes.push(StateChange::DomainXmlSet {

@@ -8,9 +8,10 @@ use super::domain::domain_element_text;
 use super::tree::{err, escape, parse};
 use crate::error::XmlError;
 
-/// Renders a snapshot as libvirt's `<domainsnapshot>`, with the historic
-/// `<domain>` embedded.
-pub fn render_snapshot(s: &SnapshotRecord) -> Result<String, XmlError> {
+/// Renders a snapshot as libvirt's `<domainsnapshot>`, with its historic
+/// `<domain>` (`domain_xml`, kept by the journal apart from the record)
+/// embedded.
+pub fn render_snapshot(s: &SnapshotRecord, domain_xml: &str) -> Result<String, XmlError> {
     let mut out = String::from("<domainsnapshot>\n");
     out.push_str(&format!("  <name>{}</name>\n", escape(&s.name)));
     if let Some(d) = &s.description {
@@ -45,7 +46,7 @@ pub fn render_snapshot(s: &SnapshotRecord) -> Result<String, XmlError> {
     out.push_str("  </disks>\n  ");
     out.push_str(domain_element_text(
         &format!("historic domain of snapshot {}", s.name),
-        &s.domain_xml,
+        domain_xml,
     )?);
     out.push_str("\n</domainsnapshot>\n");
     Ok(out)
@@ -197,13 +198,14 @@ mod tests {
                     frozen: None,
                 },
             ],
-            domain_xml: "<?xml version='1.0'?>\n<domain type='kvm'><name>vm</name></domain>".into(),
         }
     }
 
+    const DOMAIN: &str = "<?xml version='1.0'?>\n<domain type='kvm'><name>vm</name></domain>";
+
     #[test]
     fn render_then_parse() {
-        let xml = render_snapshot(&record()).unwrap();
+        let xml = render_snapshot(&record(), DOMAIN).unwrap();
         let p = parse_snapshot("t", &xml).unwrap();
         assert_eq!(p.request.name.as_deref(), Some("s1"));
         assert_eq!(p.request.description.as_deref(), Some("before <upgrade> & more"));

@@ -2,6 +2,7 @@
 
 use journal::{DomainState, HistoryEntry, Outcome, State};
 use serde_json::{json, Value};
+use std::fmt::Write as _;
 
 /// Where results go.
 pub struct Out {
@@ -98,25 +99,27 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
         println!("{}", Value::Array(v));
         return;
     }
+    let mut text = String::new();
     if tree {
-        let mut text = String::new();
         render_tree(d, &mut text);
-        print!("{text}");
+        print_text(&text);
         return;
     }
-    println!(
+    let _ = writeln!(
+        text,
         "{:<24} {:<20} {:<14} Parent",
         "Name", "Creation Time (UTC)", "State"
     );
     let mut snaps: Vec<_> = d.snapshots.values().collect();
-    snaps.sort_by_key(|s| (s.creation_time, s.name.clone()));
+    snaps.sort_by(|a, b| (a.creation_time, &a.name).cmp(&(b.creation_time, &b.name)));
     for s in snaps {
         let mark = if d.core.current_snapshot.as_deref() == Some(s.name.as_str()) {
             " *"
         } else {
             ""
         };
-        println!(
+        let _ = writeln!(
+            text,
             "{:<24} {:<20} {:<14} {}",
             format!("{}{mark}", s.name),
             utc(s.creation_time),
@@ -124,6 +127,15 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
             s.parent.as_deref().unwrap_or("-")
         );
     }
+    print_text(&text);
+}
+
+/// Writes a listing to stdout in one go; a reader that stopped early (a
+/// closed pipe, as with `| head`) is not an error.
+fn print_text(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Renders the snapshot tree.
@@ -229,19 +241,22 @@ pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
             .collect();
         let mut text = String::new();
         render_forest(&items, &mut text);
-        print!("{text}");
+        print_text(&text);
         return;
     }
-    println!(
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "{:<24} {:<20} {:<16} Disks",
         "Name", "Creation Time (UTC)", "Parent"
     );
     let mut cps: Vec<_> = d.checkpoints.values().collect();
-    cps.sort_by_key(|c| (c.creation_time, c.name.clone()));
+    cps.sort_by(|a, b| (a.creation_time, &a.name).cmp(&(b.creation_time, &b.name)));
     for c in cps {
         let mark = if newest == Some(c.name.as_str()) { " *" } else { "" };
         let disks: Vec<String> = c.bitmaps().map(|(disk, b)| format!("{disk}:{b}")).collect();
-        println!(
+        let _ = writeln!(
+            text,
             "{:<24} {:<20} {:<16} {}",
             format!("{}{mark}", c.name),
             utc(c.creation_time),
@@ -249,6 +264,7 @@ pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
             disks.join(" ")
         );
     }
+    print_text(&text);
 }
 
 /// `domain history`.

@@ -157,6 +157,53 @@ fn group_commit(streams: usize, secs: f64, sync: bool) -> f64 {
     rate
 }
 
+/// Group commit through the async API (how an agent runs many domains):
+/// `streams` tasks on a two-thread tokio runtime (this machine's cores),
+/// each running transactions on its own domain for `secs`.
+fn group_commit_async(streams: usize, secs: f64) -> f64 {
+    let dir = bench_dir();
+    let j = journal::AsyncJournal::new(Arc::new(open(dir.path(), true)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let deadline = Duration::from_secs_f64(secs);
+    let (rate, _) = rt.block_on(async move {
+        let done = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..streams)
+            .map(|s| {
+                let (j, done) = (j.clone(), done.clone());
+                tokio::spawn(async move {
+                    let d = format!("stream{s}");
+                    while t.elapsed() < deadline {
+                        let txn = j.begin(intent(&d), plan(&d), None).await.unwrap();
+                        j.step_done(txn, 0).await.unwrap();
+                        let change = StateChange::CurrentSnapshotSet {
+                            domain: d.clone(),
+                            snapshot: None,
+                        };
+                        j.commit(txn, vec![change]).await.unwrap();
+                        j.step_done(txn, 1).await.unwrap();
+                        j.finish(txn).await.unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (
+            done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64(),
+            (),
+        )
+    });
+    println!("group commit, async API: {streams:>2} tasks: {rate:>9.0} transactions/s");
+    rate
+}
+
 /// Listing open transactions with `finished` closed and `open` open.
 fn listing(finished: usize, open_n: usize) {
     let dir = bench_dir();
@@ -198,7 +245,30 @@ fn listing(finished: usize, open_n: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--group-only`: the group-commit figures alone (for profiling).
+    let group_only = std::env::args().any(|a| a == "--group-only");
     let n = if quick { 100 } else { 1000 };
+    // `--tasks N`: only the async group commit with N tasks (profiling).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--tasks")
+        .and_then(|i| args.get(i + 1))
+    {
+        group_commit_async(n.parse().unwrap_or(64), 3.0);
+        return;
+    }
+    if group_only {
+        let secs = if quick { 1.0 } else { 3.0 };
+        let one = group_commit_async(1, secs);
+        group_commit_async(8, secs);
+        let many = group_commit_async(64, secs);
+        println!("  async: 64 tasks / 1 task = {:.1}x", many / one);
+        let one = group_commit(1, secs, true);
+        let many = group_commit(64, secs, true);
+        println!("  threads: 64 streams / 1 stream = {:.1}x", many / one);
+        return;
+    }
     fdatasync_floor(n);
     synced_append(n);
     whole_txn(n / 2);

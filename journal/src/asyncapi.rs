@@ -1,10 +1,13 @@
-//! The async API for agents: every call runs the blocking RocksDB work on
-//! tokio's blocking pool, never on the runtime threads.
+//! The async API for agents. Lifecycle events are prepared on the calling
+//! task (in memory, under a short lock) and then awaited without holding a
+//! thread: many transaction streams share group commits on a few runtime
+//! threads, and the RocksDB write and fsync of each group run on tokio's
+//! blocking pool. Reads run on the blocking pool too.
 
 use std::sync::Arc;
 
 use crate::error::{JournalError, Result};
-use crate::event::{Intent, StateChange, TxnId};
+use crate::event::{Event, Intent, StateChange, TxnId};
 use crate::plan::Plan;
 use crate::state::{DomainCore, DomainState};
 use crate::store::{HistoryEntry, Journal, OpenTxn};
@@ -38,37 +41,44 @@ impl AsyncJournal {
 
     /// See [`Journal::begin`].
     pub async fn begin(&self, intent: Intent, plan: Plan, prior: Option<DomainCore>) -> Result<TxnId> {
-        self.run(move |j| j.begin(intent, plan, prior)).await
+        let (txn, ticket) = self.inner.begin_queued(intent, plan, prior)?;
+        self.inner.durable_async(ticket).await?;
+        Ok(txn)
+    }
+
+    async fn append(&self, event: Event) -> Result<()> {
+        let ticket = self.inner.append_queued(event)?;
+        self.inner.durable_async(ticket).await
     }
 
     /// See [`Journal::step_done`].
     pub async fn step_done(&self, txn: TxnId, step: u32) -> Result<()> {
-        self.run(move |j| j.step_done(txn, step)).await
+        self.append(Event::StepDone { txn, step }).await
     }
 
     /// See [`Journal::commit`].
     pub async fn commit(&self, txn: TxnId, changes: Vec<StateChange>) -> Result<()> {
-        self.run(move |j| j.commit(txn, changes)).await
+        self.append(Event::Committed { txn, changes }).await
     }
 
     /// See [`Journal::aborting`].
     pub async fn aborting(&self, txn: TxnId, reason: String) -> Result<()> {
-        self.run(move |j| j.aborting(txn, reason)).await
+        self.append(Event::Aborting { txn, reason }).await
     }
 
     /// See [`Journal::step_undone`].
     pub async fn step_undone(&self, txn: TxnId, step: u32) -> Result<()> {
-        self.run(move |j| j.step_undone(txn, step)).await
+        self.append(Event::StepUndone { txn, step }).await
     }
 
     /// See [`Journal::aborted`].
     pub async fn aborted(&self, txn: TxnId, reason: String) -> Result<()> {
-        self.run(move |j| j.aborted(txn, reason)).await
+        self.append(Event::Aborted { txn, reason }).await
     }
 
     /// See [`Journal::finish`].
     pub async fn finish(&self, txn: TxnId) -> Result<()> {
-        self.run(move |j| j.finish(txn)).await
+        self.append(Event::Finished { txn }).await
     }
 
     /// See [`Journal::open_transactions`].

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -134,6 +134,8 @@ struct Inner {
 struct Group {
     queue: Vec<WriteBatch>,
     queue_needs_sync: bool,
+    /// Async callers waiting for a group (see [`Journal::durable_async`]).
+    async_waiters: Vec<(u64, tokio::sync::oneshot::Sender<Wake>)>,
     /// The number the queued group will have.
     next_group: u64,
     /// The last group known durable.
@@ -141,6 +143,21 @@ struct Group {
     leader_active: bool,
     failed: Option<String>,
 }
+
+/// What an async caller waiting for its group is told.
+enum Wake {
+    /// Its group is durable.
+    Durable,
+    /// No one is writing and its group waits: it must lead.
+    Lead,
+    /// The write failed; the journal is poisoned.
+    Failed(String),
+}
+
+/// Where a prepared record is in the group commit: the group to wait for,
+/// or nothing to wait for (an unsynced record another group will carry).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket(Option<u64>);
 
 /// Counts of what [`Journal::compact`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -157,7 +174,12 @@ pub struct Journal {
     inner: Mutex<Inner>,
     poisoned: AtomicBool,
     group: Mutex<Group>,
-    group_done: Condvar,
+    /// Waiters of group `n` sleep on `group_done[n % 2]`: at most two
+    /// groups exist at once (the one being written and the one queueing),
+    /// so a finished group wakes its own waiters only, and one waiter of
+    /// the next group to lead it (not every thread, which with 64 streams
+    /// cost more CPU than the writes).
+    group_done: [Condvar; 2],
     options: JournalOptions,
     _lock: DirLock,
 }
@@ -258,6 +280,9 @@ impl Journal {
         // Open table files on the calling thread: RocksDB would otherwise
         // start up to 16 threads per column family to open a handful of files.
         opts.set_max_file_opening_threads(1);
+        // Required by the vector memtables below (one writer at a time
+        // inserts anyway: the group-commit leader).
+        opts.set_allow_concurrent_memtable_write(false);
         let cfs = [CF_EVENTS, CF_OPEN, CF_STATE, CF_HISTORY, CF_META]
             .into_iter()
             .map(|n| {
@@ -267,6 +292,13 @@ impl Journal {
                 // it cost more than reading it uncompressed.
                 if n == CF_STATE {
                     cf.set_compression_type(rocksdb::DBCompressionType::None);
+                }
+                // The log-like families are written far more than read
+                // (events and the open index are read at open, history on
+                // request): an append-only memtable inserts in O(1) where
+                // the skip list searched on every key.
+                if n == CF_EVENTS || n == CF_OPEN || n == CF_HISTORY {
+                    cf.set_memtable_factory(rocksdb::MemtableFactory::Vector);
                 }
                 ColumnFamilyDescriptor::new(n, cf)
             });
@@ -294,7 +326,7 @@ impl Journal {
                 next_group: 1,
                 ..Group::default()
             }),
-            group_done: Condvar::new(),
+            group_done: [Condvar::new(), Condvar::new()],
             options,
             _lock: lock,
         };
@@ -406,77 +438,195 @@ impl Journal {
             .map_err(|_| JournalError::Poisoned("a journal thread panicked".into()))
     }
 
-    /// Makes `batch` durable (synced when `sync`), through group commit:
-    /// concurrent callers queue their batches; one of them writes the whole
-    /// queue and syncs the WAL once; the others wait for their group.
-    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+    /// Queues `batch` (synced when `sync`) for group commit. Called with the
+    /// state lock held, so batches are written in the order they were
+    /// prepared (a later transaction's next-id record never lands before
+    /// an earlier one's).
+    fn enqueue(&self, batch: WriteBatch, sync: bool) -> Result<Ticket> {
         crash_point("journal.append.before");
-        let poisoned = |what: &str| JournalError::Poisoned(what.to_string());
-        let mut g = self.group.lock().map_err(|_| poisoned("group lock poisoned"))?;
+        let mut g = self.lock_group()?;
+        if let Some(e) = &g.failed {
+            return Err(JournalError::Poisoned(e.clone()));
+        }
         g.queue.push(batch);
         g.queue_needs_sync |= sync;
-        let mine = g.next_group;
         // An unsynced record need not wait for a group another thread is
         // writing: the next group (at the latest the transaction's next
         // synced record) carries it, in order. Recovery probes the step
         // after the last recorded one, so losing it in a crash is harmless.
         if !sync && g.leader_active {
-            drop(g);
+            return Ok(Ticket(None));
+        }
+        Ok(Ticket(Some(g.next_group)))
+    }
+
+    fn lock_group(&self) -> Result<MutexGuard<'_, Group>> {
+        self.group
+            .lock()
+            .map_err(|_| JournalError::Poisoned("group lock poisoned".into()))
+    }
+
+    /// Waits until the ticket's group is durable, leading groups while no
+    /// one else writes: concurrent callers queue their batches; one of them
+    /// writes the whole queue and syncs the WAL once; the others wait.
+    fn durable(&self, ticket: Ticket) -> Result<()> {
+        let Some(mine) = ticket.0 else {
             crash_point("journal.append.after");
             return Ok(());
-        }
+        };
+        let mut g = self.lock_group()?;
         loop {
             if let Some(e) = &g.failed {
-                return Err(poisoned(e));
+                return Err(JournalError::Poisoned(e.clone()));
             }
             if g.durable >= mine {
                 break;
             }
             if g.leader_active {
-                g = self
-                    .group_done
+                g = self.group_done[(mine % 2) as usize]
                     .wait(g)
-                    .map_err(|_| poisoned("group lock poisoned"))?;
+                    .map_err(|_| JournalError::Poisoned("group lock poisoned".into()))?;
                 continue;
             }
-            g.leader_active = true;
-            let batches = std::mem::take(&mut g.queue);
-            let needs_sync = std::mem::replace(&mut g.queue_needs_sync, false);
-            let number = g.next_group;
-            g.next_group += 1;
-            drop(g);
-            let result = self.write_group(batches, needs_sync);
-            g = self.group.lock().map_err(|_| poisoned("group lock poisoned"))?;
-            g.leader_active = false;
-            match result {
-                Ok(()) => g.durable = number,
-                Err(e) => {
-                    self.poisoned.store(true, Ordering::Release);
-                    g.failed = Some(e.to_string());
-                }
-            }
-            self.group_done.notify_all();
+            g = self.lead(g, true)?;
         }
         drop(g);
         crash_point("journal.append.after");
         Ok(())
     }
 
-    /// Writes each batch atomically, in order; when the group needs it, the
-    /// last write is synced, which makes the whole WAL before it durable.
-    fn write_group(&self, batches: Vec<WriteBatch>, sync: bool) -> Result<()> {
-        let n = batches.len();
-        for (i, b) in batches.into_iter().enumerate() {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(sync && self.options.sync && i + 1 == n);
-            self.db.write_opt(b, &wo).map_err(|e| self.db_err(e))?;
+    /// Writes the queued group (the caller found no leader active), then
+    /// wakes that group's waiters and, with `hand_off`, hands the lead of
+    /// the next group to one of its waiters.
+    fn lead<'a>(&'a self, mut g: MutexGuard<'a, Group>, hand_off: bool) -> Result<MutexGuard<'a, Group>> {
+        g.leader_active = true;
+        let batches = std::mem::take(&mut g.queue);
+        let needs_sync = std::mem::replace(&mut g.queue_needs_sync, false);
+        let number = g.next_group;
+        g.next_group += 1;
+        drop(g);
+        let result = self.write_group(batches, needs_sync);
+        let mut g = self.lock_group()?;
+        g.leader_active = false;
+        match result {
+            Ok(()) => g.durable = number,
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Release);
+                g.failed = Some(e.to_string());
+            }
         }
+        let waiters = std::mem::take(&mut g.async_waiters);
+        let mut lead_handed = false;
+        for (group, tx) in waiters {
+            if let Some(e) = &g.failed {
+                let _ = tx.send(Wake::Failed(e.clone()));
+            } else if group <= number {
+                let _ = tx.send(Wake::Durable);
+            } else if hand_off && !lead_handed {
+                lead_handed = tx.send(Wake::Lead).is_ok();
+            } else {
+                g.async_waiters.push((group, tx));
+            }
+        }
+        if g.failed.is_some() {
+            self.group_done.iter().for_each(Condvar::notify_all);
+        } else {
+            self.group_done[(number % 2) as usize].notify_all();
+            if hand_off && !lead_handed {
+                self.group_done[((number + 1) % 2) as usize].notify_one();
+            }
+        }
+        Ok(g)
+    }
+
+    /// [`Journal::durable`] for async callers: waits without holding a
+    /// thread; when it must lead, the write runs on tokio's blocking pool.
+    pub(crate) async fn durable_async(self: &Arc<Self>, ticket: Ticket) -> Result<()> {
+        let Some(mine) = ticket.0 else {
+            crash_point("journal.append.after");
+            return Ok(());
+        };
+        loop {
+            let rx = {
+                let mut g = self.lock_group()?;
+                if let Some(e) = &g.failed {
+                    return Err(JournalError::Poisoned(e.clone()));
+                }
+                if g.durable >= mine {
+                    break;
+                }
+                if g.leader_active {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    g.async_waiters.push((mine, tx));
+                    Some(rx)
+                } else {
+                    // Claim the lead now, write on the blocking pool.
+                    None
+                }
+            };
+            match rx {
+                Some(rx) => match rx.await {
+                    Ok(Wake::Durable) => break,
+                    Ok(Wake::Lead) | Err(_) => continue,
+                    Ok(Wake::Failed(e)) => return Err(JournalError::Poisoned(e)),
+                },
+                None => {
+                    // The blocking leader keeps writing groups while any are
+                    // queued (the tasks keep preparing on the runtime
+                    // threads meanwhile), instead of handing each next group
+                    // to a waiter that would start another blocking task.
+                    let j = self.clone();
+                    tokio::task::spawn_blocking(move || -> Result<()> {
+                        let mut g = j.lock_group()?;
+                        if g.leader_active || g.durable >= mine {
+                            return Ok(());
+                        }
+                        loop {
+                            g = j.lead(g, false)?;
+                            if g.queue.is_empty() || g.failed.is_some() || g.leader_active {
+                                return Ok(());
+                            }
+                        }
+                    })
+                    .await
+                    .map_err(|e| JournalError::Task(e.to_string()))??;
+                }
+            }
+        }
+        crash_point("journal.append.after");
         Ok(())
+    }
+
+    /// Writes a group as ONE RocksDB write (synced when the group needs it):
+    /// the batches are concatenated in order, so the group is atomic and
+    /// costs one log append instead of one per batch.
+    fn write_group(&self, batches: Vec<WriteBatch>, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync && self.options.sync);
+        let batch = match batches.len() {
+            0 => return Ok(()),
+            1 => batches.into_iter().next().unwrap_or_default(),
+            _ => concat_batches(&batches),
+        };
+        self.db.write_opt(batch, &wo).map_err(|e| self.db_err(e))
     }
 
     /// Begins a transaction: checks the domain is free, allocates an id and
     /// writes the synced intent record.
     pub fn begin(&self, intent: Intent, plan: Plan, prior: Option<DomainCore>) -> Result<TxnId> {
+        let (txn, ticket) = self.begin_queued(intent, plan, prior)?;
+        self.durable(ticket)?;
+        Ok(txn)
+    }
+
+    /// Prepares and queues the intent record; the caller then waits for
+    /// the ticket.
+    pub(crate) fn begin_queued(
+        &self,
+        intent: Intent,
+        plan: Plan,
+        prior: Option<DomainCore>,
+    ) -> Result<(TxnId, Ticket)> {
         let domain = intent.domain().to_string();
         let mut g = self.lock_inner()?;
         if let Some(txn) = g.busy.get(&domain) {
@@ -503,9 +653,9 @@ impl Journal {
             g.next_txn -= 1;
         }
         prepared?;
+        let ticket = self.enqueue(batch, true)?;
         drop(g);
-        self.write(batch, true)?;
-        Ok(txn)
+        Ok((txn, ticket))
     }
 
     /// Records that step `step` of `txn` completed (unsynced).
@@ -519,8 +669,9 @@ impl Journal {
         let mut batch = WriteBatch::default();
         let mut g = self.lock_inner()?;
         self.prepare(&mut g, Event::StepDone { txn, step }, &mut batch)?;
+        let ticket = self.enqueue(batch, true)?;
         drop(g);
-        self.write(batch, true)
+        self.durable(ticket)
     }
 
     /// Passes the commit point: applies `changes` to the projection and
@@ -558,6 +709,13 @@ impl Journal {
     /// Appends a lifecycle event of an open transaction (the sync policy
     /// follows [`Event::is_synced`]).
     pub fn append(&self, event: Event) -> Result<()> {
+        let ticket = self.append_queued(event)?;
+        self.durable(ticket)
+    }
+
+    /// Prepares and queues a lifecycle event; the caller then waits for the
+    /// ticket (blocking or async).
+    pub(crate) fn append_queued(&self, event: Event) -> Result<Ticket> {
         if matches!(event, Event::TxnBegun { .. }) {
             return Err(JournalError::Protocol {
                 txn: event.txn(),
@@ -568,8 +726,9 @@ impl Journal {
         let mut batch = WriteBatch::default();
         let mut g = self.lock_inner()?;
         self.prepare(&mut g, event, &mut batch)?;
+        let ticket = self.enqueue(batch, sync)?;
         drop(g);
-        self.write(batch, sync)
+        Ok(ticket)
     }
 
     /// Checks `event` against the open-transaction index, applies it in
@@ -1079,7 +1238,7 @@ impl Journal {
     pub fn compact(&self, older_than_ms: u64, history_before_ms: u64) -> Result<CompactionReport> {
         self.writable()?;
         // Hold the lock so no event is appended while the checkpoint is cut.
-        let _g = self.lock_inner()?;
+        let g = self.lock_inner()?;
         let mut cp = self.checkpoint()?.unwrap_or(Checkpoint {
             upto_seq: 0,
             state: State::default(),
@@ -1117,7 +1276,9 @@ impl Journal {
                 report.history_dropped += 1;
             }
         }
-        self.write(batch, true)?;
+        let ticket = self.enqueue(batch, true)?;
+        drop(g);
+        self.durable(ticket)?;
         Ok(report)
     }
 
@@ -1209,6 +1370,33 @@ fn fill<T>(map: &mut BTreeMap<String, T>, records: Vec<T>, key: impl Fn(&T) -> S
     } else {
         map.extend(entries);
     }
+}
+
+/// Size of a RocksDB write batch's header: an 8-byte sequence number and a
+/// 4-byte little-endian record count, followed by the records.
+const BATCH_HEADER: usize = 12;
+
+/// Concatenates write batches in order (what RocksDB's own
+/// `WriteBatchInternal::Append` does: the records one after the other,
+/// the count summed).
+fn concat_batches(batches: &[WriteBatch]) -> WriteBatch {
+    let mut rep: Vec<u8> = Vec::with_capacity(batches.iter().map(|b| b.size_in_bytes()).sum());
+    let mut count: u32 = 0;
+    for b in batches {
+        let data = b.data();
+        if data.len() < BATCH_HEADER {
+            continue;
+        }
+        if rep.is_empty() {
+            rep.extend_from_slice(&data[..BATCH_HEADER]);
+        }
+        rep.extend_from_slice(&data[BATCH_HEADER..]);
+        count += b.len() as u32;
+    }
+    if rep.len() >= BATCH_HEADER {
+        rep[8..BATCH_HEADER].copy_from_slice(&count.to_le_bytes());
+    }
+    WriteBatch::from_data(&rep)
 }
 
 /// Splits (domain, record) pairs into runs of one domain, keeping order.

@@ -1,7 +1,7 @@
 //! Journal benchmarks (a bench binary with its own timing, because the
 //! targets are percentiles and throughput ratios):
 //!
-//!     cargo bench -p snapjournal-journal --bench journal [-- --quick]
+//!     cargo bench --workspace --bench journal [-- --quick | --group-only | --tasks N | --listing-only]
 //!
 //! Prints every figure docs/BENCHMARKS.md records. The journal lives in
 //! `$SNAPJOURNAL_BENCH_DIR` (default: a temp dir under /var/tmp, the same
@@ -258,6 +258,10 @@ fn main() {
         group_commit_async(n.parse().unwrap_or(64), 3.0);
         return;
     }
+    if args.iter().any(|a| a == "--listing-only") {
+        listing(if quick { 20_000 } else { 1_000_000 }, 1000);
+        return;
+    }
     if group_only {
         let secs = if quick { 1.0 } else { 3.0 };
         let one = group_commit_async(1, secs);
@@ -278,6 +282,14 @@ fn main() {
     let many = group_commit(64, secs, true);
     group_commit(1, secs, false);
     group_commit(64, secs, false);
-    println!("  64 streams / 1 stream = {:.1}x", many / one);
+    println!("  threads: 64 streams / 1 stream = {:.1}x", many / one);
+    let one_task = group_commit_async(1, secs);
+    group_commit_async(8, secs);
+    let many_tasks = group_commit_async(64, secs);
+    println!(
+        "  async API: 64 tasks / 1 task = {:.1}x; 64 tasks / 1 thread stream = {:.1}x",
+        many_tasks / one_task,
+        many_tasks / one
+    );
     listing(if quick { 20_000 } else { 1_000_000 }, 1000);
 }

@@ -14,7 +14,8 @@ use crate::event::TxnId;
 /// - 1: the first format.
 /// - 2: `Step::LiveSnapshot` carries the bitmaps of a checkpoint.
 /// - 3: snapshot and checkpoint records leave their historic `<domain>` to
-///   a document of its own (`StateChange::*Recorded` carry it beside).
+///   a document of its own (`StateChange::*Recorded` carry it beside); an
+///   open transaction's progress is a record apart from its plan.
 pub const FORMAT_VERSION: u8 = 3;
 /// Size of the envelope header in bytes.
 pub const HEADER_LEN: usize = 6;
@@ -33,6 +34,7 @@ pub enum RecordKind {
     History = 7,
     Meta = 8,
     Document = 9,
+    OpenProgress = 10,
 }
 
 fn config() -> bincode::config::Configuration {

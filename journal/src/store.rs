@@ -199,6 +199,32 @@ fn txn_key(txn: TxnId) -> [u8; 8] {
     txn.0.to_be_bytes()
 }
 
+/// The progress record of an open transaction, stored right after its
+/// open record (`txn_key` + `p`).
+fn progress_key(txn: TxnId) -> [u8; 9] {
+    let mut k = [b'p'; 9];
+    k[..8].copy_from_slice(&txn_key(txn));
+    k
+}
+
+/// What changes in an open transaction after its begin.
+#[derive(Deserialize)]
+struct OpenProgress {
+    phase: TxnPhase,
+    done: BTreeSet<u32>,
+    undone: BTreeSet<u32>,
+    abort_reason: Option<String>,
+}
+
+/// [`OpenProgress`] borrowed from an [`OpenTxn`], for writing.
+#[derive(Serialize)]
+struct ProgressRef<'a> {
+    phase: &'a TxnPhase,
+    done: &'a BTreeSet<u32>,
+    undone: &'a BTreeSet<u32>,
+    abort_reason: &'a Option<String>,
+}
+
 fn history_key(domain: &str, txn: TxnId) -> Vec<u8> {
     let mut k = domain.as_bytes().to_vec();
     k.push(0);
@@ -383,13 +409,8 @@ impl Journal {
 
     fn load(&mut self) -> Result<()> {
         let state = self.stored_projection()?;
-        let mut open = BTreeMap::new();
-        for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
-            let rec: OpenTxn = decode(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn))?;
-            open.insert(txn, rec);
-        }
+        let open: BTreeMap<TxnId, OpenTxn> =
+            self.read_open_index()?.into_iter().map(|o| (o.txn, o)).collect();
         let busy = open.values().map(|o| (o.domain.clone(), o.txn)).collect();
         let mut next_seq = self.checkpoint()?.map(|c| c.upto_seq + 1).unwrap_or(1);
         if let Some(item) = self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::End).next() {
@@ -854,8 +875,56 @@ impl Journal {
     ) -> Result<()> {
         let o = g.open.get_mut(&txn).ok_or(JournalError::NotOpen(txn))?;
         f(o);
-        batch.put_cf(self.cf(CF_OPEN), txn_key(txn), encode(RecordKind::OpenTxn, o)?);
+        // The progress alone: the intent and plan (large for a bulk
+        // redefine) were written once, at begin.
+        let progress = ProgressRef {
+            phase: &o.phase,
+            done: &o.done,
+            undone: &o.undone,
+            abort_reason: &o.abort_reason,
+        };
+        batch.put_cf(
+            self.cf(CF_OPEN),
+            progress_key(txn),
+            encode(RecordKind::OpenProgress, &progress)?,
+        );
         Ok(())
+    }
+
+    /// The open-transaction index as stored: each record (written at
+    /// begin) with its latest progress record applied.
+    fn read_open_index(&self) -> Result<Vec<OpenTxn>> {
+        let mut out: Vec<OpenTxn> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let txn = TxnId(u64::from_be_bytes(
+                k.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
+            ));
+            let name = || RecordName::OpenTxn { txn };
+            if k.len() == 8 {
+                out.push(decode(RecordKind::OpenTxn, &v, name(), Some(txn))?);
+                continue;
+            }
+            let p: OpenProgress = decode(RecordKind::OpenProgress, &v, name(), Some(txn))?;
+            match out.last_mut() {
+                Some(o) if o.txn == txn => {
+                    o.phase = p.phase;
+                    o.done = p.done;
+                    o.undone = p.undone;
+                    o.abort_reason = p.abort_reason;
+                }
+                _ => {
+                    return Err(JournalError::Corrupt {
+                        record: name(),
+                        txn: Some(txn),
+                        kind: crate::error::CorruptKind::Payload(
+                            "progress of a transaction whose open record is missing".into(),
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn close(
@@ -869,6 +938,7 @@ impl Journal {
         let o = g.open.remove(&txn).ok_or(JournalError::NotOpen(txn))?;
         g.busy.remove(&o.domain);
         batch.delete_cf(self.cf(CF_OPEN), txn_key(txn));
+        batch.delete_cf(self.cf(CF_OPEN), progress_key(txn));
         let hist = HistoryEntry {
             txn,
             domain: o.domain.clone(),
@@ -1062,18 +1132,7 @@ impl Journal {
     /// Reads the open-transaction index from disk (not from memory); used by
     /// fsck and benchmarks to check the stored index.
     pub fn stored_open_transactions(&self) -> Result<Vec<OpenTxn>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
-            out.push(decode(
-                RecordKind::OpenTxn,
-                &v,
-                RecordName::OpenTxn { txn },
-                Some(txn),
-            )?);
-        }
-        Ok(out)
+        self.read_open_index()
     }
 
     fn checkpoint(&self) -> Result<Option<Checkpoint>> {
@@ -1294,11 +1353,21 @@ impl Journal {
         }
         for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let txn = TxnId(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
-            if let Err(e) = decode::<OpenTxn>(RecordKind::OpenTxn, &v, RecordName::OpenTxn { txn }, Some(txn))
-            {
+            let txn = TxnId(u64::from_be_bytes(
+                k.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
+            ));
+            let name = RecordName::OpenTxn { txn };
+            let checked = if k.len() == 8 {
+                decode::<OpenTxn>(RecordKind::OpenTxn, &v, name, Some(txn)).map(drop)
+            } else {
+                decode::<OpenProgress>(RecordKind::OpenProgress, &v, name, Some(txn)).map(drop)
+            };
+            if let Err(e) = checked {
                 bad.push(e);
             }
+        }
+        if let Err(e) = self.read_open_index() {
+            bad.push(e);
         }
         if let Err(e) = self.stored_projection() {
             bad.push(e);

@@ -505,9 +505,7 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                             .cloned()
                             .ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))
                     })??;
-                    let historic = exec.journal().snapshot_domain_xml(domain, name)?.ok_or_else(|| {
-                        anyhow!("the journal has no historic <domain> for snapshot {name} of domain {domain} (run fsck)")
-                    })?;
+                    let historic = executor::metadata::snapshot_historic(exec.journal(), domain, name)?;
                     out.raw(&executor::xml::snapshot::render_snapshot(&s, &historic)?);
                 }
                 SnapshotCmd::Current { domain } => {
@@ -642,9 +640,7 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                         .checkpoints
                         .get(name)
                         .ok_or_else(|| anyhow!("domain {domain} has no checkpoint called {name}"))?;
-                    let historic = exec.journal().checkpoint_domain_xml(domain, name)?.ok_or_else(|| {
-                        anyhow!("the journal has no historic <domain> for checkpoint {name} of domain {domain} (run fsck)")
-                    })?;
+                    let historic = executor::metadata::checkpoint_historic(exec.journal(), domain, name)?;
                     out.raw(&executor::xml::checkpoint::render_checkpoint(c, &historic)?);
                 }
                 CheckpointCmd::Redefine { domain, files, dir } => {

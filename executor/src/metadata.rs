@@ -182,19 +182,38 @@ impl MetadataStore {
     }
 }
 
-/// The historic `<domain>` of an item, which the journal keeps for every
-/// recorded snapshot and checkpoint; missing, it is a damaged journal.
+/// The error for a recorded snapshot or checkpoint (`kind`) whose historic
+/// `<domain>` the journal lacks: the journal is damaged.
+pub fn missing_historic(kind: &str, domain: &str, name: &str) -> ExecError {
+    ExecError::Invalid(format!(
+        "the journal has no historic <domain> for {kind} {name} of domain {domain} (damaged journal; run fsck); nothing was changed"
+    ))
+}
+
+/// The historic `<domain>` of snapshot `name` of `domain`.
+pub fn snapshot_historic(journal: &Journal, domain: &str, name: &str) -> Result<String> {
+    journal
+        .snapshot_domain_xml(domain, name)?
+        .ok_or_else(|| missing_historic("snapshot", domain, name))
+}
+
+/// The historic `<domain>` of checkpoint `name` of `domain`.
+pub fn checkpoint_historic(journal: &Journal, domain: &str, name: &str) -> Result<String> {
+    journal
+        .checkpoint_domain_xml(domain, name)?
+        .ok_or_else(|| missing_historic("checkpoint", domain, name))
+}
+
+/// The historic `<domain>` of an item from documents read in advance.
 fn document<'a, K: std::borrow::Borrow<str> + Ord>(
     docs: &'a BTreeMap<K, String>,
     kind: &str,
     domain: &str,
     name: &str,
 ) -> Result<&'a str> {
-    docs.get(name).map(String::as_str).ok_or_else(|| {
-        ExecError::Invalid(format!(
-            "the journal has no historic <domain> for {kind} {name} of domain {domain} (damaged journal; run fsck)"
-        ))
-    })
+    docs.get(name)
+        .map(String::as_str)
+        .ok_or_else(|| missing_historic(kind, domain, name))
 }
 
 /// The XML items a transaction's state changes touch in one domain; `None`

@@ -207,6 +207,13 @@ fn progress_key(txn: TxnId) -> [u8; 9] {
     k
 }
 
+/// The transaction an `open` key (`txn_key`, or `progress_key`) belongs to.
+fn open_key_txn(key: &[u8]) -> TxnId {
+    TxnId(u64::from_be_bytes(
+        key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
+    ))
+}
+
 /// What changes in an open transaction after its begin.
 #[derive(Deserialize)]
 struct OpenProgress {
@@ -897,9 +904,7 @@ impl Journal {
         let mut out: Vec<OpenTxn> = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let txn = TxnId(u64::from_be_bytes(
-                k.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
-            ));
+            let txn = open_key_txn(&k);
             let name = || RecordName::OpenTxn { txn };
             if k.len() == 8 {
                 out.push(decode(RecordKind::OpenTxn, &v, name(), Some(txn))?);
@@ -1353,9 +1358,7 @@ impl Journal {
         }
         for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let txn = TxnId(u64::from_be_bytes(
-                k.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]),
-            ));
+            let txn = open_key_txn(&k);
             let name = RecordName::OpenTxn { txn };
             let checked = if k.len() == 8 {
                 decode::<OpenTxn>(RecordKind::OpenTxn, &v, name, Some(txn)).map(drop)

@@ -61,8 +61,9 @@ fn crash_during_recovery_is_recovered() {
     }
 }
 
-#[test]
-fn dry_run_explains_and_changes_nothing() {
+/// A 2-disk fixture whose snapshot create was killed right after its first
+/// overlay was created (before the commit point).
+fn crashed_after_first_overlay() -> Fixture {
     let f = Fixture::new(2).unwrap();
     let r = reference(Op::Create, 2).unwrap();
     let at = r.trace.iter().position(|p| p == "step.apply.after").unwrap() as u64 + 1;
@@ -72,6 +73,12 @@ fn dry_run_explains_and_changes_nothing() {
         .status()
         .unwrap();
     assert!(!st.success());
+    f
+}
+
+#[test]
+fn dry_run_explains_and_changes_nothing() {
+    let f = crashed_after_first_overlay();
     let text = f.ok(&["recover", "--dry-run"]).unwrap();
     assert!(text.contains("create snapshot s1 of domain vm"), "{text}");
     assert!(text.contains("commit point not reached"), "{text}");
@@ -93,15 +100,7 @@ fn dry_run_explains_and_changes_nothing() {
 fn a_reading_command_after_a_crash_recovers_first() {
     // Listing opens the journal read-only only when nothing is open: after
     // a crash it recovers, exactly as a writing command does.
-    let f = Fixture::new(2).unwrap();
-    let r = reference(Op::Create, 2).unwrap();
-    let at = r.trace.iter().position(|p| p == "step.apply.after").unwrap() as u64 + 1;
-    let st = f
-        .command(&Op::Create.args())
-        .env("SNAPJOURNAL_CRASH_AT", at.to_string())
-        .status()
-        .unwrap();
-    assert!(!st.success());
+    let f = crashed_after_first_overlay();
     assert!(f.img.join("vda.s1").exists());
     let out = f.command(&["snapshot", "list", "vm"]).output().unwrap();
     assert!(out.status.success());

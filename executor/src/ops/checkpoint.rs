@@ -341,12 +341,7 @@ impl Executor {
         {
             let mut moved = child.clone();
             moved.parent = cp.parent.clone();
-            let domain_xml = self.journal().checkpoint_domain_xml(domain, &child.name)?.ok_or_else(|| {
-                ExecError::Invalid(format!(
-                    "the journal has no historic <domain> for checkpoint {} of domain {domain} (damaged journal; run fsck); nothing was changed",
-                    child.name
-                ))
-            })?;
+            let domain_xml = crate::metadata::checkpoint_historic(self.journal(), domain, &child.name)?;
             changes.push(StateChange::CheckpointRecorded {
                 domain: domain.to_string(),
                 checkpoint: moved,

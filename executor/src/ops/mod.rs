@@ -297,12 +297,9 @@ pub(crate) fn replace_image(
                 d.overlay = Some(to.path.clone());
             }
         }
-        let doc = historic.get(&s.name).ok_or_else(|| {
-            ExecError::Invalid(format!(
-                "the journal has no historic <domain> for snapshot {} of domain {name} (damaged journal; run fsck); nothing was changed",
-                s.name
-            ))
-        })?;
+        let doc = historic
+            .get(&s.name)
+            .ok_or_else(|| crate::metadata::missing_historic("snapshot", &name, &s.name))?;
         // Most documents do not name the image: they are not parsed.
         let doc2 = if doc.contains(from) || doc.contains(&crate::xml::tree::escape(from)) {
             replace_source(&format!("historic domain of snapshot {}", s.name), doc, from, to)?

@@ -102,12 +102,7 @@ impl Executor {
             }
         }
         check_world_chains(dom)?;
-        let historic_xml = self.journal().snapshot_domain_xml(domain, &snap.name)?.ok_or_else(|| {
-            ExecError::Invalid(format!(
-                "the journal has no historic <domain> for snapshot {} of domain {domain} (damaged journal; run fsck); nothing was changed",
-                snap.name
-            ))
-        })?;
+        let historic_xml = crate::metadata::snapshot_historic(self.journal(), domain, &snap.name)?;
         let historic = parse_domain(
             &format!("historic domain of snapshot {}", snap.name),
             &historic_xml,

@@ -41,15 +41,15 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Encodes `value` into an envelope of the given kind.
+/// Encodes `value` into an envelope of the given kind (one buffer: the
+/// header is filled in after the payload is written behind it).
 pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Result<Vec<u8>> {
-    let payload =
-        bincode::serde::encode_to_vec(value, config()).map_err(|e| JournalError::Encode(e.to_string()))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.push(FORMAT_VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[FORMAT_VERSION, kind as u8, 0, 0, 0, 0]);
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| JournalError::Encode(e.to_string()))?;
+    let crc = crc32c::crc32c(&out[HEADER_LEN..]);
+    out[2..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod crashpoint;
 pub mod error;
 pub mod event;
+mod group;
 pub mod lock;
 pub mod plan;
 pub mod state;

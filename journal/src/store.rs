@@ -5,7 +5,8 @@
 //! - `open`: one [`OpenTxn`] per open transaction, keyed by transaction id;
 //! - `state`: the projection, one entry per domain, snapshot, checkpoint and
 //!   created image;
-//! - `history`: one [`HistoryEntry`] per transaction, keyed by domain;
+//! - `history`: one [`HistoryEntry`] per closed transaction, keyed by
+//!   domain (an open one's is derived from the open index);
 //! - `meta`: counters and the compaction checkpoint.
 //!
 //! An event, the open-transaction record, the history entry and the
@@ -14,16 +15,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode, RecordKind};
-use crate::crashpoint::crash_point;
 use crate::error::{JournalError, RecordName, Result};
 use crate::event::{Event, EventRecord, Intent, StateChange, TxnId};
+use crate::group::{GroupCommit, GroupLog, Ticket};
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::state::{CheckpointRecord, DomainCore, DomainState, ImageRecord, SnapshotRecord, State, Touched};
@@ -127,38 +128,6 @@ struct Inner {
     next_txn: u64,
 }
 
-/// The group-commit queue: batches waiting for the next write, and which
-/// group is durable. One writer (the leader) writes a whole group — each
-/// batch atomically — and syncs the WAL once for all of them.
-#[derive(Default)]
-struct Group {
-    queue: Vec<WriteBatch>,
-    queue_needs_sync: bool,
-    /// Async callers waiting for a group (see [`Journal::durable_async`]).
-    async_waiters: Vec<(u64, tokio::sync::oneshot::Sender<Wake>)>,
-    /// The number the queued group will have.
-    next_group: u64,
-    /// The last group known durable.
-    durable: u64,
-    leader_active: bool,
-    failed: Option<String>,
-}
-
-/// What an async caller waiting for its group is told.
-enum Wake {
-    /// Its group is durable.
-    Durable,
-    /// No one is writing and its group waits: it must lead.
-    Lead,
-    /// The write failed; the journal is poisoned.
-    Failed(String),
-}
-
-/// Where a prepared record is in the group commit: the group to wait for,
-/// or nothing to wait for (an unsynced record another group will carry).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket(Option<u64>);
-
 /// Counts of what [`Journal::compact`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CompactionReport {
@@ -173,13 +142,7 @@ pub struct Journal {
     dir: PathBuf,
     inner: Mutex<Inner>,
     poisoned: AtomicBool,
-    group: Mutex<Group>,
-    /// Waiters of group `n` sleep on `group_done[n % 2]`: at most two
-    /// groups exist at once (the one being written and the one queueing),
-    /// so a finished group wakes its own waiters only, and one waiter of
-    /// the next group to lead it (not every thread, which with 64 streams
-    /// cost more CPU than the writes).
-    group_done: [Condvar; 2],
+    group: GroupCommit,
     options: JournalOptions,
     _lock: DirLock,
 }
@@ -269,14 +232,31 @@ fn projection_key(t: &Touched) -> String {
     }
 }
 
+impl GroupLog for Journal {
+    fn group(&self) -> &GroupCommit {
+        &self.group
+    }
+
+    fn write_unsynced(&self, batch: WriteBatch) -> Result<()> {
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(|e| self.db_err(e))
+    }
+
+    fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
+    }
+}
+
 impl Drop for Journal {
     /// Writes unsynced records still queued behind a group commit.
     fn drop(&mut self) {
-        let batches = match self.group.get_mut() {
-            Ok(g) if g.failed.is_none() => std::mem::take(&mut g.queue),
-            _ => return,
-        };
-        let _ = self.write_group(batches, false);
+        let batches = self.group.take_queue();
+        let _ = GroupCommit::write_now(self, batches);
     }
 }
 
@@ -355,11 +335,7 @@ impl Journal {
                 next_txn: 1,
             }),
             poisoned: AtomicBool::new(false),
-            group: Mutex::new(Group {
-                next_group: 1,
-                ..Group::default()
-            }),
-            group_done: [Condvar::new(), Condvar::new()],
+            group: GroupCommit::new(options.sync),
             options,
             _lock: lock,
         };
@@ -468,175 +444,20 @@ impl Journal {
 
     /// Queues `batch` (synced when `sync`) for group commit. Called with the
     /// state lock held, so batches are written in the order they were
-    /// prepared (a later transaction's next-id record never lands before
-    /// an earlier one's).
+    /// prepared.
     fn enqueue(&self, batch: WriteBatch, sync: bool) -> Result<Ticket> {
-        crash_point("journal.append.before");
-        let mut g = self.lock_group()?;
-        if let Some(e) = &g.failed {
-            return Err(JournalError::Poisoned(e.clone()));
-        }
-        g.queue.push(batch);
-        g.queue_needs_sync |= sync;
-        // An unsynced record need not wait for a group another thread is
-        // writing: the next group (at the latest the transaction's next
-        // synced record) carries it, in order. Recovery probes the step
-        // after the last recorded one, so losing it in a crash is harmless.
-        if !sync && g.leader_active {
-            return Ok(Ticket(None));
-        }
-        Ok(Ticket(Some(g.next_group)))
+        self.group.enqueue(batch, sync)
     }
 
-    fn lock_group(&self) -> Result<MutexGuard<'_, Group>> {
-        self.group
-            .lock()
-            .map_err(|_| JournalError::Poisoned("group lock poisoned".into()))
-    }
-
-    /// Waits until the ticket's group is durable, leading groups while no
-    /// one else writes: concurrent callers queue their batches; one of them
-    /// writes the whole queue and syncs the WAL once; the others wait.
+    /// Waits until the ticket's record is written (synced if it must be).
     fn durable(&self, ticket: Ticket) -> Result<()> {
-        let Some(mine) = ticket.0 else {
-            crash_point("journal.append.after");
-            return Ok(());
-        };
-        let mut g = self.lock_group()?;
-        loop {
-            if let Some(e) = &g.failed {
-                return Err(JournalError::Poisoned(e.clone()));
-            }
-            if g.durable >= mine {
-                break;
-            }
-            if g.leader_active {
-                g = self.group_done[(mine % 2) as usize]
-                    .wait(g)
-                    .map_err(|_| JournalError::Poisoned("group lock poisoned".into()))?;
-                continue;
-            }
-            g = self.lead(g, true)?;
-        }
-        drop(g);
-        crash_point("journal.append.after");
-        Ok(())
-    }
-
-    /// Writes the queued group (the caller found no leader active), then
-    /// wakes that group's waiters and, with `hand_off`, hands the lead of
-    /// the next group to one of its waiters.
-    fn lead<'a>(&'a self, mut g: MutexGuard<'a, Group>, hand_off: bool) -> Result<MutexGuard<'a, Group>> {
-        g.leader_active = true;
-        let batches = std::mem::take(&mut g.queue);
-        let needs_sync = std::mem::replace(&mut g.queue_needs_sync, false);
-        let number = g.next_group;
-        g.next_group += 1;
-        drop(g);
-        let result = self.write_group(batches, needs_sync);
-        let mut g = self.lock_group()?;
-        g.leader_active = false;
-        match result {
-            Ok(()) => g.durable = number,
-            Err(e) => {
-                self.poisoned.store(true, Ordering::Release);
-                g.failed = Some(e.to_string());
-            }
-        }
-        let waiters = std::mem::take(&mut g.async_waiters);
-        let mut lead_handed = false;
-        for (group, tx) in waiters {
-            if let Some(e) = &g.failed {
-                let _ = tx.send(Wake::Failed(e.clone()));
-            } else if group <= number {
-                let _ = tx.send(Wake::Durable);
-            } else if hand_off && !lead_handed {
-                lead_handed = tx.send(Wake::Lead).is_ok();
-            } else {
-                g.async_waiters.push((group, tx));
-            }
-        }
-        if g.failed.is_some() {
-            self.group_done.iter().for_each(Condvar::notify_all);
-        } else {
-            self.group_done[(number % 2) as usize].notify_all();
-            if hand_off && !lead_handed {
-                self.group_done[((number + 1) % 2) as usize].notify_one();
-            }
-        }
-        Ok(g)
+        GroupCommit::wait(self, ticket)
     }
 
     /// [`Journal::durable`] for async callers: waits without holding a
-    /// thread; when it must lead, the write runs on tokio's blocking pool.
+    /// thread.
     pub(crate) async fn durable_async(self: &Arc<Self>, ticket: Ticket) -> Result<()> {
-        let Some(mine) = ticket.0 else {
-            crash_point("journal.append.after");
-            return Ok(());
-        };
-        loop {
-            let rx = {
-                let mut g = self.lock_group()?;
-                if let Some(e) = &g.failed {
-                    return Err(JournalError::Poisoned(e.clone()));
-                }
-                if g.durable >= mine {
-                    break;
-                }
-                if g.leader_active {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    g.async_waiters.push((mine, tx));
-                    Some(rx)
-                } else {
-                    // Claim the lead now, write on the blocking pool.
-                    None
-                }
-            };
-            match rx {
-                Some(rx) => match rx.await {
-                    Ok(Wake::Durable) => break,
-                    Ok(Wake::Lead) | Err(_) => continue,
-                    Ok(Wake::Failed(e)) => return Err(JournalError::Poisoned(e)),
-                },
-                None => {
-                    // The blocking leader keeps writing groups while any are
-                    // queued (the tasks keep preparing on the runtime
-                    // threads meanwhile), instead of handing each next group
-                    // to a waiter that would start another blocking task.
-                    let j = self.clone();
-                    tokio::task::spawn_blocking(move || -> Result<()> {
-                        let mut g = j.lock_group()?;
-                        if g.leader_active || g.durable >= mine {
-                            return Ok(());
-                        }
-                        loop {
-                            g = j.lead(g, false)?;
-                            if g.queue.is_empty() || g.failed.is_some() || g.leader_active {
-                                return Ok(());
-                            }
-                        }
-                    })
-                    .await
-                    .map_err(|e| JournalError::Task(e.to_string()))??;
-                }
-            }
-        }
-        crash_point("journal.append.after");
-        Ok(())
-    }
-
-    /// Writes a group as ONE RocksDB write (synced when the group needs it):
-    /// the batches are concatenated in order, so the group is atomic and
-    /// costs one log append instead of one per batch.
-    fn write_group(&self, batches: Vec<WriteBatch>, sync: bool) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(sync && self.options.sync);
-        let batch = match batches.len() {
-            0 => return Ok(()),
-            1 => batches.into_iter().next().unwrap_or_default(),
-            _ => concat_batches(&batches),
-        };
-        self.db.write_opt(batch, &wo).map_err(|e| self.db_err(e))
+        GroupCommit::wait_async(self, ticket).await
     }
 
     /// Begins a transaction: checks the domain is free, allocates an id and
@@ -811,20 +632,9 @@ impl Journal {
                 prior,
                 actor,
             } => {
-                let hist = HistoryEntry {
-                    txn,
-                    domain: domain.clone(),
-                    what: intent.describe(),
-                    actor: actor.clone(),
-                    began_ms: at_ms,
-                    ended_ms: None,
-                    outcome: Outcome::Open,
-                };
-                batch.put_cf(
-                    self.cf(CF_HISTORY),
-                    history_key(&domain, txn),
-                    encode(RecordKind::History, &hist)?,
-                );
+                // No history entry yet: an open transaction's is derived
+                // from the open index (see `history`) and written when it
+                // closes.
                 let open = OpenTxn {
                     txn,
                     domain: domain.clone(),
@@ -1292,6 +1102,22 @@ impl Journal {
                 None,
             )?);
         }
+        // Open transactions have no entry until they close (journals of
+        // earlier builds wrote one at begin: the open index replaces it).
+        let g = self.lock_inner()?;
+        for o in g.open.values().filter(|o| o.domain == domain) {
+            out.retain(|h: &HistoryEntry| h.txn != o.txn);
+            out.push(HistoryEntry {
+                txn: o.txn,
+                domain: o.domain.clone(),
+                what: o.intent.describe(),
+                actor: o.actor.clone(),
+                began_ms: o.began_ms,
+                ended_ms: None,
+                outcome: Outcome::Open,
+            });
+        }
+        out.sort_by_key(|h| h.txn);
         Ok(out)
     }
 
@@ -1442,33 +1268,6 @@ fn fill<T>(map: &mut BTreeMap<String, T>, records: Vec<T>, key: impl Fn(&T) -> S
     } else {
         map.extend(entries);
     }
-}
-
-/// Size of a RocksDB write batch's header: an 8-byte sequence number and a
-/// 4-byte little-endian record count, followed by the records.
-const BATCH_HEADER: usize = 12;
-
-/// Concatenates write batches in order (what RocksDB's own
-/// `WriteBatchInternal::Append` does: the records one after the other,
-/// the count summed).
-fn concat_batches(batches: &[WriteBatch]) -> WriteBatch {
-    let mut rep: Vec<u8> = Vec::with_capacity(batches.iter().map(|b| b.size_in_bytes()).sum());
-    let mut count: u32 = 0;
-    for b in batches {
-        let data = b.data();
-        if data.len() < BATCH_HEADER {
-            continue;
-        }
-        if rep.is_empty() {
-            rep.extend_from_slice(&data[..BATCH_HEADER]);
-        }
-        rep.extend_from_slice(&data[BATCH_HEADER..]);
-        count += b.len() as u32;
-    }
-    if rep.len() >= BATCH_HEADER {
-        rep[8..BATCH_HEADER].copy_from_slice(&count.to_le_bytes());
-    }
-    WriteBatch::from_data(&rep)
 }
 
 /// Splits (domain, record) pairs into runs of one domain, keeping order.

@@ -254,3 +254,40 @@ async fn async_api_runs_off_the_runtime_threads() {
     assert_eq!(j.blocking().state().unwrap().domains.len(), 16);
     assert!(j.open_transactions().await.unwrap().is_empty());
 }
+
+#[test]
+fn an_open_transaction_is_in_its_domains_history_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = common::open(dir.path());
+    let done = one_txn(&j, "vm1");
+    let open = j
+        .begin(common::intent("vm1"), common::plan("vm1", 2), None)
+        .unwrap();
+    one_txn(&j, "vm2");
+    let outcomes = |j: &journal::Journal| -> Vec<(TxnId, journal::Outcome)> {
+        j.history("vm1")
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.txn, h.outcome))
+            .collect()
+    };
+    let expected_open = vec![(done, journal::Outcome::Finished), (open, journal::Outcome::Open)];
+    assert_eq!(outcomes(&j), expected_open);
+    let h = j.history("vm1").unwrap();
+    assert_eq!(h[1].ended_ms, None);
+    assert_eq!(h[1].actor, h[0].actor);
+    // After a crash the open index still tells it.
+    drop(j);
+    let j = common::open(dir.path());
+    assert_eq!(outcomes(&j), expected_open);
+    j.step_done(open, 0).unwrap();
+    j.commit(open, vec![]).unwrap();
+    j.finish(open).unwrap();
+    assert_eq!(
+        outcomes(&j),
+        vec![
+            (done, journal::Outcome::Finished),
+            (open, journal::Outcome::Finished)
+        ]
+    );
+}

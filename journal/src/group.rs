@@ -10,8 +10,12 @@
 //! time a group takes to write.
 //!
 //! No thread of our own runs the lanes. A caller that needs an idle lane
-//! runs it: a blocking caller on its own thread, one round; an async
-//! caller on tokio's blocking pool, as long as the lane has work. Callers
+//! runs it: an async caller on tokio's blocking pool, as long as the lane
+//! has work; a blocking caller on its own thread, one round — and when it
+//! needs a sync and both lanes are idle, one synced write (the classic
+//! group-commit leader: with many threads, the groups grow while it waits
+//! on the disk; a blocking thread per lane round would hand the lanes from
+//! thread to thread for groups of one record). Callers
 //! that find their lane busy wait, each woken alone: when its record is
 //! durable (or written, for an unsynced record), or when an idle lane
 //! needs someone to run it. Nothing wakes every waiter at once.
@@ -30,6 +34,8 @@ pub(crate) trait GroupLog: Send + Sync + 'static {
     fn group(&self) -> &GroupCommit;
     /// Writes one batch unsynced (in the OS's cache once this returns).
     fn write_unsynced(&self, batch: WriteBatch) -> Result<()>;
+    /// Writes one batch and makes it, and everything before it, durable.
+    fn write_synced(&self, batch: WriteBatch) -> Result<()>;
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<()>;
     /// Marks the journal unusable after a failed write or sync.
@@ -118,11 +124,17 @@ impl Lanes {
         if !sync || self.durable >= group {
             return Role::Done;
         }
-        if self.syncing {
-            Role::Wait
-        } else {
+        if self.sync_may_start() {
             Role::Sync
+        } else {
+            Role::Wait
         }
+    }
+
+    /// Whether a sync should start now: a written group needs one and
+    /// none runs.
+    fn sync_may_start(&self) -> bool {
+        !self.syncing && self.sync_pending > self.durable
     }
 
     fn register(&mut self, ticket: Ticket, wake: Wake) -> u64 {
@@ -254,11 +266,14 @@ impl GroupCommit {
         Ok(Ticket::Written(group))
     }
 
-    /// Writes the queued group as one unsynced write (the caller claimed
-    /// the write lane, which is idle again on return).
+    /// Writes the queued group as one write (the caller claimed the write
+    /// lane, which is idle again on return). With `synced` (the caller
+    /// claimed the sync lane too, idle again on return) the write syncs
+    /// the WAL itself: one call instead of a write and a sync.
     fn write_round<'a, L: GroupLog>(
         log: &'a L,
         mut l: MutexGuard<'a, Lanes>,
+        synced: bool,
     ) -> Result<MutexGuard<'a, Lanes>> {
         let batches = std::mem::take(&mut l.queue);
         let needs_sync = std::mem::replace(&mut l.queue_needs_sync, false);
@@ -266,9 +281,18 @@ impl GroupCommit {
         let number = l.next_group;
         l.next_group += 1;
         drop(l);
-        let result = log.write_unsynced(concat_batches(batches));
+        let batch = concat_batches(batches);
+        let result = if synced {
+            log.write_synced(batch)
+        } else {
+            log.write_unsynced(batch)
+        };
         let mut l = log.group().lock()?;
         match result {
+            Ok(()) if synced => {
+                l.written = number;
+                l.durable = number;
+            }
             Ok(()) => {
                 l.written = number;
                 if needs_sync {
@@ -278,6 +302,9 @@ impl GroupCommit {
             Err(e) => Self::fail(log, &mut l, e),
         }
         l.writing = false;
+        if synced {
+            l.syncing = false;
+        }
         Ok(l)
     }
 
@@ -322,10 +349,16 @@ impl GroupCommit {
             match l.role(ticket) {
                 Role::Done => break,
                 Role::Write => {
+                    // A blocking caller that needs its group synced and
+                    // finds the sync lane idle writes it synced, in one
+                    // call, as a classic group-commit leader: the callers
+                    // queueing meanwhile make the next group.
+                    let synced = matches!(ticket, Ticket::Durable(_)) && !l.syncing;
                     l.writing = true;
-                    l = Self::write_round(log, l)?;
-                    // Sync its own group at once rather than wake another
-                    // caller to do it.
+                    l.syncing |= synced;
+                    l = Self::write_round(log, l, synced)?;
+                    // If the sync lane was busy, sync its own group as soon
+                    // as it is idle rather than wake another caller to.
                     if l.role(ticket) == Role::Sync {
                         l.syncing = true;
                         l.wake_waiters();
@@ -414,22 +447,22 @@ impl GroupCommit {
         let mut l = log.group().lock()?;
         loop {
             l = match lane {
-                Role::Write => Self::write_round(&**log, l)?,
+                Role::Write => Self::write_round(&**log, l, false)?,
                 _ => Self::sync_round(&**log, l)?,
             };
             let healthy = l.failed.is_none();
-            if lane == Role::Write && healthy && !l.syncing && l.sync_pending > l.durable {
-                l.syncing = true;
-                Self::spawn_lane(log, Role::Sync);
-            }
             let more = healthy
                 && match lane {
                     Role::Write => !l.queue.is_empty(),
-                    _ => l.sync_pending > l.durable,
+                    _ => l.sync_may_start(),
                 };
             match lane {
                 Role::Write => l.writing = more,
                 _ => l.syncing = more,
+            }
+            if lane == Role::Write && healthy && l.sync_may_start() {
+                l.syncing = true;
+                Self::spawn_lane(log, Role::Sync);
             }
             l.wake_waiters();
             if !more {
@@ -485,6 +518,7 @@ mod tests {
         fail_writes: AtomicBool,
         poisoned: AtomicBool,
         writes: AtomicUsize,
+        synced_writes: AtomicUsize,
     }
 
     impl FakeLog {
@@ -496,6 +530,7 @@ mod tests {
                 fail_writes: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
                 writes: AtomicUsize::new(0),
+                synced_writes: AtomicUsize::new(0),
             })
         }
 
@@ -549,6 +584,12 @@ mod tests {
             Ok(())
         }
 
+        fn write_synced(&self, batch: WriteBatch) -> Result<()> {
+            self.synced_writes.fetch_add(1, Ordering::SeqCst);
+            self.write_unsynced(batch)?;
+            self.sync()
+        }
+
         fn sync(&self) -> Result<()> {
             let mut d = self.disk();
             let covers = d.written.len();
@@ -591,12 +632,28 @@ mod tests {
         let order = Arc::new(Mutex::new(0));
         log.hold_syncs(true);
         let (_, first) = enqueue(&log, &order, true);
+        // An async caller: its lanes run apart (a blocking caller would
+        // write and sync in one call, holding both).
         let first_waiter = {
             let log = log.clone();
-            std::thread::spawn(move || GroupCommit::wait(&*log, first))
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(GroupCommit::wait_async(&log, first))
+            })
         };
         log.until(|d| d.syncing);
         (log, order, first_waiter)
+    }
+
+    #[test]
+    fn a_lone_blocking_caller_writes_and_syncs_in_one_call() {
+        let log = FakeLog::new();
+        let order = Mutex::new(0);
+        let (_, ticket) = enqueue(&log, &order, true);
+        GroupCommit::wait(&*log, ticket).unwrap();
+        assert_eq!(log.synced_writes.load(Ordering::SeqCst), 1);
+        let d = log.disk();
+        assert_eq!((d.written.len(), d.durable), (1, 1));
     }
 
     #[test]

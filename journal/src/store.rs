@@ -243,6 +243,12 @@ impl GroupLog for Journal {
             .map_err(|e| self.db_err(e))
     }
 
+    fn write_synced(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|e| self.db_err(e))
+    }
+
     fn sync(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(|e| self.db_err(e))
     }

@@ -26,6 +26,7 @@ use rocksdb::WriteBatch;
 
 use crate::crashpoint::crash_point;
 use crate::error::{JournalError, Result};
+use crate::rawbatch::RawBatch;
 
 /// Where the group commit writes: the journal's RocksDB (or, in unit
 /// tests, a double that records what reached it).
@@ -91,7 +92,10 @@ struct Waiter {
 
 #[derive(Default)]
 struct Lanes {
-    queue: Vec<WriteBatch>,
+    /// The queued group: every queued record, in order.
+    queue: RawBatch,
+    /// The buffer of the last written group, kept for the next.
+    spare: Option<RawBatch>,
     /// The queued group holds a synced record.
     queue_needs_sync: bool,
     /// A caller holding a ticket for the queued group will see it written.
@@ -192,35 +196,6 @@ pub(crate) struct GroupCommit {
     sync: bool,
 }
 
-/// Concatenates write batches in order (what RocksDB's own
-/// `WriteBatchInternal::Append` does: the records one after the other,
-/// the count summed).
-fn concat_batches(batches: Vec<WriteBatch>) -> WriteBatch {
-    if batches.len() == 1 {
-        return batches.into_iter().next().unwrap_or_default();
-    }
-    /// Size of a RocksDB write batch's header: an 8-byte sequence number
-    /// and a 4-byte little-endian record count, followed by the records.
-    const BATCH_HEADER: usize = 12;
-    let mut rep: Vec<u8> = Vec::with_capacity(batches.iter().map(|b| b.size_in_bytes()).sum());
-    let mut count: u32 = 0;
-    for b in &batches {
-        let data = b.data();
-        if data.len() < BATCH_HEADER {
-            continue;
-        }
-        if rep.is_empty() {
-            rep.extend_from_slice(&data[..BATCH_HEADER]);
-        }
-        rep.extend_from_slice(&data[BATCH_HEADER..]);
-        count += b.len() as u32;
-    }
-    if rep.len() >= BATCH_HEADER {
-        rep[8..BATCH_HEADER].copy_from_slice(&count.to_le_bytes());
-    }
-    WriteBatch::from_data(&rep)
-}
-
 fn poisoned<T>(_: T) -> JournalError {
     JournalError::Poisoned("group-commit lock poisoned".into())
 }
@@ -244,13 +219,13 @@ impl GroupCommit {
     /// Queues `batch` (synced when `sync`). The caller holds the journal's
     /// state lock, so batches are queued in the order they were prepared
     /// (a later transaction's record never lands before an earlier one's).
-    pub(crate) fn enqueue(&self, batch: WriteBatch, sync: bool) -> Result<Ticket> {
+    pub(crate) fn enqueue(&self, batch: &RawBatch, sync: bool) -> Result<Ticket> {
         crash_point("journal.append.before");
         let mut l = self.lock()?;
         if let Some(e) = &l.failed {
             return Err(JournalError::Poisoned(e.clone()));
         }
-        l.queue.push(batch);
+        l.queue.append(batch);
         let group = l.next_group;
         if sync && self.sync {
             l.queue_needs_sync = true;
@@ -275,19 +250,22 @@ impl GroupCommit {
         mut l: MutexGuard<'a, Lanes>,
         synced: bool,
     ) -> Result<MutexGuard<'a, Lanes>> {
-        let batches = std::mem::take(&mut l.queue);
+        let empty = l.spare.take().unwrap_or_default();
+        let mut records = std::mem::replace(&mut l.queue, empty);
         let needs_sync = std::mem::replace(&mut l.queue_needs_sync, false);
         l.queue_owned = false;
         let number = l.next_group;
         l.next_group += 1;
         drop(l);
-        let batch = concat_batches(batches);
+        let batch = records.as_write_batch();
         let result = if synced {
             log.write_synced(batch)
         } else {
             log.write_unsynced(batch)
         };
+        records.clear();
         let mut l = log.group().lock()?;
+        l.spare = Some(records);
         match result {
             Ok(()) if synced => {
                 l.written = number;
@@ -471,21 +449,21 @@ impl GroupCommit {
         }
     }
 
-    /// The batches still queued (for the journal's drop, which writes them
+    /// The records still queued (for the journal's drop, which writes them
     /// unsynced); nothing after a failure.
-    pub(crate) fn take_queue(&mut self) -> Vec<WriteBatch> {
+    pub(crate) fn take_queue(&mut self) -> RawBatch {
         match self.lanes.get_mut() {
             Ok(l) if l.failed.is_none() => std::mem::take(&mut l.queue),
-            _ => Vec::new(),
+            _ => RawBatch::default(),
         }
     }
 
-    /// Writes batches at once, unsynced (the journal's drop).
-    pub(crate) fn write_now<L: GroupLog>(log: &L, batches: Vec<WriteBatch>) -> Result<()> {
-        if batches.is_empty() {
+    /// Writes records at once, unsynced (the journal's drop).
+    pub(crate) fn write_now<L: GroupLog>(log: &L, mut records: RawBatch) -> Result<()> {
+        if records.is_empty() {
             return Ok(());
         }
-        log.write_unsynced(concat_batches(batches))
+        log.write_unsynced(records.as_write_batch())
     }
 }
 
@@ -560,11 +538,12 @@ mod tests {
 
     struct Keys(Vec<u64>);
 
-    impl rocksdb::WriteBatchIterator for Keys {
-        fn put(&mut self, key: &[u8], _: &[u8]) {
+    impl rocksdb::WriteBatchIteratorCf for Keys {
+        fn put_cf(&mut self, _: u32, key: &[u8], _: &[u8]) {
             self.0.push(u64::from_be_bytes(key.try_into().unwrap()));
         }
-        fn delete(&mut self, _: &[u8]) {}
+        fn delete_cf(&mut self, _: u32, _: &[u8]) {}
+        fn merge_cf(&mut self, _: u32, _: &[u8], _: &[u8]) {}
     }
 
     impl GroupLog for FakeLog {
@@ -578,7 +557,7 @@ mod tests {
             }
             self.writes.fetch_add(1, Ordering::SeqCst);
             let mut keys = Keys(Vec::new());
-            batch.iterate(&mut keys);
+            batch.iterate_cf(&mut keys);
             self.disk().written.extend(keys.0);
             self.changed.notify_all();
             Ok(())
@@ -608,9 +587,9 @@ mod tests {
         }
     }
 
-    fn batch(key: u64) -> WriteBatch {
-        let mut b = WriteBatch::default();
-        b.put(key.to_be_bytes(), b"v");
+    fn batch(key: u64) -> RawBatch {
+        let mut b = RawBatch::default();
+        b.put_cf(crate::rawbatch::CfId(1), key.to_be_bytes(), b"v");
         b
     }
 
@@ -621,7 +600,7 @@ mod tests {
 
     fn try_enqueue(log: &FakeLog, order: &Mutex<u64>, sync: bool) -> Result<(u64, Ticket)> {
         let mut next = order.lock().unwrap();
-        let ticket = log.group.enqueue(batch(*next + 1), sync)?;
+        let ticket = log.group.enqueue(&batch(*next + 1), sync)?;
         *next += 1;
         Ok((*next, ticket))
     }
@@ -809,7 +788,7 @@ mod tests {
         ));
         assert!(log.poisoned.load(Ordering::SeqCst));
         assert!(matches!(
-            log.group.enqueue(batch(99), false),
+            log.group.enqueue(&batch(99), false),
             Err(JournalError::Poisoned(_))
         ));
     }

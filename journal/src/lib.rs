@@ -13,6 +13,7 @@ pub mod event;
 mod group;
 pub mod lock;
 pub mod plan;
+mod rawbatch;
 pub mod state;
 pub mod store;
 

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use crate::rawbatch::{CfId, RawBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode, RecordKind};
@@ -120,6 +122,36 @@ impl Default for JournalOptions {
     }
 }
 
+/// The numeric ids of the column families, for [`RawBatch`]es.
+#[derive(Debug, Clone, Copy)]
+struct CfIds {
+    events: CfId,
+    open: CfId,
+    state: CfId,
+    history: CfId,
+    meta: CfId,
+}
+
+impl CfIds {
+    fn of(db: &DB, dir: &Path) -> Result<CfIds> {
+        let id = |name: &str| {
+            db.cf_handle(name)
+                .and_then(CfId::of)
+                .ok_or_else(|| JournalError::Db {
+                    dir: dir.to_path_buf(),
+                    message: format!("cannot tell the id of column family {name}: nothing was written"),
+                })
+        };
+        Ok(CfIds {
+            events: id(CF_EVENTS)?,
+            open: id(CF_OPEN)?,
+            state: id(CF_STATE)?,
+            history: id(CF_HISTORY)?,
+            meta: id(CF_META)?,
+        })
+    }
+}
+
 struct Inner {
     state: State,
     open: BTreeMap<TxnId, OpenTxn>,
@@ -143,6 +175,8 @@ pub struct Journal {
     inner: Mutex<Inner>,
     poisoned: AtomicBool,
     group: GroupCommit,
+    /// The column families as write batches name them.
+    ids: CfIds,
     options: JournalOptions,
     _lock: DirLock,
 }
@@ -330,7 +364,9 @@ impl Journal {
             dir: db_dir.clone(),
             message: e.to_string(),
         })?;
+        let ids = CfIds::of(&db, &db_dir)?;
         let mut journal = Journal {
+            ids,
             db,
             dir: dir.to_path_buf(),
             inner: Mutex::new(Inner {
@@ -451,8 +487,8 @@ impl Journal {
     /// Queues `batch` (synced when `sync`) for group commit. Called with the
     /// state lock held, so batches are written in the order they were
     /// prepared.
-    fn enqueue(&self, batch: WriteBatch, sync: bool) -> Result<Ticket> {
-        self.group.enqueue(batch, sync)
+    fn enqueue(&self, batch: RawBatch, sync: bool) -> Result<Ticket> {
+        self.group.enqueue(&batch, sync)
     }
 
     /// Waits until the ticket's record is written (synced if it must be).
@@ -497,9 +533,9 @@ impl Journal {
             prior,
             actor: self.options.actor.clone(),
         };
-        let mut batch = WriteBatch::default();
+        let mut batch = RawBatch::default();
         batch.put_cf(
-            self.cf(CF_META),
+            self.ids.meta,
             META_NEXT_TXN,
             encode(RecordKind::Meta, &g.next_txn)?,
         );
@@ -521,7 +557,7 @@ impl Journal {
     /// Records that step `step` of `txn` completed, synced: for steps whose
     /// completion recovery cannot tell from the world afterwards.
     pub fn step_done_synced(&self, txn: TxnId, step: u32) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let mut batch = RawBatch::default();
         let mut g = self.lock_inner()?;
         self.prepare(&mut g, Event::StepDone { txn, step }, &mut batch)?;
         let ticket = self.enqueue(batch, true)?;
@@ -578,7 +614,7 @@ impl Journal {
             });
         }
         let sync = event.is_synced();
-        let mut batch = WriteBatch::default();
+        let mut batch = RawBatch::default();
         let mut g = self.lock_inner()?;
         self.prepare(&mut g, event, &mut batch)?;
         let ticket = self.enqueue(batch, sync)?;
@@ -588,7 +624,7 @@ impl Journal {
 
     /// Checks `event` against the open-transaction index, applies it in
     /// memory and adds every record it implies to `batch`.
-    fn prepare(&self, g: &mut Inner, event: Event, batch: &mut WriteBatch) -> Result<()> {
+    fn prepare(&self, g: &mut Inner, event: Event, batch: &mut RawBatch) -> Result<()> {
         self.writable()?;
         let txn = event.txn();
         let at_ms = now_ms();
@@ -623,11 +659,7 @@ impl Journal {
         let seq = g.next_seq;
         g.next_seq += 1;
         let record = EventRecord { seq, at_ms, event };
-        batch.put_cf(
-            self.cf(CF_EVENTS),
-            seq_key(seq),
-            encode(RecordKind::Event, &record)?,
-        );
+        batch.put_cf(self.ids.events, seq_key(seq), encode(RecordKind::Event, &record)?);
         let event = record.event;
         match event {
             Event::TxnBegun {
@@ -654,11 +686,7 @@ impl Journal {
                     undone: BTreeSet::new(),
                     abort_reason: None,
                 };
-                batch.put_cf(
-                    self.cf(CF_OPEN),
-                    txn_key(txn),
-                    encode(RecordKind::OpenTxn, &open)?,
-                );
+                batch.put_cf(self.ids.open, txn_key(txn), encode(RecordKind::OpenTxn, &open)?);
                 g.busy.insert(domain, txn);
                 g.open.insert(txn, open);
             }
@@ -693,7 +721,7 @@ impl Journal {
         &self,
         g: &mut Inner,
         txn: TxnId,
-        batch: &mut WriteBatch,
+        batch: &mut RawBatch,
         f: impl FnOnce(&mut OpenTxn),
     ) -> Result<()> {
         let o = g.open.get_mut(&txn).ok_or(JournalError::NotOpen(txn))?;
@@ -707,7 +735,7 @@ impl Journal {
             abort_reason: &o.abort_reason,
         };
         batch.put_cf(
-            self.cf(CF_OPEN),
+            self.ids.open,
             progress_key(txn),
             encode(RecordKind::OpenProgress, &progress)?,
         );
@@ -752,14 +780,14 @@ impl Journal {
         &self,
         g: &mut Inner,
         txn: TxnId,
-        batch: &mut WriteBatch,
+        batch: &mut RawBatch,
         at_ms: u64,
         outcome: Outcome,
     ) -> Result<()> {
         let o = g.open.remove(&txn).ok_or(JournalError::NotOpen(txn))?;
         g.busy.remove(&o.domain);
-        batch.delete_cf(self.cf(CF_OPEN), txn_key(txn));
-        batch.delete_cf(self.cf(CF_OPEN), progress_key(txn));
+        batch.delete_cf(self.ids.open, txn_key(txn));
+        batch.delete_cf(self.ids.open, progress_key(txn));
         let hist = HistoryEntry {
             txn,
             domain: o.domain.clone(),
@@ -770,16 +798,16 @@ impl Journal {
             outcome,
         };
         batch.put_cf(
-            self.cf(CF_HISTORY),
+            self.ids.history,
             history_key(&o.domain, txn),
             encode(RecordKind::History, &hist)?,
         );
         Ok(())
     }
 
-    fn put_projection(&self, state: &State, t: &Touched, batch: &mut WriteBatch) -> Result<()> {
+    fn put_projection(&self, state: &State, t: &Touched, batch: &mut RawBatch) -> Result<()> {
         let key = projection_key(t);
-        let cf = self.cf(CF_STATE);
+        let cf = self.ids.state;
         let value = match t {
             Touched::Domain(d) => state
                 .domains
@@ -813,8 +841,8 @@ impl Journal {
 
     /// Stores or removes the historic `<domain>` documents a change implies
     /// (after the change was applied to `state`).
-    fn put_document(&self, state: &State, change: &StateChange, batch: &mut WriteBatch) -> Result<()> {
-        let cf = self.cf(CF_STATE);
+    fn put_document(&self, state: &State, change: &StateChange, batch: &mut RawBatch) -> Result<()> {
+        let cf = self.ids.state;
         match change {
             // Stored only when the record was (its domain is defined).
             StateChange::SnapshotRecorded {
@@ -1158,17 +1186,17 @@ impl Journal {
             last = Some(seq);
             report.events_folded += 1;
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = RawBatch::default();
         if let Some(last) = last {
-            batch.put_cf(self.cf(CF_META), META_CHECKPOINT, encode(RecordKind::Meta, &cp)?);
-            batch.delete_range_cf(self.cf(CF_EVENTS), seq_key(0), seq_key(last + 1));
+            batch.put_cf(self.ids.meta, META_CHECKPOINT, encode(RecordKind::Meta, &cp)?);
+            batch.delete_range_cf(self.ids.events, seq_key(0), seq_key(last + 1));
         }
         for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let key = String::from_utf8_lossy(&k).replace('\0', "/");
             let h: HistoryEntry = decode(RecordKind::History, &v, RecordName::History { key }, None)?;
             if matches!(h.ended_ms, Some(t) if t < history_before_ms) {
-                batch.delete_cf(self.cf(CF_HISTORY), &k);
+                batch.delete_cf(self.ids.history, &k);
                 report.history_dropped += 1;
             }
         }

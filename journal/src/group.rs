@@ -410,7 +410,8 @@ impl GroupCommit {
     /// Runs a lane the caller claimed on tokio's blocking pool, detached,
     /// for as long as it has work: the write lane while groups are queued
     /// (starting the sync lane when a written group needs it and it is
-    /// idle), the sync lane while written groups need a sync. A failure
+    /// idle, or, once nothing is queued, running it itself), the sync lane
+    /// while written groups need a sync. A failure
     /// poisons the journal and reaches every waiter.
     fn spawn_lane<L: GroupLog>(log: &Arc<L>, lane: Role) {
         let log = log.clone();
@@ -421,7 +422,7 @@ impl GroupCommit {
         });
     }
 
-    fn drive_lane<L: GroupLog>(log: &Arc<L>, lane: Role) -> Result<()> {
+    fn drive_lane<L: GroupLog>(log: &Arc<L>, mut lane: Role) -> Result<()> {
         let mut l = log.group().lock()?;
         loop {
             l = match lane {
@@ -440,6 +441,13 @@ impl GroupCommit {
             }
             if lane == Role::Write && healthy && l.sync_may_start() {
                 l.syncing = true;
+                if !more {
+                    // The write lane is done: this thread runs the sync
+                    // lane itself (one thread hop less for a lone caller).
+                    lane = Role::Sync;
+                    l.wake_waiters();
+                    continue;
+                }
                 Self::spawn_lane(log, Role::Sync);
             }
             l.wake_waiters();

@@ -186,7 +186,7 @@ impl MetadataStore {
 /// `<domain>` the journal lacks: the journal is damaged.
 pub fn missing_historic(kind: &str, domain: &str, name: &str) -> ExecError {
     ExecError::Invalid(format!(
-        "the journal has no historic <domain> for {kind} {name} of domain {domain} (damaged journal; run fsck); nothing was changed"
+        "the journal has no historic <domain> for {kind} {name} of domain {domain} (damaged journal; run fsck)"
     ))
 }
 

@@ -1,8 +1,8 @@
 //! Group commit in two overlapping lanes.
 //!
-//! Records are queued in the order they were prepared. The **write lane**
-//! writes the whole queue as one group: one unsynced RocksDB write of the
-//! concatenated batches (atomic, in order, one WAL append). The **sync
+//! Records are queued in the order they were prepared, in one buffer
+//! ([`RawBatch`]). The **write lane** writes the whole queue as one group:
+//! one unsynced RocksDB write (atomic, in order, one WAL append). The **sync
 //! lane** syncs the WAL up to the last written group (one `fdatasync`).
 //! The lanes run at the same time: while one sync is on the disk, the next
 //! group is written, so under load each fsync covers everything written
@@ -15,10 +15,15 @@
 //! needs a sync and both lanes are idle, one synced write (the classic
 //! group-commit leader: with many threads, the groups grow while it waits
 //! on the disk; a blocking thread per lane round would hand the lanes from
-//! thread to thread for groups of one record). Callers
-//! that find their lane busy wait, each woken alone: when its record is
-//! durable (or written, for an unsynced record), or when an idle lane
-//! needs someone to run it. Nothing wakes every waiter at once.
+//! thread to thread for groups of one record). Callers that find their
+//! lane busy wait, each woken alone: when its record is durable (or
+//! written, for an unsynced record), or when an idle lane needs someone to
+//! run it. Nothing wakes every waiter at once.
+//!
+//! A lane claimed by an async caller runs on a task spawned on the
+//! blocking pool. A runtime shutting down may drop that task unrun; the
+//! lane then stays claimed and callers still waiting on that journal wait
+//! for ever (its drop still writes what is queued).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

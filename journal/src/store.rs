@@ -1216,6 +1216,7 @@ impl Journal {
                 bad.push(e);
             }
         }
+        let before_open = bad.len();
         for item in self.db.iterator_cf(self.cf(CF_OPEN), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let txn = open_key_txn(&k);
@@ -1229,8 +1230,12 @@ impl Journal {
                 bad.push(e);
             }
         }
-        if let Err(e) = self.read_open_index() {
-            bad.push(e);
+        // The index as a whole (a progress record without its transaction's
+        // record), unless a record of it was already reported.
+        if bad.len() == before_open {
+            if let Err(e) = self.read_open_index() {
+                bad.push(e);
+            }
         }
         if let Err(e) = self.stored_projection() {
             bad.push(e);
@@ -1289,6 +1294,33 @@ impl Journal {
     pub fn raw_put_open(&self, txn: TxnId, bytes: &[u8]) -> Result<()> {
         self.db
             .put_cf(self.cf(CF_OPEN), txn_key(txn), bytes)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Test and tooling hook: removes the historic `<domain>` of a
+    /// snapshot (what a damaged journal may lack).
+    #[doc(hidden)]
+    pub fn raw_delete_snapshot_document(&self, domain: &str, name: &str) -> Result<()> {
+        self.db
+            .delete_cf(self.cf(CF_STATE), document_key(DOC_SNAPSHOT, domain, name))
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Test and tooling hook: the raw value of an open transaction's
+    /// progress record.
+    #[doc(hidden)]
+    pub fn raw_get_open_progress(&self, txn: TxnId) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_OPEN), progress_key(txn))
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Test and tooling hook: sets the raw value of an open transaction's
+    /// progress record.
+    #[doc(hidden)]
+    pub fn raw_put_open_progress(&self, txn: TxnId, bytes: &[u8]) -> Result<()> {
+        self.db
+            .put_cf(self.cf(CF_OPEN), progress_key(txn), bytes)
             .map_err(|e| self.db_err(e))
     }
 }

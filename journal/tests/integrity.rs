@@ -291,3 +291,55 @@ fn an_open_transaction_is_in_its_domains_history_once() {
         ]
     );
 }
+
+#[test]
+fn corrupt_or_orphaned_progress_fails_open_naming_it() {
+    // A progress record with flipped bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let (t, progress);
+    {
+        let j = common::open(dir.path());
+        t = j
+            .begin(common::intent("vm1"), common::plan("vm1", 2), None)
+            .unwrap();
+        j.step_done(t, 0).unwrap();
+        progress = j.raw_get_open_progress(t).unwrap().expect("written by the step");
+        let mut flipped = progress.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        j.raw_put_open_progress(t, &flipped).unwrap();
+        let bad = j.verify_records().unwrap();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].to_string().contains(&format!("{t}")), "{}", bad[0]);
+    }
+    let msg = journal::Journal::open(dir.path(), Default::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(msg.contains(&format!("open-transaction record of {t}")), "{msg}");
+    assert!(msg.contains("checksum"), "{msg}");
+
+    // A well-formed progress record whose transaction has no open record.
+    let dir = tempfile::tempdir().unwrap();
+    let orphan = TxnId(t.0 + 1000);
+    {
+        let j = common::open(dir.path());
+        j.raw_put_open_progress(orphan, &progress).unwrap();
+        let bad = j.verify_records().unwrap();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].to_string().contains("open record is missing"),
+            "{}",
+            bad[0]
+        );
+    }
+    let msg = journal::Journal::open(dir.path(), Default::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        msg.contains(&format!("open-transaction record of {orphan}")),
+        "{msg}"
+    );
+    assert!(msg.contains("open record is missing"), "{msg}");
+}

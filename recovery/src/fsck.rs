@@ -134,6 +134,47 @@ pub fn fsck(exec: &Executor, only: Option<&str>, repair: bool) -> Result<FsckRep
     Ok(report)
 }
 
+/// I9: every snapshot and checkpoint has its historic `<domain>` in the
+/// journal (without it, its XML cannot be rendered and revert to it is
+/// refused).
+fn check_historic_documents(
+    exec: &Executor,
+    state: &State,
+    dom: &str,
+    report: &mut FsckReport,
+) -> Result<()> {
+    let Some(d) = state.domains.get(dom) else {
+        return Ok(());
+    };
+    let journal = exec.journal();
+    let snapshots = journal.snapshot_domain_xmls(dom)?;
+    let checkpoints = journal.checkpoint_domain_xmls(dom)?;
+    let missing = d
+        .snapshots
+        .keys()
+        .filter(|n| !snapshots.contains_key(*n))
+        .map(|n| ("snapshot", n))
+        .chain(
+            d.checkpoints
+                .keys()
+                .filter(|n| !checkpoints.contains_key(*n))
+                .map(|n| ("checkpoint", n)),
+        );
+    for (kind, name) in missing {
+        report.findings.push(finding(
+            "I9",
+            "historic-document-missing",
+            format!("{dom}/{name}"),
+            format!(
+                "{kind} {name} of domain {dom} has no historic <domain> in the journal: its XML cannot be rendered{}",
+                if kind == "snapshot" { " and revert to it is refused" } else { "" }
+            ),
+            NO_REPAIR,
+        ));
+    }
+    Ok(())
+}
+
 fn check_domain(
     exec: &Executor,
     state: &State,
@@ -142,6 +183,7 @@ fn check_domain(
     report: &mut FsckReport,
 ) -> Result<()> {
     let busy = exec.journal().busy_with(dom)?.is_some();
+    check_historic_documents(exec, state, dom, report)?;
     // I1: XML files = rendering of the state.
     let meta = exec.metadata();
     let expected = meta.expected_files(exec.journal(), state, dom)?;

@@ -200,6 +200,34 @@ fn fsck_reports_missing_images_and_never_deletes_them() {
 }
 
 #[test]
+fn fsck_names_a_snapshot_without_its_historic_document() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s2"]).unwrap();
+    {
+        let exec = recovery::open_without_recovery(&f.state).unwrap();
+        exec.journal().raw_delete_snapshot_document("vm", "s1").unwrap();
+    }
+    let (code, v) = fsck_json(&f, &[]);
+    let found: Vec<_> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["kind"] == "historic-document-missing")
+        .collect();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["subject"], "vm/s1", "{v}");
+    assert_eq!(found[0]["invariant"], "I9", "{v}");
+    // The XML of the domain cannot be rendered without it: said, not hidden.
+    assert_eq!(code, 2, "{v}");
+    let err = f.fails(&["snapshot", "revert", "vm", "s1"]).unwrap();
+    assert!(
+        err.contains("no historic <domain>") && err.contains("nothing was changed"),
+        "{err}"
+    );
+}
+
+#[test]
 fn fsck_orphans_are_removed_only_without_data() {
     let f = Fixture::new(1).unwrap();
     let empty = f.img.join("orphan-empty").to_string_lossy().into_owned();

@@ -391,11 +391,12 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 }
                 DomainCmd::List => exec.journal().with_state(|s| output::domain_list(out, s))?,
                 DomainCmd::Dumpxml { domain } => {
-                    let d = exec
+                    // The definition alone, not a copy of every snapshot.
+                    let xml = exec
                         .journal()
-                        .domain(domain)?
+                        .with_state(|s| s.domains.get(domain).map(|d| d.core.xml.clone()))?
                         .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
-                    out.raw(&d.core.xml);
+                    out.raw(&xml);
                 }
                 DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
                 DomainCmd::Start { domain, paused } => {

@@ -239,17 +239,18 @@ fn history_key(domain: &str, txn: TxnId) -> Vec<u8> {
 /// Historic `<domain>` documents sort after every other projection key
 /// (`x\0s\0dom\0snap`, `x\0c\0dom\0cp`), so the projection is read whole
 /// without them.
-const DOC_PREFIX: &[u8] = b"x";
+/// Documents sort after every projection key (`c`, `d`, `i`, `s`).
+const DOC_PREFIX: &str = "x";
 const DOC_SNAPSHOT: char = 's';
 const DOC_CHECKPOINT: char = 'c';
 
 fn document_key(kind: char, domain: &str, name: &str) -> Vec<u8> {
-    format!("x\0{kind}\0{domain}\0{name}").into_bytes()
+    format!("{DOC_PREFIX}\0{kind}\0{domain}\0{name}").into_bytes()
 }
 
 /// The key range of one domain's documents of one kind.
 fn document_range(kind: char, domain: &str) -> (Vec<u8>, Vec<u8>) {
-    let from = format!("x\0{kind}\0{domain}\0").into_bytes();
+    let from = format!("{DOC_PREFIX}\0{kind}\0{domain}\0").into_bytes();
     let mut to = from.clone();
     if let Some(last) = to.last_mut() {
         *last = 1;
@@ -1054,7 +1055,7 @@ impl Journal {
         read.set_readahead_size(4 << 20);
         read.fill_cache(false);
         read.set_verify_checksums(false);
-        read.set_iterate_upper_bound(DOC_PREFIX);
+        read.set_iterate_upper_bound(DOC_PREFIX.as_bytes());
         for item in self
             .db
             .iterator_cf_opt(self.cf(CF_STATE), read, IteratorMode::Start)
@@ -1242,7 +1243,7 @@ impl Journal {
         }
         for item in self.db.iterator_cf(
             self.cf(CF_STATE),
-            IteratorMode::From(DOC_PREFIX, Direction::Forward),
+            IteratorMode::From(DOC_PREFIX.as_bytes(), Direction::Forward),
         ) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let key = String::from_utf8_lossy(&k).into_owned();

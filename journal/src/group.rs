@@ -416,8 +416,8 @@ impl GroupCommit {
     /// for as long as it has work: the write lane while groups are queued
     /// (starting the sync lane when a written group needs it and it is
     /// idle, or, once nothing is queued, running it itself), the sync lane
-    /// while written groups need a sync. A failure
-    /// poisons the journal and reaches every waiter.
+    /// while written groups need a sync. A failure poisons the journal and
+    /// reaches every waiter.
     fn spawn_lane<L: GroupLog>(log: &Arc<L>, lane: Role) {
         let log = log.clone();
         tokio::task::spawn_blocking(move || {

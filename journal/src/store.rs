@@ -10,7 +10,8 @@
 //! - `meta`: counters and the compaction checkpoint.
 //!
 //! An event, the open-transaction record, the history entry and the
-//! projection entries it implies are written in one `WriteBatch`.
+//! projection entries it implies are written in one batch (a
+//! [`RawBatch`], written through the group commit of `group.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,8 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
-
-use crate::rawbatch::{CfId, RawBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode, RecordKind};
@@ -29,6 +28,7 @@ use crate::event::{Event, EventRecord, Intent, StateChange, TxnId};
 use crate::group::{GroupCommit, GroupLog, Ticket};
 use crate::lock::DirLock;
 use crate::plan::Plan;
+use crate::rawbatch::{CfId, RawBatch};
 use crate::state::{CheckpointRecord, DomainCore, DomainState, ImageRecord, SnapshotRecord, State, Touched};
 
 const CF_EVENTS: &str = "events";
@@ -67,6 +67,26 @@ pub struct OpenTxn {
     /// Steps recorded as undone.
     pub undone: BTreeSet<u32>,
     pub abort_reason: Option<String>,
+}
+
+impl OpenTxn {
+    /// Its history entry: open (`ended`: `None`), or closed at a time with
+    /// an outcome.
+    fn history_entry(&self, ended: Option<(u64, Outcome)>) -> HistoryEntry {
+        let (ended_ms, outcome) = match ended {
+            Some((at_ms, outcome)) => (Some(at_ms), outcome),
+            None => (None, Outcome::Open),
+        };
+        HistoryEntry {
+            txn: self.txn,
+            domain: self.domain.clone(),
+            what: self.intent.describe(),
+            actor: self.actor.clone(),
+            began_ms: self.began_ms,
+            ended_ms,
+            outcome,
+        }
+    }
 }
 
 /// How a transaction ended.
@@ -239,7 +259,6 @@ fn history_key(domain: &str, txn: TxnId) -> Vec<u8> {
 /// Historic `<domain>` documents sort after every other projection key
 /// (`x\0s\0dom\0snap`, `x\0c\0dom\0cp`), so the projection is read whole
 /// without them.
-/// Documents sort after every projection key (`c`, `d`, `i`, `s`).
 const DOC_PREFIX: &str = "x";
 const DOC_SNAPSHOT: char = 's';
 const DOC_CHECKPOINT: char = 'c';
@@ -789,15 +808,7 @@ impl Journal {
         g.busy.remove(&o.domain);
         batch.delete_cf(self.ids.open, txn_key(txn));
         batch.delete_cf(self.ids.open, progress_key(txn));
-        let hist = HistoryEntry {
-            txn,
-            domain: o.domain.clone(),
-            what: o.intent.describe(),
-            actor: o.actor,
-            began_ms: o.began_ms,
-            ended_ms: Some(at_ms),
-            outcome,
-        };
+        let hist = o.history_entry(Some((at_ms, outcome)));
         batch.put_cf(
             self.ids.history,
             history_key(&o.domain, txn),
@@ -1142,15 +1153,7 @@ impl Journal {
         let g = self.lock_inner()?;
         for o in g.open.values().filter(|o| o.domain == domain) {
             out.retain(|h: &HistoryEntry| h.txn != o.txn);
-            out.push(HistoryEntry {
-                txn: o.txn,
-                domain: o.domain.clone(),
-                what: o.intent.describe(),
-                actor: o.actor.clone(),
-                began_ms: o.began_ms,
-                ended_ms: None,
-                outcome: Outcome::Open,
-            });
+            out.push(o.history_entry(None));
         }
         out.sort_by_key(|h| h.txn);
         Ok(out)

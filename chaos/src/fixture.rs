@@ -101,6 +101,8 @@ pub struct Fixture {
     pub bin: PathBuf,
     /// Extra environment for every `snapjournal` run.
     pub env: Vec<(String, String)>,
+    /// Every QEMU this fixture's runs started, and how each ended.
+    pub witness: crate::witness::Witness,
 }
 
 impl Fixture {
@@ -114,7 +116,7 @@ impl Fixture {
         let names: Vec<String> = (0..disks)
             .map(|i| format!("vd{}", (b'a' + i as u8) as char))
             .collect();
-        let f = Fixture {
+        let mut f = Fixture {
             root,
             state,
             img,
@@ -122,7 +124,11 @@ impl Fixture {
             domain: "vm".into(),
             bin: snapjournal_bin()?,
             env: vec![],
+            witness: Default::default(),
         };
+        crate::witness::become_subreaper();
+        let trace = f.qmp_trace().display().to_string();
+        f.env.push(("SNAPJOURNAL_QMP_TRACE".into(), trace));
         let mut pairs = Vec::new();
         for d in f.disks.clone() {
             let p = f.base(&d);
@@ -161,7 +167,9 @@ impl Fixture {
 
     /// Runs `snapjournal` and returns its output whatever the outcome.
     pub fn run(&self, args: &[&str]) -> Result<Output> {
-        Ok(self.command(args).output()?)
+        let out = self.command(args).output();
+        self.note_qemus();
+        Ok(out?)
     }
 
     /// Runs `snapjournal`, failing unless it succeeds; returns stdout.

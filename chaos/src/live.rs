@@ -24,8 +24,37 @@ impl Fixture {
 
     /// The pid of the domain's managed QEMU, if it runs.
     pub fn qemu_pid(&self) -> Option<u32> {
+        self.note_qemus();
         let pidfile = self.state.join("run").join(format!("{}.pid", self.domain));
         qemu::read_pidfile(&pidfile)
+    }
+
+    /// The file the QMP traffic of this fixture's runs is logged to.
+    pub fn qmp_trace(&self) -> std::path::PathBuf {
+        self.root.path().join("qmp-trace.log")
+    }
+
+    /// Notes every QEMU the pidfiles of the state directory name, for the
+    /// witness.
+    pub fn note_qemus(&self) {
+        for e in std::fs::read_dir(self.state.join("run"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pid") {
+                self.witness.note(&p);
+            }
+        }
+    }
+
+    /// Every QEMU of this fixture that died in a way neither the test nor
+    /// snapjournal explains (a crash), each reported once, with its log and
+    /// the QMP traffic.
+    pub fn qemu_deaths(&self) -> Vec<String> {
+        self.note_qemus();
+        self.witness.unexplained_deaths(Some(&self.qmp_trace()))
     }
 
     /// Starts the domain (vCPUs stopped: no guest OS is needed).
@@ -43,6 +72,7 @@ impl Fixture {
     /// Writes `pattern` over `region` of every disk through the running
     /// guest's devices, and flushes.
     pub fn guest_write(&self, pattern: u8, region: u64) -> Result<()> {
+        self.note_qemus();
         let mut q = self.qmp()?;
         for d in &self.disks {
             q.guest_write(d, pattern, region * REGION, REGION)
@@ -76,6 +106,7 @@ impl Fixture {
     /// QEMU would.
     pub fn kill_qemu(&self) {
         if let Some(pid) = self.qemu_pid() {
+            self.witness.killed_by_test(pid);
             qemu::signal(pid, libc::SIGKILL);
             qemu::wait_exit(pid, std::time::Duration::from_secs(10));
         }
@@ -83,7 +114,11 @@ impl Fixture {
 }
 
 impl Drop for Fixture {
+    /// Kills every QEMU the fixture started. A QEMU that died unexplained
+    /// and that no check reported fails the test here (unless it is failing
+    /// already).
     fn drop(&mut self) {
+        let deaths = self.qemu_deaths();
         for e in std::fs::read_dir(self.state.join("run"))
             .into_iter()
             .flatten()
@@ -92,10 +127,15 @@ impl Drop for Fixture {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "pid") {
                 if let Some(pid) = qemu::read_pidfile(&p) {
+                    self.witness.killed_by_test(pid);
                     qemu::signal(pid, libc::SIGKILL);
                     qemu::wait_exit(pid, std::time::Duration::from_secs(10));
                 }
             }
+        }
+        self.witness.reap_all();
+        if !deaths.is_empty() && !std::thread::panicking() {
+            panic!("{}", deaths.join("\n"));
         }
     }
 }

@@ -69,7 +69,7 @@ impl LiveOp {
         LiveOp::ALL.into_iter().find(|o| o.name() == s)
     }
 
-    fn args(self) -> Vec<&'static str> {
+    pub(crate) fn args(self) -> Vec<&'static str> {
         match self {
             LiveOp::Create => vec!["snapshot", "create", "vm", "s9"],
             LiveOp::DeleteActive => vec!["snapshot", "delete", "vm", "s2"],
@@ -81,7 +81,7 @@ impl LiveOp {
     }
 
     /// Starts QEMU and writes/snapshots up to the starting state.
-    fn setup(self, f: &Fixture) -> Result<()> {
+    pub(crate) fn setup(self, f: &Fixture) -> Result<()> {
         f.start()?;
         f.guest_write(A, 0)?;
         if self == LiveOp::Create {
@@ -108,7 +108,7 @@ impl LiveOp {
 
     /// What the present must read (region → pattern) after the operation
     /// (`post`) or without it.
-    fn present(self, post: bool) -> Vec<(u64, u8)> {
+    pub(crate) fn present(self, post: bool) -> Vec<(u64, u8)> {
         match self {
             LiveOp::Create => vec![(0, A)],
             LiveOp::DeleteActive | LiveOp::DeleteStream => vec![(0, A), (1, B), (2, C)],
@@ -128,7 +128,7 @@ pub enum QemuFate {
 }
 
 /// The region the guest writes after the crash.
-const AFTER_CRASH_REGION: u64 = 4;
+pub(crate) const AFTER_CRASH_REGION: u64 = 4;
 
 fn read_trace(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -143,6 +143,8 @@ pub struct LiveReference {
     pub pre: Summary,
     pub post: Summary,
     pub trace: Vec<String>,
+    /// How long the operation took, process start to exit.
+    pub millis: u64,
 }
 
 /// Runs `op` once without crashing, tracing its crash points.
@@ -151,10 +153,12 @@ pub fn reference(op: LiveOp) -> Result<LiveReference> {
     op.setup(&f)?;
     let pre = summary(&f)?;
     let tf = f.root.path().join("trace-live");
+    let t0 = Instant::now();
     let out = f
         .command(&op.args())
         .env("SNAPJOURNAL_CRASH_TRACE", &tf)
         .output()?;
+    let millis = t0.elapsed().as_millis() as u64;
     if !out.status.success() {
         bail!(
             "reference run of {} failed: {}",
@@ -162,10 +166,16 @@ pub fn reference(op: LiveOp) -> Result<LiveReference> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let post = summary(&f)?;
+    let deaths = f.qemu_deaths();
+    if !deaths.is_empty() {
+        bail!("reference run of {}: {}", op.name(), deaths.join("; "));
+    }
     Ok(LiveReference {
         pre,
-        post: summary(&f)?,
+        post,
         trace: read_trace(&tf),
+        millis,
     })
 }
 
@@ -181,7 +191,37 @@ pub fn run_case(
 ) -> Result<Case> {
     let started = Instant::now();
     let f = Fixture::new(2)?;
-    op.setup(&f)?;
+    let case = run_case_on(&f, op, reference, crash_at, fate, recovery_crash_at, started);
+    with_qemu_deaths(&f, case)
+}
+
+/// Adds every QEMU death the test did not cause to `case`'s violations (or
+/// to its error).
+fn with_qemu_deaths(f: &Fixture, case: Result<Case>) -> Result<Case> {
+    let deaths = f.qemu_deaths();
+    if deaths.is_empty() {
+        return case;
+    }
+    let mut case = case.map_err(|e| e.context(deaths.join("; ")))?;
+    let mut v = match std::mem::replace(&mut case.outcome, Outcome::NotReached) {
+        Outcome::Violation(v) => v,
+        _ => Vec::new(),
+    };
+    v.extend(deaths);
+    case.outcome = Outcome::Violation(v);
+    Ok(case)
+}
+
+fn run_case_on(
+    f: &Fixture,
+    op: LiveOp,
+    reference: &LiveReference,
+    crash_at: u64,
+    fate: QemuFate,
+    recovery_crash_at: Option<u64>,
+    started: Instant,
+) -> Result<Case> {
+    op.setup(f)?;
     // The guest legitimately writes to a user image while it is a disk's
     // active layer: I8 covers the user images below the active layers.
     let active: Vec<String> = f.active()?.into_iter().map(|(_, p)| p).collect();
@@ -217,6 +257,7 @@ pub fn run_case(
         .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
         .output()?
         .status;
+    f.note_qemus();
     if st.signal() != Some(libc::SIGKILL) {
         case.millis = started.elapsed().as_millis();
         return Ok(case);
@@ -228,7 +269,7 @@ pub fn run_case(
             // The guest keeps writing while nobody recovers yet.
             if f.qemu_pid().is_some() {
                 f.guest_write(D, AFTER_CRASH_REGION)?;
-                want.push((AFTER_CRASH_REGION, D));
+                want.push((AFTER_CRASH_REGION, vec![D]));
             }
         }
     }
@@ -238,6 +279,7 @@ pub fn run_case(
             .env("SNAPJOURNAL_CRASH_AT", j.to_string())
             .output()?
             .status;
+        f.note_qemus();
         if st.signal() != Some(libc::SIGKILL) && !st.success() {
             case.outcome = Outcome::Violation(vec![format!("crashed recovery exited with {st}")]);
             return Ok(case);
@@ -252,7 +294,7 @@ pub fn run_case(
         )]);
         return Ok(case);
     }
-    let (violations, post) = check(&f, op, reference, &user_sums, &want, fate)?;
+    let (violations, post) = check(f, op, reference, &user_sums, &want, fate)?;
     case.outcome = if !violations.is_empty() {
         Outcome::Violation(violations)
     } else if post {
@@ -287,12 +329,15 @@ fn fsck_violations(f: &Fixture, fate: QemuFate, v: &mut Vec<String>) -> Result<(
 
 /// The invariants after recovery; returns the violations and whether the
 /// state is the post-op one.
-fn check(
+/// `after_crash`: regions the guest wrote after the operation started, each
+/// with the patterns it may hold (the last acknowledged write, or one that
+/// was in flight).
+pub(crate) fn check(
     f: &Fixture,
     op: LiveOp,
     reference: &LiveReference,
     user_sums: &[(String, u32)],
-    after_crash: &[(u64, u8)],
+    after_crash: &[(u64, Vec<u8>)],
     fate: QemuFate,
 ) -> Result<(Vec<String>, bool)> {
     let mut v = Vec::new();
@@ -395,14 +440,25 @@ fn check(
         }
     }
     // I5: everything the guest wrote reads back through the chains.
-    let mut want = op.present(post);
-    want.extend_from_slice(after_crash);
+    let mut want: Vec<(u64, Vec<u8>)> = op.present(post).into_iter().map(|(r, p)| (r, vec![p])).collect();
+    for (r, ps) in after_crash {
+        want.retain(|(x, _)| x != r);
+        want.push((*r, ps.clone()));
+    }
     for d in dom.core.disks.values() {
         for r in 0..5u64 {
-            let p = want.iter().find(|(x, _)| *x == r).map(|(_, p)| *p).unwrap_or(0);
-            if !region_holds(&d.chain[0].path, p, r)? {
+            let ps = want
+                .iter()
+                .find(|(x, _)| *x == r)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| vec![0]);
+            let mut held = false;
+            for p in &ps {
+                held |= region_holds(&d.chain[0].path, *p, r)?;
+            }
+            if !held {
                 v.push(format!(
-                    "I5 disk {}: region {r} of {} does not hold {p:#04x}",
+                    "I5 disk {}: region {r} of {} holds none of {ps:02x?}",
                     d.target, d.chain[0].path
                 ));
             }
@@ -502,6 +558,7 @@ pub fn reply_lost(op: LiveOp, command: &str) -> Result<crate::faults::FaultCase>
         .command(&op.args())
         .env("SNAPJOURNAL_FAULT_QMP_DROP", command)
         .output()?;
+    f.note_qemus();
     let mut problems = Vec::new();
     if out.status.signal().is_some() {
         problems.push(format!("the operation died: {}", out.status));
@@ -516,6 +573,7 @@ pub fn reply_lost(op: LiveOp, command: &str) -> Result<crate::faults::FaultCase>
     }
     let (v, post) = check(&f, op, &reference, &[], &[], QemuFate::Survives)?;
     problems.extend(v);
+    problems.extend(f.qemu_deaths());
     let fault = format!("qmp-reply-lost:{command} during {}", op.name());
     Ok(crate::faults::FaultCase {
         fault,

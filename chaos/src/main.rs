@@ -29,6 +29,9 @@ enum Mode {
     /// Only the live operations on a real QEMU (every crash point, QEMU
     /// surviving or killed, double faults at the live commit points).
     Live,
+    /// Live operations SIGKILLed at seeded random moments while the guest
+    /// writes: --seed, --cases, --live-op.
+    LiveRandom,
 }
 
 #[derive(Parser)]
@@ -70,6 +73,9 @@ struct Args {
     schedules: u64,
     #[arg(long, default_value_t = 12)]
     steps: usize,
+    /// Cases of the live-random mode (the bounded mode runs 6).
+    #[arg(long, default_value_t = 24)]
+    cases: u64,
 }
 
 struct Job {
@@ -168,9 +174,19 @@ fn main() -> Result<()> {
             Mode::One => "one",
             Mode::Random => "random",
             Mode::Live => "live",
+            Mode::LiveRandom => "live-random",
         }
         .into(),
         ..Default::default()
+    };
+    let segfaults_before = chaos::witness::kernel_qemu_segfaults();
+    let live_ops: Vec<LiveOp> = if args.live_ops.is_empty() {
+        LiveOp::ALL.to_vec()
+    } else {
+        args.live_ops
+            .iter()
+            .map(|o| LiveOp::parse(o).ok_or_else(|| anyhow::anyhow!("unknown live operation {o}")))
+            .collect::<Result<_>>()?
     };
 
     if args.mode == Mode::Random {
@@ -203,7 +219,11 @@ fn main() -> Result<()> {
     }
 
     let mut jobs = Vec::new();
-    let offline_ops: &[Op] = if args.mode == Mode::Live { &[] } else { &ops };
+    let offline_ops: &[Op] = if matches!(args.mode, Mode::Live | Mode::LiveRandom) {
+        &[]
+    } else {
+        &ops
+    };
     for op in offline_ops {
         for d in &disks {
             // CI's bounded mode runs the checkpoint operations on one disk
@@ -261,15 +281,18 @@ fn main() -> Result<()> {
     eprintln!("running {} crash cases with {} jobs", jobs.len(), args.jobs);
     report.cases = run_jobs(jobs, args.jobs);
 
+    if matches!(args.mode, Mode::LiveRandom | Mode::Bounded | Mode::Full) && !args.no_live {
+        let cases = if args.mode == Mode::Bounded { 6 } else { args.cases };
+        eprintln!(
+            "running {cases} live cases killed at random moments (seed {})",
+            args.seed
+        );
+        report
+            .cases
+            .extend(chaos::livekill::run(&live_ops, args.seed, cases)?);
+    }
+
     if matches!(args.mode, Mode::Live | Mode::Bounded | Mode::Full) && !args.no_live {
-        let live_ops: Vec<LiveOp> = if args.live_ops.is_empty() {
-            LiveOp::ALL.to_vec()
-        } else {
-            args.live_ops
-                .iter()
-                .map(|o| LiveOp::parse(o).ok_or_else(|| anyhow::anyhow!("unknown live operation {o}")))
-                .collect::<Result<_>>()?
-        };
         let jobs = livechaos::jobs(&live_ops, args.mode != Mode::Bounded)?;
         eprintln!("running {} live crash cases with {} jobs", jobs.len(), args.jobs);
         report.cases.extend(livechaos::run_jobs(jobs, args.jobs));
@@ -293,7 +316,7 @@ fn main() -> Result<()> {
         }
     }
 
-    if !matches!(args.mode, Mode::One | Mode::Live) {
+    if !matches!(args.mode, Mode::One | Mode::Live | Mode::LiveRandom) {
         eprintln!("running fault cases");
         report.faults.push(faults::storage_fault("readonly")?);
         report.faults.push(faults::storage_fault("full")?);
@@ -316,6 +339,11 @@ fn main() -> Result<()> {
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
+    report.qemu.suite_deaths = report.count_qemu_deaths();
+    report.qemu.kernel_segfaults = match (segfaults_before, chaos::witness::kernel_qemu_segfaults()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     print!("{}", report.table());
     if let Some(p) = &args.report {
         if let Some(dir) = p.parent() {

@@ -14,6 +14,28 @@ pub struct Report {
     pub cases: Vec<Case>,
     pub faults: Vec<FaultCase>,
     pub seconds: f64,
+    /// QEMU deaths: what the kernel logged against what the suite saw.
+    pub qemu: QemuAudit,
+}
+
+/// QEMU crashes during a run, counted twice: by the kernel (segfault
+/// lines in `dmesg`) and by the suite's witness (violations naming a QEMU
+/// that died unexplained). They must agree: a segfault the suite did not
+/// report is a violation of its own.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct QemuAudit {
+    /// QEMU segfault lines the kernel logged during the run (`None`: the
+    /// kernel log cannot be read here).
+    pub kernel_segfaults: Option<usize>,
+    /// Unexplained QEMU deaths the suite reported.
+    pub suite_deaths: usize,
+}
+
+impl QemuAudit {
+    /// Whether the kernel saw QEMU segfaults the suite did not report.
+    pub fn disagrees(&self) -> bool {
+        self.kernel_segfaults.is_some_and(|k| k > self.suite_deaths)
+    }
 }
 
 impl Report {
@@ -24,6 +46,20 @@ impl Report {
             .filter(|c| matches!(c.outcome, Outcome::Violation(_)))
             .count()
             + self.faults.iter().filter(|f| f.outcome == "violation").count()
+            + usize::from(self.qemu.disagrees())
+    }
+
+    /// Counts the unexplained QEMU deaths the cases and faults reported.
+    pub fn count_qemu_deaths(&self) -> usize {
+        let case_lines = self.cases.iter().flat_map(|c| match &c.outcome {
+            Outcome::Violation(v) => v.clone(),
+            _ => Vec::new(),
+        });
+        let fault_lines = self.faults.iter().map(|f| f.detail.clone());
+        case_lines
+            .chain(fault_lines)
+            .map(|l| l.matches(", which the test did not cause").count())
+            .sum()
     }
 
     /// Crash cases that reached their crash point.
@@ -81,7 +117,12 @@ impl Report {
                         .unwrap_or_default(),
                     v.join("\n  ")
                 ));
-                if c.op.starts_with("live-") {
+                if c.op.ends_with("+random-kill") {
+                    out.push_str(&format!(
+                        "  reproduce: snapjournal-chaos --mode live-random with the same --seed and --live-op, --cases {} (this is its last case)\n",
+                        c.crash_at
+                    ));
+                } else if c.op.starts_with("live-") {
                     // Live cases are run per operation, every crash point.
                     let op = c.op.trim_end_matches("+qemu-killed");
                     out.push_str(&format!(
@@ -109,6 +150,17 @@ impl Report {
                 f.outcome,
                 first_line(&f.detail)
             ));
+        }
+        out.push_str(&format!(
+            "\nQEMU deaths the test did not cause: {} reported by the suite, {}\n",
+            self.qemu.suite_deaths,
+            match self.qemu.kernel_segfaults {
+                Some(k) => format!("{k} QEMU segfaults in the kernel log"),
+                None => "kernel log not readable here".into(),
+            }
+        ));
+        if self.qemu.disagrees() {
+            out.push_str("VIOLATION the kernel logged QEMU segfaults that no case reported\n");
         }
         out.push_str(&format!(
             "\n{} crash cases ({} reached their crash point), {} fault cases, {} violations, {:.1} s\n",

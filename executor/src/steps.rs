@@ -39,9 +39,10 @@ fn remove_file_if_exists(path: &str) -> Result<()> {
     if Path::new(path).symlink_metadata().is_err() {
         return Ok(());
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+    // The removal is made durable: a removed image must not come back
+    // after a power cut as an untracked stray with old data.
+    match crate::durable::remove_file(Path::new(path)) {
+        Ok(_) => Ok(()),
         Err(e) => Err(ImageError {
             action: "remove".into(),
             path: path.into(),
@@ -513,6 +514,13 @@ impl World<'_> {
                 // now is a partial overlay of ours.
                 remove_file_if_exists(path)?;
                 self.images.create_overlay(path, backing)?;
+                // qemu-img syncs the file, never its directory: the name is
+                // made durable before the commit point relies on it.
+                crate::durable::persist_new_file(Path::new(path)).map_err(|e| ImageError {
+                    action: "make durable".into(),
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             }
             Step::CommitImage { top, base, .. } => {
                 if !exists(top) {
@@ -592,6 +600,10 @@ impl World<'_> {
             } => {
                 if let Some(pid) = qemu::read_pidfile(Path::new(pidfile)) {
                     if qemu::is_qemu_on(pid, Path::new(qmp_socket)) {
+                        qemu::log_event(
+                            Path::new(pidfile),
+                            &format!("killing QEMU pid {pid} (SIGKILL): undoing its launch, which did not commit"),
+                        );
                         qemu::signal(pid, libc::SIGKILL);
                         qemu::wait_exit(pid, std::time::Duration::from_secs(10));
                     }

@@ -77,8 +77,18 @@ fn qdev_id(qdev: &str) -> String {
 }
 
 impl BlockGraph {
-    /// Reads the graph (`query-block` and `query-named-block-nodes`).
+    /// Reads the graph (`query-block` and `query-named-block-nodes`), once
+    /// no block job can change it by itself ([`super::settle`]).
     pub fn read(qmp: &mut Qmp) -> Result<BlockGraph, QmpError> {
+        super::settle::wait_settled(qmp)?;
+        Self::read_unsettled(qmp)
+    }
+
+    /// Reads the graph without waiting for block jobs to settle: the
+    /// sequence that crashes QEMU 7.2 while a job finishes. Only for the
+    /// regression test that shows it.
+    #[doc(hidden)]
+    pub fn read_unsettled(qmp: &mut Qmp) -> Result<BlockGraph, QmpError> {
         let nodes_v = qmp.execute(Cmd::QueryNamedBlockNodes, json!({ "flat": true }))?;
         let mut nodes = BTreeMap::new();
         let mut bitmaps = BTreeMap::new();

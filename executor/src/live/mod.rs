@@ -13,6 +13,7 @@ pub mod graph;
 pub mod jobs;
 pub mod qemu;
 pub mod qmp;
+pub mod settle;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -93,7 +94,7 @@ impl Live {
         };
         match f(q) {
             Ok(r) => Ok(Some(r)),
-            Err(e @ QmpError::Refused { .. }) => Err(e),
+            Err(e @ (QmpError::Refused { .. } | QmpError::Unsettled { .. })) => Err(e),
             Err(e) => {
                 // The connection failed: drop it, and tell a dead QEMU from
                 // a broken connection.

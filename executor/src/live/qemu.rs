@@ -105,22 +105,77 @@ pub fn command_line(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Res
     Ok(args)
 }
 
+/// The log file of the QEMU whose pidfile is `pidfile` (beside it, `.log`):
+/// QEMU's own messages (`-D`, stderr) with timestamps, appended across
+/// starts, as libvirt keeps `/var/log/libvirt/qemu/<domain>.log`.
+pub fn log_path(pidfile: &Path) -> PathBuf {
+    pidfile.with_extension("log")
+}
+
+/// The last `max` bytes of the QEMU log beside `pidfile` (for error
+/// messages and the chaos suite's reports).
+pub fn log_tail(pidfile: &Path, max: usize) -> String {
+    let text = std::fs::read(log_path(pidfile)).unwrap_or_default();
+    let from = text.len().saturating_sub(max);
+    String::from_utf8_lossy(&text[from..]).trim().to_string()
+}
+
+/// Appends a line from snapjournal itself to the QEMU log beside `pidfile`
+/// (why it stops or kills a QEMU), so the log tells a deliberate end from
+/// a crash.
+pub fn log_event(pidfile: &Path, message: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log_path(pidfile)) {
+        let _ = writeln!(f, "snapjournal (pid {}): {message}", std::process::id());
+    }
+}
+
 /// Starts QEMU for `core`, paused, and returns its pid once it daemonized.
+/// QEMU's messages go to [`log_path`].
 pub fn launch(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Result<u32, String> {
-    let args = command_line(core, qmp_socket, pidfile)?;
+    let mut args = command_line(core, qmp_socket, pidfile)?;
     let _ = std::fs::remove_file(qmp_socket);
     let _ = std::fs::remove_file(pidfile);
+    let log = log_path(pidfile);
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("cannot open QEMU's log file {}: {e}", log.display()))?;
+    let log_len = log_file.metadata().map(|m| m.len()).unwrap_or(0);
+    let err_file = log_file
+        .try_clone()
+        .map_err(|e| format!("cannot open QEMU's log file {}: {e}", log.display()))?;
+    // With -D, a daemonized QEMU keeps its stderr (the log file) instead of
+    // sending it to /dev/null: assertion failures and errors land there.
+    args.extend([
+        "-D".to_string(),
+        log.display().to_string(),
+        "-msg".to_string(),
+        "timestamp=on".to_string(),
+    ]);
+    if let Some(extra) = std::env::var_os("SNAPJOURNAL_TEST_EXTRA_QMP") {
+        args.push("-qmp".into());
+        args.push(format!(
+            "unix:{},server=on,wait=off",
+            extra.to_string_lossy().replace(',', ",,")
+        ));
+    }
     let bin = qemu_binary();
-    let out = Command::new(&bin)
+    let status = Command::new(&bin)
         .args(&args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file)
+        .status()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    if !out.status.success() {
+    if !status.success() {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let from = (log_len as usize).min(text.len());
         return Err(format!(
-            "{} failed ({}): {}",
+            "{} failed ({status}): {}",
             bin.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&text[from..]).trim()
         ));
     }
     read_pidfile(pidfile).ok_or_else(|| format!("QEMU started but wrote no pid to {}", pidfile.display()))

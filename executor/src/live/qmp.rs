@@ -7,7 +7,7 @@
 //! JSON: the crate's generated types follow QEMU 9.1's schema, and some
 //! replies of the QEMU we run against (7.2) do not fit it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,10 @@ pub enum QmpError {
         class: String,
         desc: String,
     },
+    /// Block jobs kept QEMU's graph moving: it was not read (QEMU 7.2
+    /// crashes when the graph is queried while a job finishes).
+    #[error("QMP on {socket}: block job(s) {jobs} keep QEMU's block graph unsafe to read (QEMU 7.2 crashes when it is read then); it was not read and nothing was changed")]
+    Unsettled { socket: String, jobs: String },
 }
 
 impl QmpError {
@@ -119,6 +123,67 @@ fn lose_reply(cmd: Cmd) -> bool {
     }
 }
 
+/// The QMP traffic log for tests and the chaos suite: with
+/// `SNAPJOURNAL_QMP_TRACE=<file>`, every command and its outcome is
+/// appended to the file, one line each, with the time, the process and the
+/// socket.
+mod trace {
+    use std::io::Write;
+    use std::path::Path;
+
+    fn write(line: String) {
+        let Some(path) = std::env::var_os("SNAPJOURNAL_QMP_TRACE") else {
+            return;
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    fn stamp(socket: &Path) -> String {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!(
+            "{}.{:06} pid {} {}",
+            t.as_secs(),
+            t.subsec_micros(),
+            std::process::id(),
+            socket.display()
+        )
+    }
+
+    pub(super) fn command(socket: &Path, name: &str, args: &serde_json::Value) {
+        if std::env::var_os("SNAPJOURNAL_QMP_TRACE").is_some() {
+            write(format!("{} -> {name} {args}\n", stamp(socket)));
+        }
+    }
+
+    pub(super) fn reply<E: std::fmt::Display>(
+        socket: &Path,
+        name: &str,
+        r: &Result<Result<serde_json::Value, qapi::ExecuteError>, E>,
+    ) {
+        if std::env::var_os("SNAPJOURNAL_QMP_TRACE").is_none() {
+            return;
+        }
+        let what = match r {
+            Ok(Ok(v)) => {
+                let mut s = v.to_string();
+                if s.len() > 300 {
+                    s.truncate(300);
+                    s.push('…');
+                }
+                format!("ok {s}")
+            }
+            Ok(Err(qapi::ExecuteError::Qapi(e))) => format!("refused {}", e.desc),
+            Ok(Err(qapi::ExecuteError::Io(e))) => format!("connection failed: {e}"),
+            Err(e) => format!("connection failed: {e}"),
+        };
+        write(format!("{} <- {name} {what}\n", stamp(socket)));
+    }
+}
+
 struct Connection {
     service: QapiService<Writer>,
     events: QapiEvents<Reader>,
@@ -132,6 +197,8 @@ pub struct Qmp {
     rt: tokio::runtime::Runtime,
     conn: Option<Connection>,
     events: VecDeque<qapi::qmp::Event>,
+    /// Jobs this client sent `job-complete` for (see [`super::settle`]).
+    completing: BTreeSet<String>,
 }
 
 impl Qmp {
@@ -149,6 +216,7 @@ impl Qmp {
             rt,
             conn: None,
             events: VecDeque::new(),
+            completing: BTreeSet::new(),
         };
         q.reconnect()?;
         Ok(q)
@@ -234,6 +302,12 @@ impl Qmp {
         let Some(conn) = self.conn.as_mut() else {
             return Err(conn_err("not connected".into()));
         };
+        if cmd == Cmd::JobComplete {
+            if let Some(id) = args.get("id").and_then(Value::as_str) {
+                self.completing.insert(id.to_string());
+            }
+        }
+        trace::command(&self.socket, cmd.name(), &args);
         let events = &mut self.events;
         let result = self.rt.block_on(async {
             let reply = send(&conn.service, cmd, args);
@@ -259,6 +333,7 @@ impl Qmp {
                 }
             }
         });
+        trace::reply(&self.socket, cmd.name(), &result);
         match result {
             Ok(Ok(_)) if lose_reply(cmd) => {
                 self.conn = None;
@@ -298,7 +373,17 @@ impl Qmp {
     /// The block jobs QEMU knows (`query-jobs`).
     pub fn jobs(&mut self) -> Result<Vec<JobInfo>, QmpError> {
         let v = self.execute(Cmd::QueryJobs, json!({}))?;
-        Ok(serde_json::from_value(v).unwrap_or_default())
+        let jobs: Vec<JobInfo> = serde_json::from_value(v).unwrap_or_default();
+        // A completion requested is on its way only while the job is ready.
+        self.completing
+            .retain(|id| jobs.iter().any(|j| &j.id == id && j.status == "ready"));
+        Ok(jobs)
+    }
+
+    /// The jobs this client sent `job-complete` for that were still ready
+    /// when last seen.
+    pub fn completing(&self) -> &BTreeSet<String> {
+        &self.completing
     }
 
     /// The job called `id`, if QEMU has it.

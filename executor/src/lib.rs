@@ -2,6 +2,7 @@
 //! idempotent, probe-able, undoable steps and runs it as a journaled
 //! transaction, against qemu-img and the libvirt-format XML files.
 
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod images;

@@ -167,13 +167,14 @@ impl MetadataStore {
         for p in self.present_files(domain)? {
             if !expected.contains_key(&p) {
                 crash_point("xml.remove.before");
-                fs::remove_file(&p).map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
+                crate::durable::remove_file(&p).map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
             }
         }
         if !state.domains.contains_key(domain) {
             for dir in [self.snapshot_dir(domain), self.checkpoint_dir(domain)] {
                 if dir.exists() {
                     fs::remove_dir(&dir)
+                        .and_then(|()| crate::durable::fsync_parent(&dir))
                         .map_err(|e| meta_err(&dir, format!("cannot remove directory: {e}")))?;
                 }
             }
@@ -309,7 +310,7 @@ impl MetadataStore {
         for (p, c) in &rendered {
             if c.is_none() && p.exists() {
                 crash_point("xml.remove.before");
-                fs::remove_file(p).map_err(|e| meta_err(p, format!("cannot remove: {e}")))?;
+                crate::durable::remove_file(p).map_err(|e| meta_err(p, format!("cannot remove: {e}")))?;
             }
         }
         // Stray temp files (of a crashed writer) go too.
@@ -318,7 +319,7 @@ impl MetadataStore {
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX));
             if stray {
-                fs::remove_file(&p).map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
+                crate::durable::remove_file(&p).map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
             }
         }
         Ok(())
@@ -340,11 +341,12 @@ fn write_files(files: &[(&Path, &[u8])]) -> Result<()> {
     Ok(())
 }
 
-/// Writes many files atomically with one file-system sync instead of one
-/// per file: every temp file written, `syncfs` once, every rename, one
-/// fsync per directory. A crash leaves each file old or new, never torn
-/// (the renames happen only after the sync), and stray temp files that the
-/// next sync removes.
+/// Writes many files atomically: every temp file written, all of them
+/// fsynced (on several threads; not `syncfs`, which syncs one file system
+/// only and which a FUSE file system never sees), every rename, one fsync
+/// per directory. A crash or power cut leaves each file old or new, never
+/// torn (the renames happen only after the data is durable), and stray
+/// temp files that the next sync removes.
 pub fn write_many_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
     let mut dirs = std::collections::BTreeSet::new();
     let mut renames = Vec::with_capacity(files.len());
@@ -353,7 +355,8 @@ pub fn write_many_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
             .parent()
             .ok_or_else(|| meta_err(path, "no parent directory"))?;
         if dirs.insert(dir.to_path_buf()) {
-            fs::create_dir_all(dir).map_err(|e| meta_err(dir, format!("cannot create directory: {e}")))?;
+            crate::durable::create_dir_all(dir)
+                .map_err(|e| meta_err(dir, format!("cannot create directory: {e}")))?;
         }
         let name = path
             .file_name()
@@ -364,17 +367,11 @@ pub fn write_many_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
         renames.push((tmp, path.to_path_buf()));
     }
     crash_point("xml.tmp.written");
-    if let Some(first) = dirs.iter().next() {
-        let d = fs::File::open(first).map_err(|e| meta_err(first, format!("cannot open: {e}")))?;
-        // SAFETY: syncfs on a file descriptor we own; no memory is shared.
-        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) };
-        if rc != 0 {
-            return Err(meta_err(
-                first,
-                format!("cannot sync the file system: {}", std::io::Error::last_os_error()),
-            ));
-        }
-    }
+    let temps: Vec<std::path::PathBuf> = renames.iter().map(|(t, _)| t.clone()).collect();
+    crate::durable::fsync_files(&temps).map_err(|e| {
+        let dir = dirs.iter().next().map(|d| d.as_path()).unwrap_or(Path::new("."));
+        meta_err(dir, format!("cannot fsync the new files: {e}"))
+    })?;
     crash_point("xml.rename.before");
     for (tmp, path) in &renames {
         fs::rename(tmp, path).map_err(|e| {
@@ -397,7 +394,8 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| meta_err(path, "no parent directory"))?;
-    fs::create_dir_all(dir).map_err(|e| meta_err(dir, format!("cannot create directory: {e}")))?;
+    crate::durable::create_dir_all(dir)
+        .map_err(|e| meta_err(dir, format!("cannot create directory: {e}")))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -324,11 +324,18 @@ impl Journal {
     /// Opens (creating if needed) the journal in `dir`, taking the state
     /// directory lock.
     pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal> {
-        if !options.read_only {
-            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
+        if !options.read_only && !dir.is_dir() {
+            // A new state directory is made durable in its parent (RocksDB
+            // syncs its own directory, not the one above it).
+            std::fs::create_dir_all(dir)
+                .and_then(|()| match dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => std::fs::File::open(p)?.sync_all(),
+                    _ => Ok(()),
+                })
+                .map_err(|source| JournalError::Io {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
         }
         let lock = DirLock::acquire(dir)?;
         let db_dir = dir.join("journal");
@@ -375,6 +382,7 @@ impl Journal {
                 }
                 ColumnFamilyDescriptor::new(n, cf)
             });
+        let fresh = !db_dir.exists();
         let db = if options.read_only {
             DB::open_cf_descriptors_read_only(&opts, &db_dir, cfs, false)
         } else {
@@ -384,6 +392,15 @@ impl Journal {
             dir: db_dir.clone(),
             message: e.to_string(),
         })?;
+        if fresh && !options.read_only {
+            // RocksDB's directory entry, made durable in the state directory.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| JournalError::Io {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+        }
         let ids = CfIds::of(&db, &db_dir)?;
         let mut journal = Journal {
             ids,

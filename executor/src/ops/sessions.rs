@@ -58,14 +58,14 @@ impl Executor {
         }
         let id = format!("rs-{}", uuid::Uuid::new_v4());
         let root = self.sessions_dir();
-        std::fs::create_dir_all(&root).map_err(|e| io_err(&root, "cannot create", e))?;
+        crate::durable::create_dir_all(&root).map_err(|e| io_err(&root, "cannot create", e))?;
         // Built under a temporary name and renamed: a session directory
         // always has its domain file.
         let tmp = root.join(format!(".tmp-{id}"));
         std::fs::create_dir(&tmp).map_err(|e| io_err(&tmp, "cannot create", e))?;
         write_atomic(&tmp.join("domain"), domain.as_bytes())?;
         let dir = root.join(&id);
-        std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, "cannot create", e))?;
+        crate::durable::rename(&tmp, &dir).map_err(|e| io_err(&dir, "cannot create", e))?;
         Ok(id)
     }
 
@@ -134,6 +134,8 @@ impl Executor {
         )?;
         journal::crashpoint::crash_point("redefine.session.committed");
         std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, "cannot remove", e))?;
+        crate::durable::fsync_parent(&dir)
+            .map_err(|e| io_err(&dir, "cannot fsync the parent directory after removing", e))?;
         Ok(report)
     }
 
@@ -181,7 +183,9 @@ impl Executor {
     /// Drops session `id` and its documents.
     pub fn redefine_abort(&self, id: &str) -> Result<()> {
         let dir = self.session_dir(id)?;
-        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, "cannot remove", e))
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, "cannot remove", e))?;
+        crate::durable::fsync_parent(&dir)
+            .map_err(|e| io_err(&dir, "cannot fsync the parent directory after removing", e))
     }
 
     /// Open sessions: (id, domain, documents).

@@ -250,16 +250,29 @@ enum JournalCmd {
     Verify,
 }
 
+/// Reads an input document: at most [`MAX_INPUT`] bytes, counted while
+/// reading (a pipe, a device like /dev/zero or a growing file is cut off
+/// there, not read until memory runs out); a UTF-8 byte-order mark is
+/// dropped.
 fn read_input(path: &PathBuf) -> Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > MAX_INPUT {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_INPUT {
         bail!(
-            "{} is {} bytes, more than the {MAX_INPUT} accepted; nothing was changed",
-            path.display(),
-            meta.len()
+            "{} holds more than the {MAX_INPUT} bytes accepted; nothing was changed",
+            path.display()
         );
     }
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8 text", path.display()))
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text ({e}); nothing was changed", path.display()))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 fn parse_diskspec(spec: &str) -> Result<DiskRequest> {

@@ -295,6 +295,23 @@ fn check_domain(
     for s in d.snapshots.values() {
         for sd in &s.disks {
             if let Some(f) = &sd.frozen {
+                if let Some(w) = d
+                    .core
+                    .disks
+                    .values()
+                    .find(|x| x.chain.first().is_some_and(|c| c.path == f.path))
+                {
+                    report.findings.push(finding(
+                        "I4",
+                        "frozen-image-writable",
+                        format!("{dom}/{}", s.name),
+                        format!(
+                            "domain {dom}, snapshot {}, disk {}: the snapshot's image {} is the active layer of disk {} — the domain still writes into it, so the snapshot protects nothing and a revert would bring back later data",
+                            s.name, sd.disk, f.path, w.target
+                        ),
+                        "nothing automatic: delete the snapshot with --metadata-only, or point the domain's disk at an overlay on the image",
+                    ));
+                }
                 if !Path::new(&f.path).exists() {
                     report.findings.push(finding(
                         "I4",
@@ -307,6 +324,24 @@ fn check_domain(
                         NO_REPAIR,
                     ));
                 }
+            }
+        }
+    }
+    // A bitmap belongs to one checkpoint (what redefine enforces).
+    let mut owner: std::collections::BTreeMap<(&str, &str), &str> = Default::default();
+    for c in d.checkpoints.values() {
+        for (disk, bitmap) in c.bitmaps() {
+            if let Some(other) = owner.insert((disk, bitmap), c.name.as_str()) {
+                report.findings.push(finding(
+                    "I4",
+                    "bitmap-shared",
+                    format!("{dom}/{}", c.name),
+                    format!(
+                        "domain {dom}, disk {disk}: checkpoints {other} and {} both name bitmap {bitmap}; deleting either would destroy the other's change tracking",
+                        c.name
+                    ),
+                    "nothing automatic: delete one of the checkpoints with --metadata-only",
+                ));
             }
         }
     }

@@ -175,6 +175,28 @@ impl Executor {
                     .flatten();
             }
         }
+        // A bitmap belongs to exactly one checkpoint: deleting one of two
+        // sharing it would merge it into itself and remove the other's.
+        let mut owner: BTreeMap<(String, String), String> = BTreeMap::new();
+        for c in dom.checkpoints.values() {
+            if incoming.contains_key(&c.name) {
+                continue;
+            }
+            for (disk, bitmap) in c.bitmaps() {
+                owner.insert((disk.to_string(), bitmap.to_string()), c.name.clone());
+            }
+        }
+        for (name, Incoming { origin, record, .. }) in &incoming {
+            for (disk, bitmap) in record.bitmaps() {
+                let key = (disk.to_string(), bitmap.to_string());
+                if let Some(other) = owner.get(&key) {
+                    return Err(ExecError::Invalid(format!(
+                        "{origin}: checkpoint {name}, disk {disk}: bitmap {bitmap} already belongs to checkpoint {other}; each checkpoint needs a bitmap of its own"
+                    )));
+                }
+                owner.insert(key, name.clone());
+            }
+        }
         // Every bitmap a new checkpoint names is in an image of the disk's
         // present chain (each image read once).
         let mut in_image: BTreeMap<String, Vec<String>> = BTreeMap::new();

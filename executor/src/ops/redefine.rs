@@ -310,6 +310,15 @@ impl Executor {
             };
             for d in &rec.disks {
                 let Some(frozen) = &d.frozen else { continue };
+                if let Some(w) = writable_disk_of(dom, &frozen.path) {
+                    return Err(fail(
+                        &d.disk,
+                        format!(
+                            "its image {} is the image domain {domain} writes into now (the active layer of disk {w}): a snapshot of it would protect nothing; give the overlay the snapshot created (<disk name='{}' snapshot='external'><source file='…'/>) as the domain's disk, or exclude the disk with snapshot='no'",
+                            frozen.path, d.disk
+                        ),
+                    ));
+                }
                 let head = read_header(&frozen.path)
                     .map_err(|e| fail(&d.disk, format!("image {} is not usable: {e}", frozen.path)))?;
                 if head.format != frozen.format {
@@ -369,4 +378,13 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// The disk of `dom` whose active (writable) layer is the image at `path`.
+pub(crate) fn writable_disk_of<'a>(dom: &'a DomainState, path: &str) -> Option<&'a str> {
+    dom.core
+        .disks
+        .values()
+        .find(|d| d.chain.first().is_some_and(|c| c.path == path))
+        .map(|d| d.target.as_str())
 }

@@ -109,7 +109,12 @@ impl Fixture {
     /// A fixture with `disks` base images (vda, vdb, …) and the domain
     /// `vm` defined.
     pub fn new(disks: usize) -> Result<Fixture> {
-        let root = tempfile::Builder::new().prefix("sj-").tempdir()?;
+        Fixture::new_in(&std::env::temp_dir(), disks)
+    }
+
+    /// [`Fixture::new`] in a directory of `parent` (a power-cut mount).
+    pub fn new_in(parent: &Path, disks: usize) -> Result<Fixture> {
+        let root = tempfile::Builder::new().prefix("sj-").tempdir_in(parent)?;
         let state = root.path().join("state");
         let img = root.path().join("img");
         std::fs::create_dir_all(&img)?;

@@ -7,6 +7,7 @@ pub mod invariants;
 pub mod live;
 pub mod livechaos;
 pub mod livekill;
+pub mod powercut;
 pub mod random;
 pub mod report;
 pub mod runner;

@@ -125,7 +125,11 @@ fn run_case_on(
     while seen.lock().map(|w| w.count).unwrap_or(0) == 0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let mut child = f.command(&op.args()).spawn()?;
+    let mut child = f
+        .command(&op.args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     std::thread::sleep(Duration::from_millis(delay_ms));
     let killed = matches!(child.try_wait(), Ok(None));
     if killed {

@@ -32,6 +32,10 @@ enum Mode {
     /// Live operations SIGKILLed at seeded random moments while the guest
     /// writes: --seed, --cases, --live-op.
     LiveRandom,
+    /// Power cuts on a FUSE file system that keeps only what was synced:
+    /// every offline operation (--op, --disks) cut at every crash point
+    /// and before every sync, under several policies.
+    PowerCut,
 }
 
 #[derive(Parser)]
@@ -73,6 +77,9 @@ struct Args {
     schedules: u64,
     #[arg(long, default_value_t = 12)]
     steps: usize,
+    /// Leave out the power-cut sample (bounded mode).
+    #[arg(long)]
+    no_power_cut: bool,
     /// Cases of the live-random mode (the bounded mode runs 6).
     #[arg(long, default_value_t = 24)]
     cases: u64,
@@ -175,6 +182,7 @@ fn main() -> Result<()> {
             Mode::Random => "random",
             Mode::Live => "live",
             Mode::LiveRandom => "live-random",
+            Mode::PowerCut => "power-cut",
         }
         .into(),
         ..Default::default()
@@ -218,8 +226,38 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
+    if args.mode == Mode::PowerCut || (args.mode == Mode::Bounded && !args.no_power_cut) {
+        use chaos::powercut::model::Policy;
+        let (pc_ops, pc_disks, points, syncs): (Vec<Op>, Vec<usize>, Vec<Policy>, Vec<Policy>) =
+            if args.mode == Mode::PowerCut {
+                (
+                    ops.clone(),
+                    disks.clone(),
+                    vec![
+                        Policy::DropAll,
+                        Policy::KeepNames,
+                        Policy::Random(args.seed),
+                        Policy::Torn(args.seed),
+                    ],
+                    vec![Policy::DropAll, Policy::KeepNames, Policy::Torn(args.seed)],
+                )
+            } else {
+                // CI's sample: the operations that create, rename and
+                // remove files, on one disk.
+                (
+                    vec![Op::Create, Op::Revert, Op::DeleteLeaf],
+                    vec![1],
+                    vec![Policy::DropAll],
+                    vec![Policy::DropAll],
+                )
+            };
+        let jobs = chaos::powercut::jobs(&pc_ops, &pc_disks, &points, &syncs)?;
+        eprintln!("running {} power-cut cases with {} jobs", jobs.len(), args.jobs);
+        report.cases.extend(chaos::powercut::run_jobs(jobs, args.jobs));
+    }
+
     let mut jobs = Vec::new();
-    let offline_ops: &[Op] = if matches!(args.mode, Mode::Live | Mode::LiveRandom) {
+    let offline_ops: &[Op] = if matches!(args.mode, Mode::Live | Mode::LiveRandom | Mode::PowerCut) {
         &[]
     } else {
         &ops
@@ -279,7 +317,7 @@ fn main() -> Result<()> {
         jobs.retain(|j| j.recovery_crash_at == args.recovery_crash_at);
     }
     eprintln!("running {} crash cases with {} jobs", jobs.len(), args.jobs);
-    report.cases = run_jobs(jobs, args.jobs);
+    report.cases.extend(run_jobs(jobs, args.jobs));
 
     if matches!(args.mode, Mode::LiveRandom | Mode::Bounded | Mode::Full) && !args.no_live {
         let cases = if args.mode == Mode::Bounded { 6 } else { args.cases };
@@ -316,7 +354,10 @@ fn main() -> Result<()> {
         }
     }
 
-    if !matches!(args.mode, Mode::One | Mode::Live | Mode::LiveRandom) {
+    if !matches!(
+        args.mode,
+        Mode::One | Mode::Live | Mode::LiveRandom | Mode::PowerCut
+    ) {
         eprintln!("running fault cases");
         report.faults.push(faults::storage_fault("readonly")?);
         report.faults.push(faults::storage_fault("full")?);

@@ -86,12 +86,12 @@ impl Report {
             }
         }
         out.push_str(&format!(
-            "{:<22} {:>5} {:>7} {:>11} {:>14} {:>11} {:>10}\n",
+            "{:<42} {:>5} {:>7} {:>11} {:>14} {:>11} {:>10}\n",
             "operation", "disks", "double", "rolled-back", "rolled-forward", "not-reached", "VIOLATION"
         ));
         for ((op, disks, double), n) in &per {
             out.push_str(&format!(
-                "{:<22} {:>5} {:>7} {:>11} {:>14} {:>11} {:>10}\n",
+                "{:<42} {:>5} {:>7} {:>11} {:>14} {:>11} {:>10}\n",
                 op,
                 disks,
                 if *double { "yes" } else { "no" },

@@ -30,18 +30,31 @@ pub enum ExecError {
     ForwardIncomplete { txn: TxnId, what: String, cause: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// A qemu-img call made while planning failed.
+    /// A qemu-img call made while planning failed. (Not a `#[source]`:
+    /// the message already holds it, and a chain printer would repeat it.)
     #[error("{0}; nothing was changed")]
-    Image(#[from] ImageError),
+    Image(ImageError),
     /// An XML document was refused.
     #[error("{0}; nothing was changed")]
-    Xml(#[from] XmlError),
+    Xml(XmlError),
     /// A running QEMU refused a command, did not answer, or a block job
     /// failed.
     #[error("live operation: {0}")]
     Live(String),
     #[error("metadata file {path}: {message}")]
     Metadata { path: String, message: String },
+}
+
+impl From<ImageError> for ExecError {
+    fn from(e: ImageError) -> Self {
+        ExecError::Image(e)
+    }
+}
+
+impl From<XmlError> for ExecError {
+    fn from(e: XmlError) -> Self {
+        ExecError::Xml(e)
+    }
 }
 
 /// A qemu-img call that failed.
@@ -64,3 +77,28 @@ pub struct XmlError {
 
 /// Result alias of the executor.
 pub type Result<T, E = ExecError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error printed with its chain (`{:#}`, as the CLI does) says each
+    /// thing once.
+    #[test]
+    fn chained_messages_are_not_repeated() {
+        let e = anyhow::Error::from(ExecError::from(XmlError {
+            what: "s1.xml".into(),
+            message: "malformed".into(),
+        }));
+        assert_eq!(format!("{e:#}"), "s1.xml: malformed; nothing was changed");
+        let e = anyhow::Error::from(ExecError::from(ImageError {
+            action: "info".into(),
+            path: "/i/a".into(),
+            message: "gone".into(),
+        }));
+        assert_eq!(
+            format!("{e:#}"),
+            "qemu-img info on /i/a: gone; nothing was changed"
+        );
+    }
+}

@@ -419,8 +419,17 @@ pub fn read_header(path: &str) -> Result<Header, ImageError> {
     let mut h = [0u8; 112];
     let n = f.read(&mut h).map_err(|e| header_err(path, e.to_string()))?;
     if n < 72 || h[..4] != *b"QFI\xfb" {
+        // Formats snapjournal does not manage are named, not taken for raw.
+        let other = [
+            (&b"QED\0"[..], "qed"),
+            (&b"KDMV"[..], "vmdk"),
+            (&b"vhdxfile"[..], "vhdx"),
+        ]
+        .iter()
+        .find(|(magic, _)| h[..n].starts_with(magic))
+        .map(|(_, f)| *f);
         return Ok(Header {
-            format: "raw".into(),
+            format: other.unwrap_or("raw").into(),
             backing: None,
             backing_format: None,
             internal_snapshots: 0,

@@ -109,3 +109,201 @@ fn a_byte_order_mark_and_names_with_spaces_are_accepted() {
         &err[..err.len().min(300)]
     );
 }
+
+#[test]
+fn libvirt_style_recording_bitmaps_are_refused_with_the_remedy() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["checkpoint", "create", "vm", "c1"]).unwrap();
+    f.ok(&["checkpoint", "create", "vm", "c2"]).unwrap();
+    let mut files = Vec::new();
+    for c in ["c1", "c2"] {
+        let p = f.root.path().join(format!("{c}.xml"));
+        std::fs::write(&p, f.ok(&["checkpoint", "dumpxml", "vm", c]).unwrap()).unwrap();
+        files.push(p.display().to_string());
+    }
+    for c in ["c2", "c1"] {
+        f.ok(&["checkpoint", "delete", "vm", c, "--metadata-only"])
+            .unwrap();
+    }
+    // libvirt keeps every checkpoint's bitmap enabled.
+    let base = f.base("vda");
+    tool("qemu-img", &["bitmap", "--enable", &base, "c1"]).unwrap();
+    let mut args = vec!["checkpoint", "redefine", "vm"];
+    args.extend(files.iter().map(String::as_str));
+    let err = f.fails(&args).unwrap();
+    assert!(
+        err.contains("records writes although the newer checkpoint c2 does")
+            && err.contains("qemu-img bitmap --disable")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(f.state().unwrap().domains["vm"].checkpoints.is_empty());
+    // Done as the message says, the same documents are accepted and fsck
+    // agrees.
+    tool("qemu-img", &["bitmap", "--disable", &base, "c1"]).unwrap();
+    f.ok(&args).unwrap();
+    f.ok(&["fsck"]).unwrap();
+}
+
+/// A domain `vm3` with a file disk, a block device and a cdrom.
+fn domain_with_other_disks(f: &Fixture) {
+    let vda = f.img.join("vm3-vda.qcow2").display().to_string();
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", &vda, "4M"]).unwrap();
+    let xml = format!(
+        "<domain type='kvm'>\n  <name>vm3</name>\n  <memory unit='KiB'>65536</memory>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{vda}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <disk type='block' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source dev='/dev/null'/>\n      <target dev='vdz' bus='virtio'/>\n    </disk>\n    <disk type='file' device='cdrom'>\n      <target dev='hdc' bus='sata'/>\n      <readonly/>\n    </disk>\n  </devices>\n</domain>\n"
+    );
+    let p = f.root.path().join("vm3.xml");
+    std::fs::write(&p, xml).unwrap();
+    f.ok(&["domain", "define", p.to_str().unwrap()]).unwrap();
+}
+
+#[test]
+fn block_disks_and_cdroms_are_named_not_invisible() {
+    let f = Fixture::new(1).unwrap();
+    domain_with_other_disks(&f);
+    // Excluding them is accepted; snapshotting them is refused by kind.
+    f.ok(&[
+        "snapshot",
+        "create",
+        "vm3",
+        "s1",
+        "--diskspec",
+        "vdz,snapshot=no",
+        "--diskspec",
+        "hdc,snapshot=no",
+    ])
+    .unwrap();
+    let err = f
+        .fails(&[
+            "snapshot",
+            "create",
+            "vm3",
+            "s2",
+            "--diskspec",
+            "vdz,file=/tmp/never",
+        ])
+        .unwrap();
+    assert!(
+        err.contains("disk vdz of domain vm3 is a block device") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    let err = f
+        .fails(&["checkpoint", "create", "vm3", "c1", "--diskspec", "hdc"])
+        .unwrap();
+    assert!(err.contains("disk hdc of domain vm3 is a cdrom"), "{err}");
+    f.ok(&[
+        "checkpoint",
+        "create",
+        "vm3",
+        "c1",
+        "--diskspec",
+        "hdc,checkpoint=no",
+    ])
+    .unwrap();
+    // A libvirt-style document that lists the cdrom as snapshot='no' is
+    // carried; one that snapshots the block device is refused by kind.
+    let s1 = f.ok(&["snapshot", "dumpxml", "vm3", "s1"]).unwrap();
+    f.ok(&["snapshot", "delete", "vm3", "s1", "--metadata-only"])
+        .unwrap();
+    let with_cdrom = s1.replacen("<disks>", "<disks>\n    <disk name='hdc' snapshot='no'/>", 1);
+    let p = f.root.path().join("s1-cdrom.xml");
+    std::fs::write(&p, &with_cdrom).unwrap();
+    f.ok(&["snapshot", "redefine", "vm3", p.to_str().unwrap()])
+        .unwrap();
+    f.ok(&["snapshot", "delete", "vm3", "s1", "--metadata-only"])
+        .unwrap();
+    let with_block = s1.replacen(
+        "<disks>",
+        "<disks>\n    <disk name='vdz' snapshot='external'><source file='/tmp/vdz.s1'/></disk>",
+        1,
+    );
+    std::fs::write(&p, &with_block).unwrap();
+    let err = f
+        .fails(&["snapshot", "redefine", "vm3", p.to_str().unwrap()])
+        .unwrap();
+    assert!(err.contains("disk vdz: the disk is a block device"), "{err}");
+    f.ok(&["fsck"]).unwrap();
+}
+
+#[test]
+fn overlays_of_kinds_snapjournal_does_not_manage_are_refused_by_name() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    let s1 = f.ok(&["snapshot", "dumpxml", "vm", "s1"]).unwrap();
+    let overlay = f.img.join("vda.s1").display().to_string();
+    assert!(s1.contains(&overlay), "{s1}");
+    f.ok(&["snapshot", "delete", "vm", "s1", "--metadata-only"])
+        .unwrap();
+    let p = f.root.path().join("s1.xml");
+    let cases = [
+        (
+            s1.replacen(
+                "snapshot='external' type='file'",
+                "snapshot='external' type='block'",
+                1,
+            ),
+            "of type 'block'",
+        ),
+        (
+            s1.replacen("<driver type='qcow2'/>", "<driver type='qed'/>", 1),
+            "a qed image",
+        ),
+        (
+            s1.replacen(&format!("file='{overlay}'"), "", 1),
+            "names no overlay file",
+        ),
+    ];
+    for (doc, want) in &cases {
+        assert_ne!(doc, &s1, "the edit for {want:?} did not apply");
+        std::fs::write(&p, doc).unwrap();
+        let err = f
+            .fails(&["snapshot", "redefine", "vm", p.to_str().unwrap()])
+            .unwrap();
+        assert!(
+            err.contains(want) && err.contains("nothing was changed"),
+            "{want}: {err}"
+        );
+        // Said once, not once more through the error's source chain.
+        assert_eq!(err.matches("nothing was changed").count(), 1, "{err}");
+    }
+    // A qed file where the overlay should be: named, not "stands on nothing".
+    let qed = f.img.join("vda.qed").display().to_string();
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qed",
+            "-F",
+            "qcow2",
+            "-b",
+            &f.base("vda"),
+            &qed,
+        ],
+    )
+    .unwrap();
+    std::fs::write(&p, s1.replacen(&overlay, &qed, 1)).unwrap();
+    let err = f
+        .fails(&["snapshot", "redefine", "vm", p.to_str().unwrap()])
+        .unwrap();
+    assert!(err.contains("is a qed image"), "{err}");
+    assert!(f.state().unwrap().domains["vm"].snapshots.is_empty());
+}
+
+#[test]
+fn redefining_the_same_snapshot_with_other_line_endings_and_quotes_is_a_no_op() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    let s1 = f.ok(&["snapshot", "dumpxml", "vm", "s1"]).unwrap();
+    let start = s1.find("<domain").unwrap();
+    let (head, dom) = s1.split_at(start);
+    let requoted = format!("{head}{}", dom.replace("'", "\"").replace('\n', "\r\n"));
+    let p = f.root.path().join("s1.xml");
+    std::fs::write(&p, requoted).unwrap();
+    let out = f
+        .ok(&["--json", "snapshot", "redefine", "vm", p.to_str().unwrap()])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["unchanged"], serde_json::json!(["s1"]), "{out}");
+}

@@ -138,6 +138,15 @@ pub(crate) fn new_checkpoint_record(
     let mut chosen: BTreeMap<&str, bool> = BTreeMap::new();
     for (disk, bitmap) in &req.disks {
         if !dom.core.disks.contains_key(disk) {
+            if let Some(o) = crate::xml::domain::other_disk(&dom.core.xml, disk) {
+                if !*bitmap {
+                    continue;
+                }
+                return Err(ExecError::Invalid(format!(
+                    "disk {disk} of domain {domain} is {}; checkpoints keep bitmaps in qcow2 disks only (exclude it with --diskspec {disk},checkpoint=no)",
+                    o.kind
+                )));
+            }
             return Err(ExecError::Invalid(format!(
                 "domain {domain} has no disk {disk} (it has: {})",
                 dom.core.disks.keys().cloned().collect::<Vec<_>>().join(", ")

@@ -199,7 +199,7 @@ impl Executor {
         }
         // Every bitmap a new checkpoint names is in an image of the disk's
         // present chain (each image read once).
-        let mut in_image: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut in_image: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
         for (
             name,
             Incoming {
@@ -226,11 +226,11 @@ impl Executor {
                                 ExecError::Invalid(format!("{origin}: checkpoint {name}, disk {disk}: {e}"))
                             })?
                             .into_iter()
-                            .map(|b| b.name)
+                            .map(|b| (b.name, b.enabled))
                             .collect();
                         in_image.insert(image.path.clone(), names);
                     }
-                    found |= in_image[&image.path].iter().any(|b| b == bitmap);
+                    found |= in_image[&image.path].iter().any(|(b, _)| b == bitmap);
                 }
                 if !found {
                     return Err(ExecError::Invalid(format!(
@@ -240,6 +240,7 @@ impl Executor {
                 }
             }
         }
+        self.check_recording_bitmaps(dom, &incoming, &unchanged)?;
         let defined: Vec<String> = incoming
             .keys()
             .filter(|n| !unchanged.contains(n))
@@ -262,5 +263,81 @@ impl Executor {
                 ..Default::default()
             },
         ))
+    }
+
+    /// With the new checkpoints defined, only the newest checkpoint's
+    /// bitmap on each disk may record writes in the active image, and it
+    /// must (fsck's rule). libvirt keeps every checkpoint's bitmap enabled:
+    /// such images are refused here with the remedy, never accepted and
+    /// then reported by fsck.
+    fn check_recording_bitmaps(
+        &self,
+        dom: &DomainState,
+        incoming: &BTreeMap<String, Incoming>,
+        unchanged: &[String],
+    ) -> Result<()> {
+        let new: Vec<&Incoming> = incoming
+            .iter()
+            .filter(|(n, _)| !unchanged.contains(n))
+            .map(|(_, i)| i)
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut after = dom.clone();
+        for i in &new {
+            after.checkpoints.insert(i.record.name.clone(), i.record.clone());
+        }
+        let domain = &dom.core.name;
+        for disk in dom.core.disks.values() {
+            if !new.iter().any(|i| i.record.bitmap_on(&disk.target).is_some()) {
+                continue;
+            }
+            let Some(active) = disk.chain.first().filter(|a| a.format == "qcow2") else {
+                continue;
+            };
+            let present = self
+                .images()
+                .bitmaps(&active.path)
+                .map_err(|e| ExecError::Invalid(format!("domain {domain}, disk {}: {e}", disk.target)))?;
+            let newest = after.newest_checkpoint(Some(&disk.target));
+            for c in after.checkpoints.values() {
+                let Some(b) = c.bitmap_on(&disk.target) else {
+                    continue;
+                };
+                let here = present.iter().find(|x| x.name == b);
+                let is_newest = newest.is_some_and(|n| n.name == c.name);
+                let origin = incoming
+                    .get(&c.name)
+                    .map(|i| format!("{}: ", i.origin))
+                    .unwrap_or_default();
+                match (is_newest, here) {
+                    (false, Some(x)) if x.enabled => {
+                        return Err(ExecError::Invalid(format!(
+                            "{origin}checkpoint {}, disk {}: bitmap {b} in {} records writes although the newer checkpoint {} does; snapjournal keeps only the newest checkpoint's bitmap recording (libvirt keeps them all enabled). Disable it first, with the domain stopped: qemu-img bitmap --disable {} {b}",
+                            c.name,
+                            disk.target,
+                            active.path,
+                            newest.map(|n| n.name.as_str()).unwrap_or("?"),
+                            active.path
+                        )));
+                    }
+                    (true, Some(x)) if !x.enabled => {
+                        return Err(ExecError::Invalid(format!(
+                            "{origin}checkpoint {}, disk {}: bitmap {b} in {} does not record writes, although {} is the newest checkpoint: changes since it would go untracked. Enable it first, with the domain stopped: qemu-img bitmap --enable {} {b}",
+                            c.name, disk.target, active.path, c.name, active.path
+                        )));
+                    }
+                    (true, None) => {
+                        return Err(ExecError::Invalid(format!(
+                            "{origin}checkpoint {}, disk {}: the newest checkpoint's bitmap {b} is not in the active image {}, so writes would go untracked",
+                            c.name, disk.target, active.path
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 }

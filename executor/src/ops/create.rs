@@ -66,6 +66,15 @@ impl Executor {
         let mut requested: BTreeMap<&str, &DiskRequest> = BTreeMap::new();
         for d in &req.disks {
             if !dom.core.disks.contains_key(&d.disk) {
+                if let Some(o) = crate::xml::domain::other_disk(&dom.core.xml, &d.disk) {
+                    if d.mode == journal::DiskSnapshotMode::No {
+                        continue;
+                    }
+                    return Err(ExecError::Invalid(format!(
+                        "disk {} of domain {domain} is {}; snapjournal snapshots file-backed disks only (exclude it with --diskspec {},snapshot=no)",
+                        d.disk, o.kind, d.disk
+                    )));
+                }
                 return Err(ExecError::Invalid(format!(
                     "domain {domain} has no disk {} (it has: {})",
                     d.disk,

@@ -100,6 +100,15 @@ fn record_from_xml(domain: &str, origin: &str, xml: &str) -> Result<(SnapshotRec
     }
     for r in &p.request.disks {
         if !hd.disks.iter().any(|d| d.target == r.disk) {
+            if let Some(o) = hd.others.iter().find(|o| o.target == r.disk) {
+                if r.mode == DiskSnapshotMode::No {
+                    continue;
+                }
+                return Err(ExecError::Invalid(format!(
+                    "{origin}: snapshot {name}, disk {}: the disk is {}, which snapjournal does not snapshot; only snapshot='no' can be carried for it",
+                    r.disk, o.kind
+                )));
+            }
             return Err(ExecError::Invalid(format!(
                 "{origin}: snapshot {name} lists disk {}, which its historic domain does not have",
                 r.disk
@@ -137,7 +146,14 @@ fn differences(
     if a.disks != b.disks {
         out.push("disks");
     }
-    if a_xml != Some(b_xml) {
+    let same_domain = a_xml.is_some_and(|a| {
+        a == b_xml
+            || matches!(
+                (crate::xml::tree::parse("a", a), crate::xml::tree::parse("b", b_xml)),
+                (Ok(x), Ok(y)) if x.same_content(&y)
+            )
+    });
+    if !same_domain {
         out.push("historic domain");
     }
     if a.state != b.state {
@@ -362,6 +378,15 @@ impl Executor {
                     if std::path::Path::new(o).exists() {
                         let oh = read_header(o)
                             .map_err(|e| fail(&d.disk, format!("overlay {o} is not usable: {e}")))?;
+                        if oh.format != "qcow2" {
+                            return Err(fail(
+                                &d.disk,
+                                format!(
+                                    "overlay {o} is a {} image; snapjournal manages qcow2 overlays only",
+                                    oh.format
+                                ),
+                            ));
+                        }
                         if oh.backing.as_deref() != Some(frozen.path.as_str()) {
                             return Err(fail(
                                 &d.disk,

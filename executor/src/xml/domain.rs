@@ -23,12 +23,51 @@ pub struct DomainDisk {
     pub readonly: bool,
 }
 
+/// A disk of a definition that snapjournal does not manage (a block
+/// device, a network disk, a cdrom, …): kept in the XML as it is, left out
+/// of every operation, and named when a request names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherDisk {
+    /// Target device (`hda`).
+    pub target: String,
+    /// What it is, for messages (`a cdrom`, `a block device (type='block')`).
+    pub kind: String,
+}
+
 /// What we read from a `<domain>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedDomain {
     pub name: String,
     /// File-backed disks with `device='disk'`, in document order.
     pub disks: Vec<DomainDisk>,
+    /// Every other disk, in document order.
+    pub others: Vec<OtherDisk>,
+}
+
+fn other_kind(d: &Element) -> String {
+    let ty = d.attr("type").unwrap_or("file");
+    let device = d.attr("device").unwrap_or("disk");
+    match (device, ty) {
+        ("disk", "block") => "a block device (type='block')".into(),
+        ("disk", "network") => format!(
+            "a network disk ({})",
+            d.child("source")
+                .and_then(|s| s.attr("protocol"))
+                .unwrap_or("network")
+        ),
+        ("disk", other) => format!("a disk of type '{other}'"),
+        (dev, _) => format!("a {dev}"),
+    }
+}
+
+/// The disk `target` of the definition `xml` if snapjournal does not
+/// manage it, with what it is.
+pub fn other_disk(xml: &str, target: &str) -> Option<OtherDisk> {
+    parse_domain("domain", xml)
+        .ok()?
+        .others
+        .into_iter()
+        .find(|d| d.target == target)
 }
 
 fn err(what: &str, message: impl Into<String>) -> XmlError {
@@ -82,7 +121,25 @@ pub fn domain_from_element(what: &str, root: &Element) -> Result<ParsedDomain, X
             readonly: d.child("readonly").is_some(),
         });
     }
-    Ok(ParsedDomain { name, disks })
+    let mut others = Vec::new();
+    for d in root
+        .child("devices")
+        .into_iter()
+        .flat_map(|x| x.children_named("disk"))
+    {
+        let managed =
+            d.attr("type").unwrap_or("file") == "file" && d.attr("device").unwrap_or("disk") == "disk";
+        if managed {
+            continue;
+        }
+        if let Some(target) = d.child("target").and_then(|t| t.attr("dev")) {
+            others.push(OtherDisk {
+                target: target.to_string(),
+                kind: other_kind(d),
+            });
+        }
+    }
+    Ok(ParsedDomain { name, disks, others })
 }
 
 /// Returns `xml` with the source file and driver type of each disk named
@@ -176,6 +233,15 @@ mod tests {
         assert_eq!(d.disks.len(), 2);
         assert_eq!(d.disks[0].source.as_deref(), Some("/img/vda.qcow2"));
         assert_eq!(d.disks[1].format.as_deref(), Some("raw"));
+        assert_eq!(
+            d.others,
+            vec![OtherDisk {
+                target: "sda".into(),
+                kind: "a cdrom".into()
+            }]
+        );
+        assert_eq!(other_disk(DOC, "sda").map(|o| o.kind), Some("a cdrom".into()));
+        assert!(other_disk(DOC, "vda").is_none());
     }
 
     #[test]

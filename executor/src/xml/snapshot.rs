@@ -118,6 +118,31 @@ pub fn parse_snapshot(what: &str, xml: &str) -> Result<ParsedSnapshot, XmlError>
                 }
                 other => return Err(err(what, format!("disk {disk}: unknown snapshot mode {other:?}"))),
             };
+            if mode == DiskSnapshotMode::External {
+                // Overlays snapjournal cannot manage are refused by name,
+                // never stored as a qcow2 file without a source.
+                if let Some(kind) = d.attr("type").filter(|t| *t != "file") {
+                    return Err(err(
+                        what,
+                        format!("disk {disk}: its overlay is of type '{kind}'; snapjournal manages qcow2 overlay files only (exclude the disk with snapshot='no')"),
+                    ));
+                }
+                if let Some(fmt) = d
+                    .child("driver")
+                    .and_then(|x| x.attr("type"))
+                    .filter(|t| *t != "qcow2")
+                {
+                    return Err(err(
+                        what,
+                        format!("disk {disk}: its overlay is a {fmt} image; snapjournal manages qcow2 overlays only"),
+                    ));
+                }
+                if d.child("source")
+                    .is_some_and(|x| x.attr("file").is_none_or(str::is_empty))
+                {
+                    return Err(err(what, format!("disk {disk}: <source> names no overlay file")));
+                }
+            }
             let file = d.child("source").and_then(|s| s.attr("file")).map(String::from);
             disks.push(DiskRequest { disk, mode, file });
         }

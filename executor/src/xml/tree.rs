@@ -31,6 +31,26 @@ pub struct Element {
 }
 
 impl Element {
+    /// Whether two elements say the same thing: the same names, the same
+    /// attributes in any order and quoting, the same text up to line
+    /// endings and surrounding whitespace, the same children in order.
+    pub fn same_content(&self, other: &Element) -> bool {
+        let norm = |t: &str| t.replace("\r\n", "\n").trim().to_string();
+        let mut a = self.attrs.clone();
+        let mut b = other.attrs.clone();
+        a.sort();
+        b.sort();
+        self.name == other.name
+            && a == b
+            && norm(&self.text) == norm(&other.text)
+            && self.children.len() == other.children.len()
+            && self
+                .children
+                .iter()
+                .zip(&other.children)
+                .all(|(x, y)| x.same_content(y))
+    }
+
     /// The value of attribute `name`.
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
@@ -210,6 +230,18 @@ pub fn splice(doc: &str, mut edits: Vec<(usize, usize, String)>) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn same_content_ignores_quoting_order_and_line_endings() {
+        let a = parse("a", "<d x='1' y=\"2\">\n  <n>vm</n>\n</d>").unwrap();
+        let b = parse("b", "<d y='2' x=\"1\">\r\n  <n>vm</n>\r\n</d>").unwrap();
+        assert!(a.same_content(&b));
+        let c = parse("c", "<d x='1' y='3'><n>vm</n></d>").unwrap();
+        assert!(!a.same_content(&c));
+        let d = parse("d", "<d x='1' y='2'><n>vm2</n></d>").unwrap();
+        assert!(!a.same_content(&d));
+    }
+
     use super::*;
 
     #[test]

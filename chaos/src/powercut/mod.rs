@@ -1,0 +1,338 @@
+//! Power loss, not only process death: the whole world of a case (images,
+//! overlays, XML, the state directory with RocksDB) lives on a FUSE file
+//! system that knows what a power cut would keep ([`model`], served by
+//! [`fuse`]). Two enumerations over every offline operation:
+//! - at crash point N: the operation dies there, every process using the
+//!   file system is killed, the power is cut, the durable tree is mounted
+//!   again, recovery runs, every invariant is checked;
+//! - before the k-th sync: the file system freezes when the k-th fsync or
+//!   fsyncdir arrives (inside qemu-img, RocksDB or snapjournal), which
+//!   crash points cannot reach; then the same.
+//!
+//! Each cut runs under a [`Policy`]: drop everything unsynced, keep names,
+//! a seeded random subset, torn 4 KiB writes.
+
+pub mod fuse;
+pub mod model;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use self::fuse::Mounted;
+use self::model::{Model, Policy};
+use crate::fixture::Fixture;
+use crate::invariants::{check, summary};
+use crate::runner::{Case, Outcome, Reference};
+use crate::scenario::Op;
+
+/// Where the cut happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutAt {
+    /// At the operation's N-th crash point.
+    CrashPoint(u64),
+    /// When the k-th sync after the starting state arrives.
+    Sync(u64),
+}
+
+/// Kills every process whose working directory or open files lie under
+/// `dir` (snapjournal, qemu-img, QEMU: the power is gone for them all) and
+/// waits until they are gone.
+pub fn kill_users(dir: &Path) {
+    let me = std::process::id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let p = e.path();
+            let uses = std::fs::read_link(p.join("cwd")).is_ok_and(|c| c.starts_with(dir))
+                || std::fs::read_dir(p.join("fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(dir)));
+            if uses && executor::live::qemu::alive(pid) {
+                found.push(pid);
+            }
+        }
+        if found.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in found {
+            executor::live::qemu::signal(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One world: a mount point, the file system on it, the fixture inside.
+struct World {
+    mountpoint: tempfile::TempDir,
+    mounted: Option<Mounted>,
+    fixture: Option<Fixture>,
+}
+
+impl World {
+    fn new(op: Op, disks: usize, env: &[(String, String)]) -> Result<World> {
+        let mountpoint = tempfile::Builder::new().prefix("sj-powercut-").tempdir()?;
+        let mounted = Mounted::mount(mountpoint.path(), Model::new())?;
+        let mut fixture = Fixture::new_in(mountpoint.path(), disks)?;
+        fixture.env.extend(env.iter().cloned());
+        op.setup(&fixture)?;
+        mounted.sync_all();
+        Ok(World {
+            mountpoint,
+            mounted: Some(mounted),
+            fixture: Some(fixture),
+        })
+    }
+
+    fn f(&self) -> &Fixture {
+        self.fixture
+            .as_ref()
+            .expect("the fixture lives as long as the world")
+    }
+
+    fn m(&self) -> &Mounted {
+        self.mounted.as_ref().expect("mounted")
+    }
+
+    /// Power cut: every user killed, the durable tree under `policy`
+    /// mounted again in place.
+    fn cut(&mut self, policy: Policy) -> Result<()> {
+        kill_users(self.mountpoint.path());
+        let Some(m) = self.mounted.take() else {
+            bail!("not mounted")
+        };
+        let model = m.cut(policy);
+        self.mounted = Some(Mounted::mount(self.mountpoint.path(), model)?);
+        Ok(())
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        kill_users(self.mountpoint.path());
+        drop(self.fixture.take());
+        drop(self.mounted.take());
+    }
+}
+
+/// How many syncs `op` makes from its starting state to its end.
+pub fn count_syncs(op: Op, disks: usize) -> Result<u64> {
+    let w = World::new(op, disks, &[])?;
+    let out = w.f().command(&op.args()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} on the power-cut file system failed: {}",
+            op.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(w.m().syncs())
+}
+
+/// One case: `op` on `disks` disks, cut at `at` under `policy`, recovered
+/// and checked against `reference`.
+pub fn run_case(op: Op, disks: usize, reference: &Reference, at: CutAt, policy: Policy) -> Result<Case> {
+    run_case_with_env(op, disks, reference, at, policy, &[])
+}
+
+/// [`run_case`] with extra environment for every `snapjournal` run (the
+/// mutation test drops one fsync this way).
+pub fn run_case_with_env(
+    op: Op,
+    disks: usize,
+    reference: &Reference,
+    at: CutAt,
+    policy: Policy,
+    env: &[(String, String)],
+) -> Result<Case> {
+    let started = Instant::now();
+    let mut w = World::new(op, disks, env)?;
+    let sums = w.f().user_file_sums()?;
+    let (n, point) = match at {
+        CutAt::CrashPoint(n) => (
+            n,
+            reference
+                .trace
+                .get(n as usize - 1)
+                .cloned()
+                .unwrap_or_else(|| "?".into()),
+        ),
+        CutAt::Sync(k) => (k, format!("sync #{k}")),
+    };
+    let mut case = Case {
+        op: format!("{}+power-cut:{}", op.name(), policy.name()),
+        disks,
+        crash_at: n,
+        point,
+        recovery_crash_at: None,
+        recovery_point: None,
+        outcome: Outcome::NotReached,
+        millis: 0,
+    };
+    let reached = match at {
+        CutAt::CrashPoint(n) => {
+            let st = w
+                .f()
+                .command(&op.args())
+                .env("SNAPJOURNAL_CRASH_AT", n.to_string())
+                .output()?
+                .status;
+            st.signal() == Some(libc::SIGKILL)
+        }
+        CutAt::Sync(k) => {
+            w.m().freeze_at(k);
+            let mut child = w
+                .f()
+                .command(&op.args())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            loop {
+                if w.m().frozen() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break true;
+                }
+                if child.try_wait()?.is_some() {
+                    break w.m().frozen();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    if !reached {
+        case.millis = started.elapsed().as_millis();
+        return Ok(case);
+    }
+    w.cut(policy)?;
+    let f = w.f();
+    let out = f.run(&["recover"])?;
+    if !out.status.success() {
+        case.outcome = Outcome::Violation(vec![format!(
+            "recover after the power cut failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )]);
+        return Ok(case);
+    }
+    let violations = check(f, op, &reference.pre, &reference.post, &sums)?;
+    case.outcome = if !violations.is_empty() {
+        Outcome::Violation(violations)
+    } else if summary(f)? == reference.post {
+        Outcome::RolledForward
+    } else {
+        Outcome::RolledBack
+    };
+    case.millis = started.elapsed().as_millis();
+    Ok(case)
+}
+
+/// One power-cut case to run.
+pub struct PowerJob {
+    pub op: Op,
+    pub disks: usize,
+    pub reference: std::sync::Arc<Reference>,
+    pub at: CutAt,
+    pub policy: Policy,
+}
+
+/// The cases of `ops` on `disks`: every crash point under each of
+/// `point_policies`, every sync under each of `sync_policies`.
+pub fn jobs(
+    ops: &[Op],
+    disks: &[usize],
+    point_policies: &[Policy],
+    sync_policies: &[Policy],
+) -> Result<Vec<PowerJob>> {
+    let mut out = Vec::new();
+    for &op in ops {
+        for &d in disks {
+            let reference = std::sync::Arc::new(crate::runner::reference(op, d)?);
+            let syncs = count_syncs(op, d)?;
+            eprintln!(
+                "{} on {d} disk(s): {} crash points, {syncs} syncs",
+                op.name(),
+                reference.trace.len()
+            );
+            for n in 1..=reference.trace.len() as u64 {
+                for &policy in point_policies {
+                    out.push(PowerJob {
+                        op,
+                        disks: d,
+                        reference: reference.clone(),
+                        at: CutAt::CrashPoint(n),
+                        policy,
+                    });
+                }
+            }
+            for k in 1..=syncs {
+                for &policy in sync_policies {
+                    out.push(PowerJob {
+                        op,
+                        disks: d,
+                        reference: reference.clone(),
+                        at: CutAt::Sync(k),
+                        policy,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `jobs` on `parallel` threads; cases come back in order.
+pub fn run_jobs(jobs: Vec<PowerJob>, parallel: usize) -> Vec<Case> {
+    let total = jobs.len();
+    let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                let Some((i, j)) = next else { break };
+                let case = run_case(j.op, j.disks, &j.reference, j.at, j.policy).unwrap_or_else(|e| Case {
+                    op: format!("{}+power-cut:{}", j.op.name(), j.policy.name()),
+                    disks: j.disks,
+                    crash_at: match j.at {
+                        CutAt::CrashPoint(n) | CutAt::Sync(n) => n,
+                    },
+                    point: format!("{:?}", j.at),
+                    recovery_crash_at: None,
+                    recovery_point: None,
+                    outcome: Outcome::Violation(vec![format!("the case could not run: {e:#}")]),
+                    millis: 0,
+                });
+                if let Outcome::Violation(v) = &case.outcome {
+                    eprintln!(
+                        "  VIOLATION {} {} disk(s) at {}: {}",
+                        case.op,
+                        case.disks,
+                        case.point,
+                        v.join("; ")
+                    );
+                }
+                if let Ok(mut r) = results.lock() {
+                    r.push((i, case));
+                    if r.len() % 50 == 0 {
+                        eprintln!("  {} / {total} power-cut cases", r.len());
+                    }
+                }
+            });
+        }
+    });
+    let mut r = results.into_inner().unwrap_or_default();
+    r.sort_by_key(|(i, _)| *i);
+    r.into_iter().map(|(_, c)| c).collect()
+}

@@ -42,7 +42,8 @@ pub fn tool(bin: &str, args: &[&str]) -> Result<String> {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
-            "{bin} {args:?} failed: {}{}",
+            "{bin} {args:?} failed ({}): {}{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr),
             stdout
         );

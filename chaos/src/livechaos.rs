@@ -130,6 +130,10 @@ pub enum QemuFate {
 /// The region the guest writes after the crash.
 pub(crate) const AFTER_CRASH_REGION: u64 = 4;
 
+/// The `crash_at` of a case whose operation finishes, after which QEMU is
+/// killed (a host's OOM killer): every flushed guest write must survive.
+pub const AFTER_FINISHED: u64 = 0;
+
 fn read_trace(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -242,23 +246,31 @@ fn run_case_on(
         ),
         disks: 2,
         crash_at,
-        point: reference
-            .trace
-            .get(crash_at as usize - 1)
-            .cloned()
-            .unwrap_or_else(|| "?".into()),
+        point: if crash_at == AFTER_FINISHED {
+            "after Finished (QEMU killed, as a host's OOM killer would)".into()
+        } else {
+            reference
+                .trace
+                .get(crash_at as usize - 1)
+                .cloned()
+                .unwrap_or_else(|| "?".into())
+        },
         recovery_crash_at,
         recovery_point: None,
         outcome: Outcome::NotReached,
         millis: 0,
     };
-    let st = f
-        .command(&op.args())
-        .env("SNAPJOURNAL_CRASH_AT", crash_at.to_string())
-        .output()?
-        .status;
+    let mut cmd = f.command(&op.args());
+    if crash_at != AFTER_FINISHED {
+        cmd.env("SNAPJOURNAL_CRASH_AT", crash_at.to_string());
+    }
+    let st = cmd.output()?.status;
     f.note_qemus();
-    if st.signal() != Some(libc::SIGKILL) {
+    if crash_at == AFTER_FINISHED && !st.success() {
+        case.outcome = Outcome::Violation(vec![format!("the operation failed: {st}")]);
+        return Ok(case);
+    }
+    if crash_at != AFTER_FINISHED && st.signal() != Some(libc::SIGKILL) {
         case.millis = started.elapsed().as_millis();
         return Ok(case);
     }
@@ -486,6 +498,13 @@ pub fn jobs(ops: &[LiveOp], thorough: bool) -> Result<Vec<LiveJob>> {
     for &op in ops {
         let reference = std::sync::Arc::new(reference(op)?);
         eprintln!("{} on 2 disks: {} crash points", op.name(), reference.trace.len());
+        out.push(LiveJob {
+            op,
+            reference: reference.clone(),
+            crash_at: AFTER_FINISHED,
+            fate: QemuFate::Killed,
+            recovery_crash_at: None,
+        });
         for crash_at in 1..=reference.trace.len() as u64 {
             for fate in [QemuFate::Survives, QemuFate::Killed] {
                 if fate == QemuFate::Killed && !thorough && crash_at % 3 != 1 {

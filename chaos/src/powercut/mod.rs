@@ -42,6 +42,9 @@ pub enum CutAt {
 /// waits until they are gone.
 pub fn kill_users(dir: &Path) {
     let me = std::process::id();
+    // A child of this process between fork and exec still runs this
+    // program, with copies of its descriptors: not a user to kill.
+    let my_exe = std::fs::read_link("/proc/self/exe").ok();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut found = Vec::new();
@@ -49,10 +52,10 @@ pub fn kill_users(dir: &Path) {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if pid == me {
+            let p = e.path();
+            if pid == me || (my_exe.is_some() && std::fs::read_link(p.join("exe")).ok() == my_exe) {
                 continue;
             }
-            let p = e.path();
             let uses = std::fs::read_link(p.join("cwd")).is_ok_and(|c| c.starts_with(dir))
                 || std::fs::read_dir(p.join("fd"))
                     .into_iter()

@@ -277,7 +277,8 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
     Ok(report)
 }
 
-/// Domains recorded running whose QEMU does not answer and is not alive.
+/// Domains recorded running whose QEMU is gone (its process, when known, is
+/// not alive; else nothing answers on its socket).
 pub(crate) fn gone_domains(exec: &Executor) -> Result<Vec<String>> {
     let running: Vec<(String, journal::Runtime)> = exec.journal().with_state(|s| {
         s.domains
@@ -287,7 +288,7 @@ pub(crate) fn gone_domains(exec: &Executor) -> Result<Vec<String>> {
     })?;
     Ok(running
         .into_iter()
-        .filter(|(_, rt)| matches!(exec.live().reachable(rt), Ok(false)))
+        .filter(|(_, rt)| matches!(exec.live().gone(rt), Ok(true)))
         .map(|(name, _)| name)
         .collect())
 }

@@ -117,6 +117,18 @@ impl Live {
         Ok(self.with_qemu(runtime, |q| q.running())?.is_some())
     }
 
+    /// Whether the QEMU of `runtime` is gone, decided from its process
+    /// (pid or pidfile, checked in /proc) without talking to its monitor
+    /// when the process is known; QMP is asked only for a QEMU attached
+    /// without a pid. A read of one domain never waits on another
+    /// domain's monitor this way.
+    pub fn gone(&self, runtime: &Runtime) -> Result<bool, QmpError> {
+        match runtime.process() {
+            Some(pid) => Ok(!qemu::is_qemu_on(pid, Path::new(&runtime.qmp_socket))),
+            None => Ok(!self.reachable(runtime)?),
+        }
+    }
+
     /// Forgets the connection to `socket` (after QEMU was stopped).
     pub fn forget(&self, socket: &str) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());

@@ -204,9 +204,9 @@ impl Executor {
         })?;
         let mut gone = Vec::new();
         for (name, rt) in running {
-            match self.live().reachable(&rt) {
-                Ok(true) | Err(_) => continue,
-                Ok(false) => {}
+            match self.live().gone(&rt) {
+                Ok(false) | Err(_) => continue,
+                Ok(true) => {}
             }
             let Some(dom) = self.journal().domain(&name)? else {
                 continue;

@@ -37,16 +37,20 @@ impl Fixture {
     /// Notes every QEMU the pidfiles of the state directory name, for the
     /// witness.
     pub fn note_qemus(&self) {
-        for e in std::fs::read_dir(self.state.join("run"))
+        for p in self.pidfiles() {
+            self.witness.note(&p);
+        }
+    }
+
+    /// The pidfiles of the state directory's managed QEMUs.
+    fn pidfiles(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.state.join("run"))
             .into_iter()
             .flatten()
             .flatten()
-        {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "pid") {
-                self.witness.note(&p);
-            }
-        }
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+            .collect()
     }
 
     /// Every QEMU of this fixture that died in a way neither the test nor
@@ -119,18 +123,11 @@ impl Drop for Fixture {
     /// already).
     fn drop(&mut self) {
         let deaths = self.qemu_deaths();
-        for e in std::fs::read_dir(self.state.join("run"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "pid") {
-                if let Some(pid) = qemu::read_pidfile(&p) {
-                    self.witness.killed_by_test(pid);
-                    qemu::signal(pid, libc::SIGKILL);
-                    qemu::wait_exit(pid, std::time::Duration::from_secs(10));
-                }
+        for p in self.pidfiles() {
+            if let Some(pid) = qemu::read_pidfile(&p) {
+                self.witness.killed_by_test(pid);
+                qemu::signal(pid, libc::SIGKILL);
+                qemu::wait_exit(pid, std::time::Duration::from_secs(10));
             }
         }
         self.witness.reap_all();

@@ -201,7 +201,7 @@ pub fn run_case(
 
 /// Adds every QEMU death the test did not cause to `case`'s violations (or
 /// to its error).
-fn with_qemu_deaths(f: &Fixture, case: Result<Case>) -> Result<Case> {
+pub(crate) fn with_qemu_deaths(f: &Fixture, case: Result<Case>) -> Result<Case> {
     let deaths = f.qemu_deaths();
     if deaths.is_empty() {
         return case;

@@ -14,7 +14,9 @@ use anyhow::Result;
 use executor::live::qmp::Qmp;
 
 use crate::fixture::{region_holds, Fixture, REGION};
-use crate::livechaos::{check, reference, LiveOp, LiveReference, QemuFate, AFTER_CRASH_REGION};
+use crate::livechaos::{
+    check, reference, with_qemu_deaths, LiveOp, LiveReference, QemuFate, AFTER_CRASH_REGION,
+};
 use crate::random::Rng;
 use crate::runner::{Case, Outcome};
 
@@ -67,23 +69,7 @@ pub fn run_case(op: LiveOp, reference: &LiveReference, delay_ms: u64, case_no: u
         guest_socket.display().to_string(),
     ));
     let result = run_case_on(&f, op, reference, delay_ms, case_no, &guest_socket, started);
-    let deaths = f.qemu_deaths();
-    let mut case = result.map_err(|e| {
-        if deaths.is_empty() {
-            e
-        } else {
-            e.context(deaths.join("; "))
-        }
-    })?;
-    if !deaths.is_empty() {
-        let mut v = match std::mem::replace(&mut case.outcome, Outcome::NotReached) {
-            Outcome::Violation(v) => v,
-            _ => Vec::new(),
-        };
-        v.extend(deaths);
-        case.outcome = Outcome::Violation(v);
-    }
-    Ok(case)
+    with_qemu_deaths(&f, result)
 }
 
 fn run_case_on(

@@ -218,6 +218,20 @@ pub fn run_case_on(
             return Ok(case);
         }
     }
+    recover_and_judge(f, op, reference, &sums, case, started)
+}
+
+/// Runs `recover` on `f` and judges the outcome into `case`: a failed
+/// recovery or a broken invariant is a violation, else the state tells
+/// rolled forward from rolled back.
+pub fn recover_and_judge(
+    f: &Fixture,
+    op: Op,
+    reference: &Reference,
+    sums: &[(String, u32)],
+    mut case: Case,
+    started: Instant,
+) -> Result<Case> {
     let out = f.run(&["recover"])?;
     if !out.status.success() {
         case.outcome = Outcome::Violation(vec![format!(
@@ -227,7 +241,7 @@ pub fn run_case_on(
         )]);
         return Ok(case);
     }
-    let violations = check(f, op, &reference.pre, &reference.post, &sums)?;
+    let violations = check(f, op, &reference.pre, &reference.post, sums)?;
     case.outcome = if !violations.is_empty() {
         Outcome::Violation(violations)
     } else if summary(f)? == reference.post {

@@ -24,7 +24,6 @@ use anyhow::{bail, Result};
 use self::fuse::Mounted;
 use self::model::{Model, Policy};
 use crate::fixture::Fixture;
-use crate::invariants::{check, summary};
 use crate::runner::{Case, Outcome, Reference};
 use crate::scenario::Op;
 
@@ -219,26 +218,7 @@ pub fn run_case_with_env(
         return Ok(case);
     }
     w.cut(policy)?;
-    let f = w.f();
-    let out = f.run(&["recover"])?;
-    if !out.status.success() {
-        case.outcome = Outcome::Violation(vec![format!(
-            "recover after the power cut failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        )]);
-        return Ok(case);
-    }
-    let violations = check(f, op, &reference.pre, &reference.post, &sums)?;
-    case.outcome = if !violations.is_empty() {
-        Outcome::Violation(violations)
-    } else if summary(f)? == reference.post {
-        Outcome::RolledForward
-    } else {
-        Outcome::RolledBack
-    };
-    case.millis = started.elapsed().as_millis();
-    Ok(case)
+    crate::runner::recover_and_judge(w.f(), op, reference, &sums, case, started)
 }
 
 /// One power-cut case to run.

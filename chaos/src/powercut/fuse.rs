@@ -550,13 +550,30 @@ impl Mounted {
     pub fn cut(mut self, policy: Policy) -> Model {
         self.freeze();
         let cut = self.lock().model.cut(policy);
+        self.detach();
         drop(self.session.take());
         cut
+    }
+
+    /// Detaches the mount (`umount -l`): a process that still holds a file
+    /// of it keeps getting EIO, and the mount point is free for the cut
+    /// tree at once.
+    fn detach(&self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(c) = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()) {
+            // SAFETY: umount2 reads the NUL-terminated path we own.
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+            }
+        }
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if self.session.is_some() {
+            self.detach();
+        }
         drop(self.session.take());
     }
 }

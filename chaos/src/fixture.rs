@@ -115,6 +115,13 @@ impl Fixture {
 
     /// [`Fixture::new`] in a directory of `parent` (a power-cut mount).
     pub fn new_in(parent: &Path, disks: usize) -> Result<Fixture> {
+        Fixture::new_with_run_dir(parent, disks, None)
+    }
+
+    /// [`Fixture::new_in`], with the state directory's `run/` (QMP sockets,
+    /// pidfiles, QEMU logs) a link to `run_dir`: sockets do not live on
+    /// a power-cut file system.
+    pub fn new_with_run_dir(parent: &Path, disks: usize, run_dir: Option<&Path>) -> Result<Fixture> {
         let root = tempfile::Builder::new().prefix("sj-").tempdir_in(parent)?;
         let state = root.path().join("state");
         let img = root.path().join("img");
@@ -143,6 +150,10 @@ impl Fixture {
         }
         let xml_path = f.root.path().join("vm.xml");
         std::fs::write(&xml_path, domain_xml("vm", &pairs))?;
+        if let Some(run) = run_dir {
+            std::fs::create_dir_all(&f.state)?;
+            std::os::unix::fs::symlink(run, f.state.join("run"))?;
+        }
         f.ok(&["domain", "define", &xml_path.to_string_lossy()])?;
         Ok(f)
     }

@@ -228,30 +228,44 @@ fn main() -> Result<()> {
 
     if args.mode == Mode::PowerCut || (args.mode == Mode::Bounded && !args.no_power_cut) {
         use chaos::powercut::model::Policy;
-        let (pc_ops, pc_disks, points, syncs): (Vec<Op>, Vec<usize>, Vec<Policy>, Vec<Policy>) =
-            if args.mode == Mode::PowerCut {
-                (
-                    ops.clone(),
-                    disks.clone(),
-                    vec![
-                        Policy::DropAll,
-                        Policy::KeepNames,
-                        Policy::Random(args.seed),
-                        Policy::Torn(args.seed),
-                    ],
-                    vec![Policy::DropAll, Policy::KeepNames, Policy::Torn(args.seed)],
-                )
-            } else {
-                // CI's sample: the operations that create, rename and
-                // remove files, on one disk.
-                (
-                    vec![Op::Create, Op::Revert, Op::DeleteLeaf],
-                    vec![1],
-                    vec![Policy::DropAll],
-                    vec![Policy::DropAll],
-                )
-            };
-        let jobs = chaos::powercut::jobs(&pc_ops, &pc_disks, &points, &syncs)?;
+        type Plan = (Vec<Op>, Vec<usize>, Vec<LiveOp>, Vec<Policy>, Vec<Policy>);
+        let (pc_ops, pc_disks, pc_live, points, syncs): Plan = if args.mode == Mode::PowerCut {
+            (
+                if args.ops.is_empty() && !args.live_ops.is_empty() {
+                    vec![]
+                } else {
+                    ops.clone()
+                },
+                disks.clone(),
+                if args.no_live || (!args.ops.is_empty() && args.live_ops.is_empty()) {
+                    vec![]
+                } else {
+                    live_ops.clone()
+                },
+                vec![
+                    Policy::DropAll,
+                    Policy::KeepNames,
+                    Policy::Random(args.seed),
+                    Policy::Torn(args.seed),
+                ],
+                vec![Policy::DropAll, Policy::KeepNames, Policy::Torn(args.seed)],
+            )
+        } else {
+            // CI's sample: the operations that create, rename and
+            // remove files, on one disk.
+            (
+                vec![Op::Create, Op::Revert, Op::DeleteLeaf],
+                vec![1],
+                if args.no_live {
+                    vec![]
+                } else {
+                    vec![LiveOp::Create, LiveOp::DeleteActive]
+                },
+                vec![Policy::DropAll],
+                vec![Policy::DropAll],
+            )
+        };
+        let jobs = chaos::powercut::jobs(&pc_ops, &pc_disks, &pc_live, &points, &syncs)?;
         eprintln!("running {} power-cut cases with {} jobs", jobs.len(), args.jobs);
         report.cases.extend(chaos::powercut::run_jobs(jobs, args.jobs));
     }

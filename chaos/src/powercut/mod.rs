@@ -13,6 +13,7 @@
 //! a seeded random subset, torn 4 KiB writes.
 
 pub mod fuse;
+pub mod live;
 pub mod model;
 
 use std::os::unix::process::ExitStatusExt;
@@ -75,41 +76,56 @@ pub fn kill_users(dir: &Path) {
     }
 }
 
-/// One world: a mount point, the file system on it, the fixture inside.
-struct World {
+/// One world: a mount point, the file system on it, the fixture inside
+/// (and, for a running domain, a real directory for its sockets).
+pub(crate) struct World {
     mountpoint: tempfile::TempDir,
     mounted: Option<Mounted>,
     fixture: Option<Fixture>,
+    run: Option<tempfile::TempDir>,
 }
 
 impl World {
-    fn new(op: Op, disks: usize, env: &[(String, String)]) -> Result<World> {
+    /// A fixture with `disks` disks on a fresh power-cut file system.
+    pub(crate) fn empty(disks: usize, env: &[(String, String)], live: bool) -> Result<World> {
         let mountpoint = tempfile::Builder::new().prefix("sj-powercut-").tempdir()?;
+        let run = if live {
+            Some(tempfile::Builder::new().prefix("sj-run-").tempdir()?)
+        } else {
+            None
+        };
         let mounted = Mounted::mount(mountpoint.path(), Model::new())?;
-        let mut fixture = Fixture::new_in(mountpoint.path(), disks)?;
+        let mut fixture =
+            Fixture::new_with_run_dir(mountpoint.path(), disks, run.as_ref().map(|r| r.path()))?;
         fixture.env.extend(env.iter().cloned());
-        op.setup(&fixture)?;
-        mounted.sync_all();
         Ok(World {
             mountpoint,
             mounted: Some(mounted),
             fixture: Some(fixture),
+            run,
         })
     }
 
-    fn f(&self) -> &Fixture {
+    fn new(op: Op, disks: usize, env: &[(String, String)]) -> Result<World> {
+        let w = World::empty(disks, env, false)?;
+        op.setup(w.f())?;
+        w.m().sync_all();
+        Ok(w)
+    }
+
+    pub(crate) fn f(&self) -> &Fixture {
         self.fixture
             .as_ref()
             .expect("the fixture lives as long as the world")
     }
 
-    fn m(&self) -> &Mounted {
+    pub(crate) fn m(&self) -> &Mounted {
         self.mounted.as_ref().expect("mounted")
     }
 
     /// Power cut: every user killed, the durable tree under `policy`
     /// mounted again in place.
-    fn cut(&mut self, policy: Policy) -> Result<()> {
+    pub(crate) fn cut(&mut self, policy: Policy) -> Result<()> {
         kill_users(self.mountpoint.path());
         let Some(m) = self.mounted.take() else {
             bail!("not mounted")
@@ -125,6 +141,7 @@ impl Drop for World {
         kill_users(self.mountpoint.path());
         drop(self.fixture.take());
         drop(self.mounted.take());
+        drop(self.run.take());
     }
 }
 
@@ -221,20 +238,79 @@ pub fn run_case_with_env(
     crate::runner::recover_and_judge(w.f(), op, reference, &sums, case, started)
 }
 
+/// What a power-cut case runs.
+pub enum Target {
+    /// An offline operation on `disks` disks.
+    Offline {
+        op: Op,
+        disks: usize,
+        reference: std::sync::Arc<Reference>,
+    },
+    /// A live operation on a running two-disk domain.
+    Live {
+        op: crate::livechaos::LiveOp,
+        reference: std::sync::Arc<crate::livechaos::LiveReference>,
+    },
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Offline { op, .. } => op.name(),
+            Target::Live { op, .. } => op.name(),
+        }
+    }
+
+    fn disks(&self) -> usize {
+        match self {
+            Target::Offline { disks, .. } => *disks,
+            Target::Live { .. } => 2,
+        }
+    }
+}
+
 /// One power-cut case to run.
 pub struct PowerJob {
-    pub op: Op,
-    pub disks: usize,
-    pub reference: std::sync::Arc<Reference>,
+    pub target: Target,
     pub at: CutAt,
     pub policy: Policy,
 }
 
-/// The cases of `ops` on `disks`: every crash point under each of
-/// `point_policies`, every sync under each of `sync_policies`.
+fn push_cases(
+    out: &mut Vec<PowerJob>,
+    target: impl Fn() -> Target,
+    points: u64,
+    syncs: u64,
+    pp: &[Policy],
+    sp: &[Policy],
+) {
+    for n in 1..=points {
+        for &policy in pp {
+            out.push(PowerJob {
+                target: target(),
+                at: CutAt::CrashPoint(n),
+                policy,
+            });
+        }
+    }
+    for k in 1..=syncs {
+        for &policy in sp {
+            out.push(PowerJob {
+                target: target(),
+                at: CutAt::Sync(k),
+                policy,
+            });
+        }
+    }
+}
+
+/// The cases of `ops` on `disks` and of the live `live_ops`: every crash
+/// point under each of `point_policies`, every sync under each of
+/// `sync_policies`.
 pub fn jobs(
     ops: &[Op],
     disks: &[usize],
+    live_ops: &[crate::livechaos::LiveOp],
     point_policies: &[Policy],
     sync_policies: &[Policy],
 ) -> Result<Vec<PowerJob>> {
@@ -243,34 +319,41 @@ pub fn jobs(
         for &d in disks {
             let reference = std::sync::Arc::new(crate::runner::reference(op, d)?);
             let syncs = count_syncs(op, d)?;
+            let points = reference.trace.len() as u64;
             eprintln!(
-                "{} on {d} disk(s): {} crash points, {syncs} syncs",
-                op.name(),
-                reference.trace.len()
+                "{} on {d} disk(s): {points} crash points, {syncs} syncs",
+                op.name()
             );
-            for n in 1..=reference.trace.len() as u64 {
-                for &policy in point_policies {
-                    out.push(PowerJob {
-                        op,
-                        disks: d,
-                        reference: reference.clone(),
-                        at: CutAt::CrashPoint(n),
-                        policy,
-                    });
-                }
-            }
-            for k in 1..=syncs {
-                for &policy in sync_policies {
-                    out.push(PowerJob {
-                        op,
-                        disks: d,
-                        reference: reference.clone(),
-                        at: CutAt::Sync(k),
-                        policy,
-                    });
-                }
-            }
+            push_cases(
+                &mut out,
+                || Target::Offline {
+                    op,
+                    disks: d,
+                    reference: reference.clone(),
+                },
+                points,
+                syncs,
+                point_policies,
+                sync_policies,
+            );
         }
+    }
+    for &op in live_ops {
+        let reference = std::sync::Arc::new(crate::livechaos::reference(op)?);
+        let syncs = live::count_syncs(op)?;
+        let points = reference.trace.len() as u64;
+        eprintln!("{} on 2 disks: {points} crash points, {syncs} syncs", op.name());
+        push_cases(
+            &mut out,
+            || Target::Live {
+                op,
+                reference: reference.clone(),
+            },
+            points,
+            syncs,
+            point_policies,
+            sync_policies,
+        );
     }
     Ok(out)
 }
@@ -285,9 +368,15 @@ pub fn run_jobs(jobs: Vec<PowerJob>, parallel: usize) -> Vec<Case> {
             s.spawn(|| loop {
                 let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
                 let Some((i, j)) = next else { break };
-                let case = run_case(j.op, j.disks, &j.reference, j.at, j.policy).unwrap_or_else(|e| Case {
-                    op: format!("{}+power-cut:{}", j.op.name(), j.policy.name()),
-                    disks: j.disks,
+                let ran = match &j.target {
+                    Target::Offline { op, disks, reference } => {
+                        run_case(*op, *disks, reference, j.at, j.policy)
+                    }
+                    Target::Live { op, reference } => live::run_case(*op, reference, j.at, j.policy),
+                };
+                let case = ran.unwrap_or_else(|e| Case {
+                    op: format!("{}+power-cut:{}", j.target.name(), j.policy.name()),
+                    disks: j.target.disks(),
                     crash_at: match j.at {
                         CutAt::CrashPoint(n) | CutAt::Sync(n) => n,
                     },

@@ -251,15 +251,15 @@ fn main() -> Result<()> {
                 vec![Policy::DropAll, Policy::KeepNames, Policy::Torn(args.seed)],
             )
         } else {
-            // CI's sample: the operations that create, rename and
-            // remove files, on one disk.
+            // CI's sample: the offline operations that create, rename
+            // and remove files, on one disk, and the live create.
             (
                 vec![Op::Create, Op::Revert, Op::DeleteLeaf],
                 vec![1],
                 if args.no_live {
                     vec![]
                 } else {
-                    vec![LiveOp::Create, LiveOp::DeleteActive]
+                    vec![LiveOp::Create]
                 },
                 vec![Policy::DropAll],
                 vec![Policy::DropAll],

@@ -80,6 +80,10 @@ struct Args {
     /// Leave out the power-cut sample (bounded mode).
     #[arg(long)]
     no_power_cut: bool,
+    /// Only these cut policies in power-cut mode (drop-unsynced,
+    /// keep-names, random, torn); all by default.
+    #[arg(long = "policy")]
+    policies: Vec<String>,
     /// Cases of the live-random mode (the bounded mode runs 6).
     #[arg(long, default_value_t = 24)]
     cases: u64,
@@ -265,6 +269,15 @@ fn main() -> Result<()> {
                 vec![Policy::DropAll],
             )
         };
+        let wanted = |p: &Policy| {
+            args.policies.is_empty()
+                || args
+                    .policies
+                    .iter()
+                    .any(|w| p.name() == *w || p.name().starts_with(&format!("{w}-")))
+        };
+        let points: Vec<Policy> = points.into_iter().filter(wanted).collect();
+        let syncs: Vec<Policy> = syncs.into_iter().filter(wanted).collect();
         let jobs = chaos::powercut::jobs(&pc_ops, &pc_disks, &pc_live, &points, &syncs)?;
         eprintln!("running {} power-cut cases with {} jobs", jobs.len(), args.jobs);
         report.cases.extend(chaos::powercut::run_jobs(jobs, args.jobs));

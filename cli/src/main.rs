@@ -110,7 +110,9 @@ enum DomainCmd {
     Dumpxml { domain: String },
     /// A domain's transaction history.
     History { domain: String },
-    /// Start QEMU for a domain (q35, TCG; vCPUs running unless --paused).
+    /// Start QEMU for a domain as its definition describes it (memory,
+    /// vCPUs, machine type; KVM when usable, else TCG; vCPUs running
+    /// unless --paused).
     Start {
         domain: String,
         #[arg(long)]
@@ -414,10 +416,19 @@ fn run(cli: &Cli, out: &Out) -> Result<i32> {
                 DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
                 DomainCmd::Start { domain, paused } => {
                     let rt = exec.domain_start(domain, *paused)?;
+                    let accel = exec.domain_accel(domain);
+                    let how = match accel {
+                        Some("kvm") => "KVM".to_string(),
+                        Some(_) if executor::live::machine::kvm_usable() => {
+                            "TCG: KVM did not start, see the QEMU log".to_string()
+                        }
+                        Some(_) => "TCG: /dev/kvm is not usable here".to_string(),
+                        None => "accelerator unknown".to_string(),
+                    };
                     out.done(
-                        json!({"domain": domain, "qmp": rt.qmp_socket, "pid": rt.process(), "paused": paused}),
+                        json!({"domain": domain, "qmp": rt.qmp_socket, "pid": rt.process(), "paused": paused, "accel": accel}),
                         &format!(
-                            "Domain '{domain}' started{} (QMP socket {})",
+                            "Domain '{domain}' started{} ({how}; QMP socket {})",
                             if *paused { " paused" } else { "" },
                             rt.qmp_socket
                         ),

@@ -406,3 +406,40 @@ fn fsck_sees_qemu_disagreeing_with_the_journal() {
     let err = f.fails(&["snapshot", "create", "vm", "s1"]).unwrap();
     assert!(err.contains("differs from the journal's"), "{err}");
 }
+
+#[test]
+fn start_runs_the_machine_the_definition_describes_and_refuses_what_it_cannot() {
+    let f = Fixture::new(1).unwrap();
+    let out = json(&f.ok(&["--json", "domain", "start", "vm", "--paused"]).unwrap());
+    let accel = out["accel"].as_str().unwrap_or_default().to_string();
+    assert!(accel == "kvm" || accel == "tcg", "{out}");
+    let pid = f.qemu_pid().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .replace('\0', " ");
+    // The fixture's definition: 128 MiB, one vCPU, q35.
+    assert!(
+        cmdline.contains("-m 128 -smp 1") && cmdline.contains("-machine q35"),
+        "{cmdline}"
+    );
+    f.ok(&["domain", "stop", "vm"]).unwrap();
+    // A definition with devices snapjournal does not start is refused, by
+    // name, before anything is written.
+    let img9 = f.img.join("vm9.qcow2").display().to_string();
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", &img9, "4M"]).unwrap();
+    let xml = domain_xml("vm9", &[("vda".into(), img9)]).replace(
+        "<devices>",
+        "<devices>\n    <interface type='network'><source network='default'/></interface>",
+    );
+    let p = f.root.path().join("vm9.xml");
+    std::fs::write(&p, xml).unwrap();
+    f.ok(&["domain", "define", p.to_str().unwrap()]).unwrap();
+    let err = f.fails(&["domain", "start", "vm9"]).unwrap();
+    assert!(
+        err.contains("<interface> type 'network'")
+            && err.contains("domain attach")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(f.state().unwrap().domains["vm9"].core.runtime.is_none());
+}

@@ -11,6 +11,7 @@
 pub mod bitmaps;
 pub mod graph;
 pub mod jobs;
+pub mod machine;
 pub mod qemu;
 pub mod qmp;
 pub mod settle;

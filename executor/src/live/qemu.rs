@@ -50,22 +50,33 @@ fn blockdev_json(image: &ChainImage, backing: Option<&ChainImage>) -> serde_json
 /// chain of `-blockdev` nodes under a virtio-blk device called after the
 /// disk.
 pub fn command_line(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Result<Vec<String>, String> {
-    let mut args: Vec<String> = [
-        "-machine",
-        "q35",
-        "-accel",
-        "tcg",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-S",
-        "-m",
-        "64",
-        "-daemonize",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let spec = if core.xml.is_empty() {
+        super::machine::MachineSpec {
+            memory_mib: 64,
+            vcpus: 1,
+            machine: "q35".into(),
+        }
+    } else {
+        super::machine::machine_spec(&core.name, &core.xml)?
+    };
+    let mut args: Vec<String> = vec!["-machine".into(), spec.machine.clone()];
+    // KVM when /dev/kvm is usable; QEMU falls back to TCG by itself if
+    // KVM fails to start (the start report says which one runs).
+    if super::machine::kvm_usable() {
+        args.extend(["-accel".into(), "kvm".into()]);
+    }
+    args.extend(["-accel".into(), "tcg".into()]);
+    args.extend(
+        ["-nodefaults", "-display", "none", "-S", "-daemonize"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend([
+        "-m".into(),
+        spec.memory_mib.to_string(),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+    ]);
     args.push("-name".into());
     args.push(format!(
         "guest={},debug-threads=off",

@@ -94,6 +94,7 @@ macro_rules! raw_commands {
 
 raw_commands! {
     QueryStatus => "query-status",
+    QueryKvm => "query-kvm",
     QueryBlock => "query-block",
     QueryNamedBlockNodes => "query-named-block-nodes",
     QueryJobs => "query-jobs",

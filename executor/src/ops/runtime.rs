@@ -28,6 +28,23 @@ impl Executor {
             .ok_or_else(|| ExecError::Invalid(format!("domain {domain} is not defined")))
     }
 
+    /// The accelerator the running QEMU of `domain` uses (`kvm` or `tcg`),
+    /// as QEMU reports it; `None` when it cannot be asked.
+    pub fn domain_accel(&self, domain: &str) -> Option<&'static str> {
+        let rt = self.journal().domain(domain).ok()??.core.runtime?;
+        let v = self
+            .live()
+            .with_qemu(&rt, |q| q.execute(Cmd::QueryKvm, json!({})))
+            .ok()??;
+        Some(
+            if v.get("enabled").and_then(serde_json::Value::as_bool) == Some(true) {
+                "kvm"
+            } else {
+                "tcg"
+            },
+        )
+    }
+
     /// Starts QEMU for a stopped domain (vCPUs running unless `paused`).
     pub fn domain_start(&self, domain: &str, paused: bool) -> Result<Runtime> {
         let dom = self.defined(domain)?;
@@ -38,6 +55,9 @@ impl Executor {
             )));
         }
         check_world_chains(&dom)?;
+        // What QEMU cannot be started as is refused before anything is
+        // written.
+        crate::live::machine::machine_spec(domain, &dom.core.xml).map_err(ExecError::Invalid)?;
         let (socket, pidfile) = run_paths(self.journal().dir(), domain);
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Metadata {

@@ -70,12 +70,13 @@ fn run_case_on(
                 .env("SNAPJOURNAL_CRASH_AT", n.to_string())
                 .output()?
                 .status;
+            w.f().note_qemus();
             // The power goes the moment the agent died.
             w.m().freeze();
-            w.f().note_qemus();
             st.signal() == Some(libc::SIGKILL)
         }
         CutAt::Sync(k) => {
+            w.f().note_qemus();
             w.m().freeze_at(k);
             let mut child = w
                 .f()
@@ -83,7 +84,7 @@ fn run_case_on(
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()?;
-            let reached = loop {
+            loop {
                 if w.m().frozen() {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -93,9 +94,7 @@ fn run_case_on(
                     break w.m().frozen();
                 }
                 std::thread::sleep(Duration::from_millis(1));
-            };
-            w.f().note_qemus();
-            reached
+            }
         }
     };
     if !reached {
@@ -103,7 +102,7 @@ fn run_case_on(
         return Ok(case);
     }
     // QEMU goes down with the power.
-    w.f().kill_qemu();
+    w.kill_qemus();
     w.cut(policy)?;
     let f = w.f();
     let rec = f.run(&["recover"])?;

@@ -123,6 +123,25 @@ impl World {
         self.mounted.as_ref().expect("mounted")
     }
 
+    /// Kills every QEMU of the world (SIGKILL, as a power cut would),
+    /// found through the real run directory: the state directory's `run`
+    /// link lies on the file system, which may be frozen already.
+    pub(crate) fn kill_qemus(&self) {
+        let Some(run) = &self.run else { return };
+        for e in std::fs::read_dir(run.path()).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "pid") {
+                continue;
+            }
+            self.f().witness.note(&p);
+            if let Some(pid) = executor::live::qemu::read_pidfile(&p) {
+                self.f().witness.killed_by_test(pid);
+                executor::live::qemu::signal(pid, libc::SIGKILL);
+                executor::live::qemu::wait_exit(pid, Duration::from_secs(10));
+            }
+        }
+    }
+
     /// Power cut: every user killed, the durable tree under `policy`
     /// mounted again in place.
     pub(crate) fn cut(&mut self, policy: Policy) -> Result<()> {
@@ -138,6 +157,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        self.kill_qemus();
         kill_users(self.mountpoint.path());
         drop(self.fixture.take());
         drop(self.mounted.take());

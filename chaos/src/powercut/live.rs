@@ -6,7 +6,7 @@
 //! the domain's QEMU gone; every flushed guest write must read back.
 
 use std::os::unix::process::ExitStatusExt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 
@@ -77,24 +77,7 @@ fn run_case_on(
         }
         CutAt::Sync(k) => {
             w.f().note_qemus();
-            w.m().freeze_at(k);
-            let mut child = w
-                .f()
-                .command(&op.args())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()?;
-            loop {
-                if w.m().frozen() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break true;
-                }
-                if child.try_wait()?.is_some() {
-                    break w.m().frozen();
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            w.run_until_frozen(&op.args(), k)?
         }
     };
     if !reached {

@@ -123,6 +123,30 @@ impl World {
         self.mounted.as_ref().expect("mounted")
     }
 
+    /// Runs `snapjournal args` with the file system set to freeze at the
+    /// `k`-th sync from now, and kills the run once it froze; whether the
+    /// freeze came (the run may end first).
+    pub(crate) fn run_until_frozen(&self, args: &[&str], k: u64) -> Result<bool> {
+        self.m().freeze_at(k);
+        let mut child = self
+            .f()
+            .command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        loop {
+            if self.m().frozen() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(true);
+            }
+            if child.try_wait()?.is_some() {
+                return Ok(self.m().frozen());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Kills every QEMU of the world (SIGKILL, as a power cut would),
     /// found through the real run directory: the state directory's `run`
     /// link lies on the file system, which may be frozen already.
@@ -229,26 +253,7 @@ pub fn run_case_with_env(
                 .status;
             st.signal() == Some(libc::SIGKILL)
         }
-        CutAt::Sync(k) => {
-            w.m().freeze_at(k);
-            let mut child = w
-                .f()
-                .command(&op.args())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()?;
-            loop {
-                if w.m().frozen() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break true;
-                }
-                if child.try_wait()?.is_some() {
-                    break w.m().frozen();
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        CutAt::Sync(k) => w.run_until_frozen(&op.args(), k)?,
     };
     if !reached {
         case.millis = started.elapsed().as_millis();

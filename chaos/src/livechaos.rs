@@ -307,13 +307,7 @@ fn run_case_on(
         return Ok(case);
     }
     let (violations, post) = check(f, op, reference, &user_sums, &want, fate)?;
-    case.outcome = if !violations.is_empty() {
-        Outcome::Violation(violations)
-    } else if post {
-        Outcome::RolledForward
-    } else {
-        Outcome::RolledBack
-    };
+    case.outcome = Outcome::judged(violations, post);
     case.millis = started.elapsed().as_millis();
     Ok(case)
 }
@@ -562,33 +556,12 @@ pub fn jobs(ops: &[LiveOp], thorough: bool) -> Result<Vec<LiveJob>> {
 
 /// Runs `jobs` on `parallel` threads; cases come back in order.
 pub fn run_jobs(jobs: Vec<LiveJob>, parallel: usize) -> Vec<Case> {
-    let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
-    let results = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..parallel.max(1) {
-            s.spawn(|| loop {
-                let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
-                let Some((i, j)) = next else { break };
-                let case = run_case(j.op, &j.reference, j.crash_at, j.fate, j.recovery_crash_at)
-                    .unwrap_or_else(|e| Case {
-                        op: j.op.name().into(),
-                        disks: 2,
-                        crash_at: j.crash_at,
-                        point: "?".into(),
-                        recovery_crash_at: j.recovery_crash_at,
-                        recovery_point: None,
-                        outcome: Outcome::Violation(vec![format!("the case could not run: {e:#}")]),
-                        millis: 0,
-                    });
-                if let Ok(mut r) = results.lock() {
-                    r.push((i, case));
-                }
-            });
-        }
-    });
-    let mut r = results.into_inner().unwrap_or_default();
-    r.sort_by_key(|(i, _)| *i);
-    r.into_iter().map(|(_, c)| c).collect()
+    crate::runner::run_parallel(jobs, parallel, None, |j| {
+        run_case(j.op, &j.reference, j.crash_at, j.fate, j.recovery_crash_at).unwrap_or_else(|e| Case {
+            recovery_crash_at: j.recovery_crash_at,
+            ..Case::could_not_run(j.op.name().into(), 2, j.crash_at, "?".into(), &e)
+        })
+    })
 }
 
 /// A fault case: the reply to QMP `command` is lost (the connection drops

@@ -183,13 +183,7 @@ fn run_case_on(
             "; the operation had finished"
         }
     );
-    case.outcome = if !problems.is_empty() {
-        Outcome::Violation(problems)
-    } else if post {
-        Outcome::RolledForward
-    } else {
-        Outcome::RolledBack
-    };
+    case.outcome = Outcome::judged(problems, post);
     case.millis = started.elapsed().as_millis();
     Ok(case)
 }
@@ -208,15 +202,14 @@ pub fn run(ops: &[LiveOp], seed: u64, cases: u64) -> Result<Vec<Case>> {
     for n in 1..=cases {
         let (op, r) = &refs[rng.below(refs.len() as u64) as usize];
         let delay = rng.below(r.millis * 6 / 5 + 1);
-        let case = run_case(*op, r, delay, n).unwrap_or_else(|e| Case {
-            op: format!("{}+random-kill", op.name()),
-            disks: 2,
-            crash_at: n,
-            point: format!("killed {delay} ms after start"),
-            recovery_crash_at: None,
-            recovery_point: None,
-            outcome: Outcome::Violation(vec![format!("the case could not run: {e:#}")]),
-            millis: 0,
+        let case = run_case(*op, r, delay, n).unwrap_or_else(|e| {
+            Case::could_not_run(
+                format!("{}+random-kill", op.name()),
+                2,
+                n,
+                format!("killed {delay} ms after start"),
+                &e,
+            )
         });
         if let Outcome::Violation(v) = &case.outcome {
             eprintln!(

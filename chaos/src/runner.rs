@@ -23,6 +23,60 @@ pub enum Outcome {
     Violation(Vec<String>),
 }
 
+impl Outcome {
+    /// The outcome of a case whose invariants were checked: its
+    /// violations, else whether the state is the post-op one.
+    pub fn judged(violations: Vec<String>, post: bool) -> Outcome {
+        if !violations.is_empty() {
+            Outcome::Violation(violations)
+        } else if post {
+            Outcome::RolledForward
+        } else {
+            Outcome::RolledBack
+        }
+    }
+}
+
+/// Runs `run` over `jobs` on `parallel` threads; the cases come back in the
+/// jobs' order. With a `label`, progress and violations go to stderr.
+pub fn run_parallel<J: Send>(
+    jobs: Vec<J>,
+    parallel: usize,
+    label: Option<&str>,
+    run: impl Fn(J) -> Case + Sync,
+) -> Vec<Case> {
+    let total = jobs.len();
+    let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                let Some((i, j)) = next else { break };
+                let case = run(j);
+                if let (Some(l), Outcome::Violation(v)) = (label, &case.outcome) {
+                    eprintln!(
+                        "  VIOLATION {l} {} {} disk(s) at {}: {}",
+                        case.op,
+                        case.disks,
+                        case.point,
+                        v.join("; ")
+                    );
+                }
+                if let Ok(mut r) = results.lock() {
+                    r.push((i, case));
+                    if let Some(l) = label.filter(|_| r.len() % 50 == 0) {
+                        eprintln!("  {} / {total} {l} cases", r.len());
+                    }
+                }
+            });
+        }
+    });
+    let mut r = results.into_inner().unwrap_or_default();
+    r.sort_by_key(|(i, _)| *i);
+    r.into_iter().map(|(_, c)| c).collect()
+}
+
 /// One crash case.
 #[derive(Debug, Clone, Serialize)]
 pub struct Case {
@@ -36,6 +90,22 @@ pub struct Case {
     pub recovery_point: Option<String>,
     pub outcome: Outcome,
     pub millis: u128,
+}
+
+impl Case {
+    /// A case that could not run: the error is its violation.
+    pub fn could_not_run(op: String, disks: usize, crash_at: u64, point: String, e: &anyhow::Error) -> Case {
+        Case {
+            op,
+            disks,
+            crash_at,
+            point,
+            recovery_crash_at: None,
+            recovery_point: None,
+            outcome: Outcome::Violation(vec![format!("the case could not run: {e:#}")]),
+            millis: 0,
+        }
+    }
 }
 
 /// The reference states of an operation on `disks` disks.
@@ -242,13 +312,8 @@ pub fn recover_and_judge(
         return Ok(case);
     }
     let violations = check(f, op, &reference.pre, &reference.post, sums)?;
-    case.outcome = if !violations.is_empty() {
-        Outcome::Violation(violations)
-    } else if summary(f)? == reference.post {
-        Outcome::RolledForward
-    } else {
-        Outcome::RolledBack
-    };
+    let post = violations.is_empty() && summary(f)? == reference.post;
+    case.outcome = Outcome::judged(violations, post);
     case.millis = started.elapsed().as_millis();
     Ok(case)
 }

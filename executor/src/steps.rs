@@ -507,15 +507,15 @@ impl World<'_> {
     fn apply_plain(&self, step: &Step) -> Result<()> {
         match step {
             Step::CreateOverlay { path, backing, .. } => {
-                if self.probe(step)? {
-                    return Ok(());
+                if !self.probe(step)? {
+                    // The plan checked that nothing was at `path`: anything
+                    // there now is a partial overlay of ours.
+                    remove_file_if_exists(path)?;
+                    self.images.create_overlay(path, backing)?;
                 }
-                // The plan checked that nothing was at `path`: anything there
-                // now is a partial overlay of ours.
-                remove_file_if_exists(path)?;
-                self.images.create_overlay(path, backing)?;
                 // qemu-img syncs the file, never its directory: the name is
-                // made durable before the commit point relies on it.
+                // made durable before the commit point relies on it, also
+                // when a run that died before this line had created it.
                 crate::durable::persist_new_file(Path::new(path)).map_err(|e| ImageError {
                     action: "make durable".into(),
                     path: path.clone(),

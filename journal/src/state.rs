@@ -179,6 +179,14 @@ impl DomainState {
         depth
     }
 
+    /// The disk whose active (writable) layer is the image at `path`.
+    pub fn disk_writing_into(&self, path: &str) -> Option<&DiskState> {
+        self.core
+            .disks
+            .values()
+            .find(|d| d.chain.first().is_some_and(|c| c.path == path))
+    }
+
     /// The newest checkpoint covering `disk` (`None`: any disk): the one
     /// whose bitmap on the disk records writes now. Newest means the latest
     /// creation time, then the deepest in the tree, then the name.

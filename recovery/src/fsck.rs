@@ -295,12 +295,7 @@ fn check_domain(
     for s in d.snapshots.values() {
         for sd in &s.disks {
             if let Some(f) = &sd.frozen {
-                if let Some(w) = d
-                    .core
-                    .disks
-                    .values()
-                    .find(|x| x.chain.first().is_some_and(|c| c.path == f.path))
-                {
+                if let Some(w) = d.disk_writing_into(&f.path) {
                     report.findings.push(finding(
                         "I4",
                         "frozen-image-writable",

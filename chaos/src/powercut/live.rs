@@ -41,27 +41,7 @@ fn run_case_on(
         .into_iter()
         .filter(|(p, _)| !active.contains(p))
         .collect();
-    let (n, point) = match at {
-        CutAt::CrashPoint(n) => (
-            n,
-            reference
-                .trace
-                .get(n as usize - 1)
-                .cloned()
-                .unwrap_or_else(|| "?".into()),
-        ),
-        CutAt::Sync(k) => (k, format!("sync #{k}")),
-    };
-    let mut case = Case {
-        op: format!("{}+power-cut:{}", op.name(), policy.name()),
-        disks: 2,
-        crash_at: n,
-        point,
-        recovery_crash_at: None,
-        recovery_point: None,
-        outcome: Outcome::NotReached,
-        millis: 0,
-    };
+    let mut case = at.case(op.name(), 2, policy, &reference.trace);
     let reached = match at {
         CutAt::CrashPoint(n) => {
             let st = w
@@ -98,13 +78,7 @@ fn run_case_on(
         return Ok(case);
     }
     let (v, post) = check(f, op, reference, &user_sums, &[], QemuFate::Killed)?;
-    case.outcome = if !v.is_empty() {
-        Outcome::Violation(v)
-    } else if post {
-        Outcome::RolledForward
-    } else {
-        Outcome::RolledBack
-    };
+    case.outcome = Outcome::judged(v, post);
     case.millis = started.elapsed().as_millis();
     Ok(case)
 }

@@ -37,6 +37,30 @@ pub enum CutAt {
     Sync(u64),
 }
 
+impl CutAt {
+    /// The case (not reached yet) of a cut of operation `name` on `disks`
+    /// disks here under `policy`; `trace` names the crash points.
+    pub(crate) fn case(self, name: &str, disks: usize, policy: Policy, trace: &[String]) -> Case {
+        let (n, point) = match self {
+            CutAt::CrashPoint(n) => (
+                n,
+                trace.get(n as usize - 1).cloned().unwrap_or_else(|| "?".into()),
+            ),
+            CutAt::Sync(k) => (k, format!("sync #{k}")),
+        };
+        Case {
+            op: format!("{name}+power-cut:{}", policy.name()),
+            disks,
+            crash_at: n,
+            point,
+            recovery_crash_at: None,
+            recovery_point: None,
+            outcome: Outcome::NotReached,
+            millis: 0,
+        }
+    }
+}
+
 /// Kills every process whose working directory lies under `dir`
 /// (snapjournal and the qemu-img it runs: the power is gone for them all)
 /// and waits until they are gone.
@@ -222,27 +246,7 @@ pub fn run_case_with_env(
     let started = Instant::now();
     let mut w = World::new(op, disks, env)?;
     let sums = w.f().user_file_sums()?;
-    let (n, point) = match at {
-        CutAt::CrashPoint(n) => (
-            n,
-            reference
-                .trace
-                .get(n as usize - 1)
-                .cloned()
-                .unwrap_or_else(|| "?".into()),
-        ),
-        CutAt::Sync(k) => (k, format!("sync #{k}")),
-    };
-    let mut case = Case {
-        op: format!("{}+power-cut:{}", op.name(), policy.name()),
-        disks,
-        crash_at: n,
-        point,
-        recovery_crash_at: None,
-        recovery_point: None,
-        outcome: Outcome::NotReached,
-        millis: 0,
-    };
+    let mut case = at.case(op.name(), disks, policy, &reference.trace);
     let reached = match at {
         CutAt::CrashPoint(n) => {
             let st = w
@@ -385,51 +389,21 @@ pub fn jobs(
 
 /// Runs `jobs` on `parallel` threads; cases come back in order.
 pub fn run_jobs(jobs: Vec<PowerJob>, parallel: usize) -> Vec<Case> {
-    let total = jobs.len();
-    let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
-    let results = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..parallel.max(1) {
-            s.spawn(|| loop {
-                let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
-                let Some((i, j)) = next else { break };
-                let ran = match &j.target {
-                    Target::Offline { op, disks, reference } => {
-                        run_case(*op, *disks, reference, j.at, j.policy)
-                    }
-                    Target::Live { op, reference } => live::run_case(*op, reference, j.at, j.policy),
-                };
-                let case = ran.unwrap_or_else(|e| Case {
-                    op: format!("{}+power-cut:{}", j.target.name(), j.policy.name()),
-                    disks: j.target.disks(),
-                    crash_at: match j.at {
-                        CutAt::CrashPoint(n) | CutAt::Sync(n) => n,
-                    },
-                    point: format!("{:?}", j.at),
-                    recovery_crash_at: None,
-                    recovery_point: None,
-                    outcome: Outcome::Violation(vec![format!("the case could not run: {e:#}")]),
-                    millis: 0,
-                });
-                if let Outcome::Violation(v) = &case.outcome {
-                    eprintln!(
-                        "  VIOLATION {} {} disk(s) at {}: {}",
-                        case.op,
-                        case.disks,
-                        case.point,
-                        v.join("; ")
-                    );
-                }
-                if let Ok(mut r) = results.lock() {
-                    r.push((i, case));
-                    if r.len() % 50 == 0 {
-                        eprintln!("  {} / {total} power-cut cases", r.len());
-                    }
-                }
-            });
-        }
-    });
-    let mut r = results.into_inner().unwrap_or_default();
-    r.sort_by_key(|(i, _)| *i);
-    r.into_iter().map(|(_, c)| c).collect()
+    crate::runner::run_parallel(jobs, parallel, Some("power-cut"), |j| {
+        let ran = match &j.target {
+            Target::Offline { op, disks, reference } => run_case(*op, *disks, reference, j.at, j.policy),
+            Target::Live { op, reference } => live::run_case(*op, reference, j.at, j.policy),
+        };
+        ran.unwrap_or_else(|e| {
+            Case::could_not_run(
+                format!("{}+power-cut:{}", j.target.name(), j.policy.name()),
+                j.target.disks(),
+                match j.at {
+                    CutAt::CrashPoint(n) | CutAt::Sync(n) => n,
+                },
+                format!("{:?}", j.at),
+                &e,
+            )
+        })
+    })
 }

@@ -18,6 +18,17 @@ pub struct MachineSpec {
 /// not).
 const DEFAULT_MEMORY_MIB: u64 = 64;
 
+impl Default for MachineSpec {
+    /// What a definition that says nothing gets: q35, one vCPU, 64 MiB.
+    fn default() -> Self {
+        MachineSpec {
+            memory_mib: DEFAULT_MEMORY_MIB,
+            vcpus: 1,
+            machine: "q35".into(),
+        }
+    }
+}
+
 /// Device elements snapjournal starts: disks it manages only.
 fn unsupported_devices(root: &Element) -> Vec<String> {
     let mut out = Vec::new();
@@ -32,7 +43,7 @@ fn unsupported_devices(root: &Element) -> Vec<String> {
                 let ty = d.attr("type").unwrap_or("file");
                 let device = d.attr("device").unwrap_or("disk");
                 let bus = d.child("target").and_then(|t| t.attr("bus")).unwrap_or("virtio");
-                if ty != "file" || device != "disk" {
+                if !crate::xml::domain::is_managed(d) {
                     out.push(format!("disk {target} ({device}, type '{ty}')"));
                 } else if bus != "virtio" {
                     out.push(format!(

@@ -125,7 +125,7 @@ impl Live {
     /// domain's monitor this way.
     pub fn gone(&self, runtime: &Runtime) -> Result<bool, QmpError> {
         match runtime.process() {
-            Some(pid) => Ok(!qemu::is_qemu_on(pid, Path::new(&runtime.qmp_socket))),
+            Some(_) => Ok(!process_alive(runtime)),
             None => Ok(!self.reachable(runtime)?),
         }
     }

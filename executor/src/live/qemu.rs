@@ -51,11 +51,7 @@ fn blockdev_json(image: &ChainImage, backing: Option<&ChainImage>) -> serde_json
 /// disk.
 pub fn command_line(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Result<Vec<String>, String> {
     let spec = if core.xml.is_empty() {
-        super::machine::MachineSpec {
-            memory_mib: 64,
-            vcpus: 1,
-            machine: "q35".into(),
-        }
+        super::machine::MachineSpec::default()
     } else {
         super::machine::machine_spec(&core.name, &core.xml)?
     };

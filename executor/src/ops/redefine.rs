@@ -326,7 +326,7 @@ impl Executor {
             };
             for d in &rec.disks {
                 let Some(frozen) = &d.frozen else { continue };
-                if let Some(w) = writable_disk_of(dom, &frozen.path) {
+                if let Some(w) = dom.disk_writing_into(&frozen.path).map(|x| x.target.as_str()) {
                     return Err(fail(
                         &d.disk,
                         format!(
@@ -403,13 +403,4 @@ impl Executor {
         }
         Ok(())
     }
-}
-
-/// The disk of `dom` whose active (writable) layer is the image at `path`.
-pub(crate) fn writable_disk_of<'a>(dom: &'a DomainState, path: &str) -> Option<&'a str> {
-    dom.core
-        .disks
-        .values()
-        .find(|d| d.chain.first().is_some_and(|c| c.path == path))
-        .map(|d| d.target.as_str())
 }

@@ -77,12 +77,20 @@ fn err(what: &str, message: impl Into<String>) -> XmlError {
     }
 }
 
+/// Whether snapjournal manages the `<disk>` element `d`: a file-backed
+/// `device='disk'`.
+pub fn is_managed(d: &Element) -> bool {
+    d.attr("type").unwrap_or("file") == "file" && d.attr("device").unwrap_or("disk") == "disk"
+}
+
+fn all_disks(root: &Element) -> impl Iterator<Item = &Element> {
+    root.child("devices")
+        .into_iter()
+        .flat_map(|d| d.children_named("disk"))
+}
+
 fn file_disks(root: &Element) -> impl Iterator<Item = &Element> {
-    root.child("devices").into_iter().flat_map(|d| {
-        d.children_named("disk").filter(|d| {
-            d.attr("type").unwrap_or("file") == "file" && d.attr("device").unwrap_or("disk") == "disk"
-        })
-    })
+    all_disks(root).filter(|d| is_managed(d))
 }
 
 /// Parses a `<domain>` definition.
@@ -121,24 +129,15 @@ pub fn domain_from_element(what: &str, root: &Element) -> Result<ParsedDomain, X
             readonly: d.child("readonly").is_some(),
         });
     }
-    let mut others = Vec::new();
-    for d in root
-        .child("devices")
-        .into_iter()
-        .flat_map(|x| x.children_named("disk"))
-    {
-        let managed =
-            d.attr("type").unwrap_or("file") == "file" && d.attr("device").unwrap_or("disk") == "disk";
-        if managed {
-            continue;
-        }
-        if let Some(target) = d.child("target").and_then(|t| t.attr("dev")) {
-            others.push(OtherDisk {
-                target: target.to_string(),
+    let others = all_disks(root)
+        .filter(|d| !is_managed(d))
+        .filter_map(|d| {
+            Some(OtherDisk {
+                target: d.child("target")?.attr("dev")?.to_string(),
                 kind: other_kind(d),
-            });
-        }
-    }
+            })
+        })
+        .collect();
     Ok(ParsedDomain { name, disks, others })
 }
 

@@ -4,51 +4,154 @@ use journal::{DomainState, HistoryEntry, Outcome, State};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
+/// Where a command's output goes: this process's stdout and stderr, or
+/// the client of a server (as [`crate::api::Frame`]s).
+pub enum Sink {
+    /// Printed here.
+    Stdio,
+    /// Sent to a client, frame by frame.
+    Remote(Box<dyn Fn(crate::api::Frame) + Send + Sync>),
+}
+
 /// Where results go.
 pub struct Out {
     pub json: bool,
+    sink: Sink,
+    /// The last JSON value emitted (a served request returns it as the
+    /// reply's `result`).
+    result: std::sync::Mutex<Option<Value>>,
 }
 
 impl Out {
+    /// Output to this process's stdout and stderr.
+    pub fn stdio(json: bool) -> Out {
+        Out {
+            json,
+            sink: Sink::Stdio,
+            result: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Output sent to a remote client.
+    pub fn remote(json: bool, send: Box<dyn Fn(crate::api::Frame) + Send + Sync>) -> Out {
+        Out {
+            json,
+            sink: Sink::Remote(send),
+            result: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The last JSON value emitted.
+    pub fn take_result(&self) -> Option<Value> {
+        self.result.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Text for stdout, as is. A reader that stopped early (a closed pipe,
+    /// as with `| head`) is not an error.
+    pub fn text(&self, s: &str) {
+        match &self.sink {
+            Sink::Stdio => {
+                use std::io::Write as _;
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
+            }
+            Sink::Remote(send) => send(crate::api::Frame::Stdout { text: s.to_string() }),
+        }
+    }
+
+    /// A line for stdout.
+    pub fn line(&self, s: &str) {
+        self.text(&format!("{s}\n"));
+    }
+
+    /// Text for stderr, as is.
+    pub fn err_text(&self, s: &str) {
+        match &self.sink {
+            Sink::Stdio => {
+                use std::io::Write as _;
+                let mut o = std::io::stderr().lock();
+                let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
+            }
+            Sink::Remote(send) => send(crate::api::Frame::Stderr { text: s.to_string() }),
+        }
+    }
+
+    /// A JSON value on stdout (one line), kept as the result.
+    pub fn value(&self, v: Value) {
+        self.line(&v.to_string());
+        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+
+    /// A block job's progress: a JSON line on stderr with `--json` here,
+    /// a frame for a remote client.
+    pub fn progress(&self, p: &executor::live::JobProgress) {
+        match &self.sink {
+            Sink::Stdio => {}
+            Sink::Remote(send) => send(crate::api::Frame::Progress {
+                progress: serde_json::to_value(p).unwrap_or(Value::Null),
+            }),
+        }
+    }
+
+    /// A transaction began (told to a remote client only: the CLI prints
+    /// the id when the operation ends).
+    pub fn began(&self, txn: &str, what: &str) {
+        if let Sink::Remote(send) = &self.sink {
+            send(crate::api::Frame::Began {
+                txn: txn.to_string(),
+                what: what.to_string(),
+            });
+        }
+    }
+
+    /// Whether output goes to a remote client.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.sink, Sink::Remote(_))
+    }
+
     /// A finished command: JSON object or a line for a person.
     pub fn done(&self, v: Value, human: &str) {
         if self.json {
-            println!("{v}");
+            self.value(v);
         } else {
-            println!("{human}");
+            *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            self.line(human);
         }
     }
 
     /// A report: JSON value or preformatted text.
     pub fn report(&self, v: Value, human: &str) {
         if self.json {
-            println!("{v}");
+            self.value(v);
         } else {
-            print!("{human}");
+            *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            self.text(human);
         }
     }
 
     /// Raw text (XML), the same in both modes.
     pub fn raw(&self, s: &str) {
-        print!("{s}");
-        if !s.ends_with('\n') {
-            println!();
+        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(Value::String(s.to_string()));
+        if s.ends_with('\n') {
+            self.text(s);
+        } else {
+            self.text(&format!("{s}\n"));
         }
     }
 
     /// A note on stderr.
     pub fn note(&self, s: &str) {
         if !self.json {
-            eprintln!("{s}");
+            self.err_text(&format!("{s}\n"));
         }
     }
 
     /// An error.
     pub fn error(&self, s: &str) {
         if self.json {
-            println!("{}", json!({"error": s}));
+            self.line(&json!({"error": s}).to_string());
         } else {
-            eprintln!("error: {s}");
+            self.err_text(&format!("error: {s}\n"));
         }
     }
 }
@@ -65,12 +168,15 @@ pub fn domain_list(out: &Out, state: &State) {
                        "running": d.core.runtime.is_some()})
             })
             .collect();
-        println!("{}", Value::Array(v));
+        out.value(Value::Array(v));
         return;
     }
-    println!("{:<24} {:<8} {:>9}  current", "Name", "State", "Snapshots");
+    out.line(&format!(
+        "{:<24} {:<8} {:>9}  current",
+        "Name", "State", "Snapshots"
+    ));
     for d in state.domains.values() {
-        println!(
+        out.line(&format!(
             "{:<24} {:<8} {:>9}  {}",
             d.core.name,
             if d.core.runtime.is_some() {
@@ -80,7 +186,7 @@ pub fn domain_list(out: &Out, state: &State) {
             },
             d.snapshots.len(),
             d.core.current_snapshot.as_deref().unwrap_or("-")
-        );
+        ));
     }
 }
 
@@ -96,13 +202,13 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
                        "description": s.description})
             })
             .collect();
-        println!("{}", Value::Array(v));
+        out.value(Value::Array(v));
         return;
     }
     let mut text = String::new();
     if tree {
         render_tree(d, &mut text);
-        print_text(&text);
+        out.text(&text);
         return;
     }
     let _ = writeln!(
@@ -127,15 +233,7 @@ pub fn snapshot_list(out: &Out, d: &DomainState, tree: bool) {
             s.parent.as_deref().unwrap_or("-")
         );
     }
-    print_text(&text);
-}
-
-/// Writes a listing to stdout in one go; a reader that stopped early (a
-/// closed pipe, as with `| head`) is not an error.
-fn print_text(text: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    out.text(&text);
 }
 
 /// Renders the snapshot tree.
@@ -222,7 +320,7 @@ pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
                            "bitmap": if b.is_empty() { None } else { Some(b) }})).collect::<Vec<_>>()})
             })
             .collect();
-        println!("{}", Value::Array(v));
+        out.value(Value::Array(v));
         return;
     }
     if tree {
@@ -241,7 +339,7 @@ pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
             .collect();
         let mut text = String::new();
         render_forest(&items, &mut text);
-        print_text(&text);
+        out.text(&text);
         return;
     }
     let mut text = String::new();
@@ -264,7 +362,7 @@ pub fn checkpoint_list(out: &Out, d: &DomainState, tree: bool) {
             disks.join(" ")
         );
     }
-    print_text(&text);
+    out.text(&text);
 }
 
 /// `domain history`.
@@ -279,7 +377,7 @@ pub fn history(out: &Out, h: &[HistoryEntry]) {
                            Outcome::Aborted { reason } => format!("aborted: {reason}") }})
             })
             .collect();
-        println!("{}", Value::Array(v));
+        out.value(Value::Array(v));
         return;
     }
     for e in h {
@@ -288,30 +386,29 @@ pub fn history(out: &Out, h: &[HistoryEntry]) {
             Outcome::Finished => "finished".into(),
             Outcome::Aborted { reason } => format!("aborted: {reason}"),
         };
-        println!(
+        out.line(&format!(
             "{} {} {} by {}: {outcome}",
             e.txn,
             utc((e.began_ms / 1000) as i64),
             e.what,
             e.actor
-        );
+        ));
     }
 }
 
 /// `fsck`.
 pub fn fsck(out: &Out, r: &recovery::FsckReport) {
     if out.json {
-        println!(
-            "{}",
-            json!({"findings": r.findings, "could_not_check": r.could_not_check, "exit_code": r.exit_code()})
+        out.value(
+            json!({"findings": r.findings, "could_not_check": r.could_not_check, "exit_code": r.exit_code()}),
         );
         return;
     }
     if r.findings.is_empty() && r.could_not_check.is_empty() {
-        println!("clean: every invariant holds");
+        out.line("clean: every invariant holds");
     }
     for f in &r.findings {
-        println!(
+        out.line(&format!(
             "{} {} {}: {}\n    repair: {}{}",
             f.invariant,
             f.kind,
@@ -319,10 +416,10 @@ pub fn fsck(out: &Out, r: &recovery::FsckReport) {
             f.message,
             f.repair,
             if f.repaired { " (done)" } else { "" }
-        );
+        ));
     }
     for c in &r.could_not_check {
-        println!("could not check: {c}");
+        out.line(&format!("could not check: {c}"));
     }
 }
 

@@ -18,7 +18,12 @@ pub struct Executor {
     images: QemuImg,
     metadata: MetadataStore,
     live: Live,
+    on_begin: Option<BeginFn>,
 }
+
+/// Told of every transaction this executor begins (its id and what it
+/// does), right after its intent record is durable.
+pub type BeginFn = Box<dyn Fn(TxnId, &str) + Send + Sync>;
 
 impl Executor {
     /// An executor over an open journal.
@@ -29,7 +34,14 @@ impl Executor {
             images: QemuImg::default(),
             metadata,
             live: Live::default(),
+            on_begin: None,
         }
+    }
+
+    /// Sets the callback told of every transaction begun (a server tells
+    /// its client the transaction id before the operation finishes).
+    pub fn set_on_begin(&mut self, f: BeginFn) {
+        self.on_begin = Some(f);
     }
 
     /// Sets the callback block jobs of live deletes report progress to.
@@ -86,6 +98,9 @@ impl Executor {
         let domain = intent.domain().to_string();
         let prior = planned_on.map(|d| d.core.clone());
         let txn = self.journal.begin(intent, plan.clone(), prior)?;
+        if let Some(f) = &self.on_begin {
+            f(txn, &what);
+        }
         crash_point("txn.begun");
         let now = self.journal.domain(&domain)?;
         if now.as_ref() != planned_on {
@@ -211,6 +226,14 @@ impl Executor {
                 // The files of what this transaction changed, not every
                 // snapshot of the domain.
                 journal::Step::SyncXml { domain } => world.sync_xml(domain, &open.plan.changes)?,
+                // Not recorded done: it may have been cut short after its
+                // header reached the disk and before its copy did.
+                journal::Step::RebaseImage { safe: true, .. } => world.apply_interrupted_rebase(
+                    StepCtx { txn, index: i as u32 },
+                    step,
+                    &open.plan,
+                    open.prior.as_ref(),
+                )?,
                 _ => world.apply(StepCtx { txn, index: i as u32 }, step)?,
             }
             crash_point("step.apply.after");

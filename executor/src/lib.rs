@@ -13,7 +13,7 @@ pub mod ops;
 pub mod steps;
 pub mod xml;
 
-pub use engine::Executor;
+pub use engine::{BeginFn, Executor};
 pub use error::{ExecError, ImageError, Result, XmlError};
 pub use ops::checkpoint::{CheckpointReport, CheckpointRequest};
 pub use ops::create::{CreateReport, CreateRequest};

@@ -275,6 +275,70 @@ impl World<'_> {
         }
     }
 
+    /// A safe [`Step::RebaseImage`] that the journal does not record done,
+    /// run again from the image it was rebased from. qemu-img writes the
+    /// new backing name into the header before its metadata cache reaches
+    /// the disk: after a power cut the header can say "done" while the
+    /// copied clusters are lost. So the header is put back on the old
+    /// backing (header only: what was copied equals its data) and the copy
+    /// is made again. The old backing is the image below `image` in the
+    /// chain the plan was made from, or an image the plan removes whose
+    /// own backing is the new one; when neither exists any more there is
+    /// nothing to redo from (the copy had completed: the removal comes
+    /// after it).
+    pub fn apply_interrupted_rebase(
+        &self,
+        ctx: StepCtx,
+        step: &Step,
+        plan: &journal::Plan,
+        prior: Option<&journal::DomainCore>,
+    ) -> Result<()> {
+        let Step::RebaseImage {
+            disk,
+            image,
+            backing,
+            safe: true,
+        } = step
+        else {
+            return self.apply(ctx, step);
+        };
+        if !self.probe(step)? {
+            return self.apply(ctx, step);
+        }
+        let new = backing.as_ref().map(|b| b.path.as_str());
+        let from_chain = prior
+            .and_then(|core| core.disks.get(disk))
+            .and_then(|d| {
+                let i = d.chain.iter().position(|c| &c.path == image)?;
+                d.chain.get(i + 1).cloned()
+            })
+            .filter(|o| Some(o.path.as_str()) != new);
+        let from_plan = || {
+            plan.steps.iter().find_map(|s| match s {
+                Step::RemoveImage { path }
+                    if path != image
+                        && exists(path)
+                        && crate::images::read_header(path)
+                            .map(|h| h.backing.as_deref() == new)
+                            .unwrap_or(false) =>
+                {
+                    Some(journal::ChainImage::qcow2(path.clone()))
+                }
+                _ => None,
+            })
+        };
+        let Some(old) = from_chain.or_else(from_plan) else {
+            return Ok(());
+        };
+        if !exists(&old.path) {
+            return Ok(());
+        }
+        crash_point("step.rebase.redo");
+        self.images.rebase(image, Some(&old), false)?;
+        self.images.rebase(image, backing.as_ref(), true)?;
+        Ok(())
+    }
+
     /// Runs step `ctx.index` of transaction `ctx.txn`; running it again
     /// after success (or after a crash in the middle of it) is harmless.
     pub fn apply(&self, ctx: StepCtx, step: &Step) -> Result<()> {

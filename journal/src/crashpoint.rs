@@ -9,6 +9,9 @@
 //!   passed to FILE, one per line (the traced run of an enumeration).
 //! - `SNAPJOURNAL_CRASH_AT=N`: die at the N-th crash point passed (1-based).
 //! - `SNAPJOURNAL_CRASH_NAME=NAME`: only count crash points called NAME.
+//! - `SNAPJOURNAL_PAUSE_AT=NAME:MS`: sleep MS milliseconds at every crash
+//!   point called NAME (tests that need an operation to be running, such
+//!   as a busy refusal of a server, hold it there).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +21,7 @@ struct Armed {
     trace: Option<Mutex<std::fs::File>>,
     crash_at: Option<u64>,
     only: Option<String>,
+    pause: Option<(String, u64)>,
 }
 
 static ARMED_FLAG: AtomicBool = AtomicBool::new(false);
@@ -38,7 +42,11 @@ fn armed() -> &'static Option<Armed> {
             .ok()
             .and_then(|v| v.parse().ok());
         let only = std::env::var("SNAPJOURNAL_CRASH_NAME").ok();
-        if trace.is_none() && crash_at.is_none() {
+        let pause = std::env::var("SNAPJOURNAL_PAUSE_AT").ok().and_then(|v| {
+            let (name, ms) = v.rsplit_once(':')?;
+            Some((name.to_string(), ms.parse().ok()?))
+        });
+        if trace.is_none() && crash_at.is_none() && pause.is_none() {
             return None;
         }
         ARMED_FLAG.store(true, Ordering::Relaxed);
@@ -46,6 +54,7 @@ fn armed() -> &'static Option<Armed> {
             trace,
             crash_at,
             only,
+            pause,
         })
     })
 }
@@ -68,6 +77,11 @@ pub fn crash_point(name: &str) {
 #[cold]
 fn slow_path(name: &str) {
     let Some(a) = armed() else { return };
+    if let Some((at, ms)) = &a.pause {
+        if at == name {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+        }
+    }
     if let Some(only) = &a.only {
         if only != name {
             return;

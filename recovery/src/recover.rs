@@ -212,6 +212,51 @@ pub fn plan_for(exec: &Executor, open: &OpenTxn) -> Result<TxnPlan> {
     })
 }
 
+/// Recovers one open transaction (or, with `dry_run`, explains what it
+/// would do); a server calls it for a transaction no running request
+/// holds, without touching the others.
+pub fn recover_txn(exec: &Executor, open: &OpenTxn, dry_run: bool) -> TxnOutcome {
+    let plan = match plan_for(exec, open) {
+        Ok(p) => p,
+        Err(e) => {
+            return TxnOutcome {
+                plan: TxnPlan {
+                    txn: open.txn,
+                    domain: open.domain.clone(),
+                    what: open.intent.describe(),
+                    phase: phase_name(open.phase).into(),
+                    steps: vec![],
+                    decision: Decision {
+                        direction: Direction::Back,
+                        reason: "could not probe".into(),
+                    },
+                    actions: vec![],
+                },
+                error: Some(e.to_string()),
+            };
+        }
+    };
+    let error = if dry_run {
+        None
+    } else {
+        let r = match plan.decision.direction {
+            Direction::Forward => exec.roll_forward(open),
+            Direction::Back => exec.roll_back(open, "rolled back by recovery after a crash"),
+        };
+        r.err().map(|e| {
+            format!(
+                "{} of {} failed: {e}; the transaction stays open and the next recovery retries it",
+                match plan.decision.direction {
+                    Direction::Forward => "rolling forward",
+                    Direction::Back => "rolling back",
+                },
+                open.txn
+            )
+        })
+    };
+    TxnOutcome { plan, error }
+}
+
 /// Recovers every open transaction (or, with `dry_run`, explains what it
 /// would do). A transaction that cannot be finished stays open and its
 /// error is in the report; the others are still recovered.
@@ -223,46 +268,7 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
         sessions_removed: Vec::new(),
     };
     for open in exec.journal().open_transactions()? {
-        let plan = match plan_for(exec, &open) {
-            Ok(p) => p,
-            Err(e) => {
-                report.transactions.push(TxnOutcome {
-                    plan: TxnPlan {
-                        txn: open.txn,
-                        domain: open.domain.clone(),
-                        what: open.intent.describe(),
-                        phase: phase_name(open.phase).into(),
-                        steps: vec![],
-                        decision: Decision {
-                            direction: Direction::Back,
-                            reason: "could not probe".into(),
-                        },
-                        actions: vec![],
-                    },
-                    error: Some(e.to_string()),
-                });
-                continue;
-            }
-        };
-        let error = if dry_run {
-            None
-        } else {
-            let r = match plan.decision.direction {
-                Direction::Forward => exec.roll_forward(&open),
-                Direction::Back => exec.roll_back(&open, "rolled back by recovery after a crash"),
-            };
-            r.err().map(|e| {
-                format!(
-                    "{} of {} failed: {e}; the transaction stays open and the next recovery retries it",
-                    match plan.decision.direction {
-                        Direction::Forward => "rolling forward",
-                        Direction::Back => "rolling back",
-                    },
-                    open.txn
-                )
-            })
-        };
-        report.transactions.push(TxnOutcome { plan, error });
+        report.transactions.push(recover_txn(exec, &open, dry_run));
     }
     // Domains whose QEMU died: the state catches up (after the open
     // transactions, which may still have needed to look at QEMU).

@@ -33,7 +33,7 @@ fn process_alive(runtime: &Runtime) -> bool {
 }
 
 /// Progress of a block job, for progress bars and `--json` progress events.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobProgress {
     pub domain: String,
     pub disk: String,

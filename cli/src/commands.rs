@@ -1,0 +1,980 @@
+//! The CLI's commands: their arguments (clap, and serde for the local API:
+//! a served request is the same command) and what each one does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use executor::xml::snapshot::{parse_revert, parse_snapshot, DiskRequest};
+use executor::{CheckpointRequest, CreateRequest, DeleteRequest, Executor, RevertRequest};
+use journal::DiskSnapshotMode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::output::{self, Out};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "snapjournal",
+    version,
+    about = "Crash-safe journaled snapshots for QEMU VMs"
+)]
+pub struct Cli {
+    /// State directory (journal, lock, rendered XML).
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPJOURNAL_DIR",
+        default_value = "/var/lib/snapjournal"
+    )]
+    pub state_dir: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cmd {
+    /// Domains: define, undefine, list, dumpxml, history.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Snapshots: create, list, dumpxml, current, revert, delete.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Checkpoints (persistent dirty bitmaps): create, list, dumpxml,
+    /// delete, redefine.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCmd),
+    /// Finish every open transaction (forward or back).
+    Recover {
+        /// Explain what would be done, change nothing.
+        #[arg(long)]
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Check the invariants; exit 0 clean, 1 findings, 2 could not check.
+    Fsck {
+        /// Only this domain.
+        domain: Option<String>,
+        /// Repair what is safe.
+        #[arg(long)]
+        #[serde(default)]
+        repair: bool,
+    },
+    /// Journal maintenance.
+    #[command(subcommand)]
+    Journal(JournalCmd),
+    /// Redefine sessions, for agents that add snapshot XML one at a time.
+    #[command(subcommand)]
+    Redefine(RedefineCmd),
+    /// Serve the state directory on a unix socket (a foreground daemon):
+    /// every other command, from any process, then goes through it.
+    Serve {
+        /// The socket (default: snapjournal.sock in the state directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// A group whose members may read (list, dumpxml, fsck) but not
+        /// change anything; the socket becomes 0660 with this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Seconds a stop (SIGTERM, SIGINT) waits for running requests
+        /// before leaving them to recovery.
+        #[arg(long, default_value_t = 600)]
+        #[serde(default)]
+        stop_timeout: u64,
+        /// Seconds a connection may stay silent (no complete request)
+        /// before the server closes it.
+        #[arg(long, default_value_t = 30)]
+        #[serde(default)]
+        idle_timeout: u64,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedefineCmd {
+    /// Open a session for a domain; prints its id.
+    Begin { domain: String },
+    /// Add one <domainsnapshot> or <domaincheckpoint> document.
+    Add { id: String, file: PathBuf },
+    /// Validate and define everything added, as one transaction.
+    Commit {
+        id: String,
+        #[arg(long)]
+        current: Option<String>,
+    },
+    /// Drop the session.
+    Abort { id: String },
+    /// Open sessions.
+    List,
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum DomainCmd {
+    /// Define (or redefine) a domain from libvirt XML.
+    Define { file: PathBuf },
+    /// Forget a domain (images are never removed).
+    Undefine {
+        domain: String,
+        /// Also drop the metadata of its snapshots.
+        #[arg(long)]
+        #[serde(default)]
+        snapshots_metadata: bool,
+    },
+    /// List domains.
+    List,
+    /// Print a domain's XML.
+    Dumpxml { domain: String },
+    /// A domain's transaction history.
+    History { domain: String },
+    /// Start QEMU for a domain as its definition describes it (memory,
+    /// vCPUs, machine type; KVM when usable, else TCG; vCPUs running
+    /// unless --paused).
+    Start {
+        domain: String,
+        #[arg(long)]
+        #[serde(default)]
+        paused: bool,
+    },
+    /// Stop a domain's QEMU (QMP quit: QEMU flushes and closes its images).
+    Stop { domain: String },
+    /// Use a QEMU started by someone else, reached at its QMP socket.
+    Attach {
+        domain: String,
+        /// The QMP unix socket.
+        #[arg(long)]
+        qmp: String,
+        /// QEMU's pid, to tell a dead QEMU from a busy monitor.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Forget a domain's QEMU without touching it.
+    Detach { domain: String },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotCmd {
+    /// Take an external disk-only snapshot.
+    Create {
+        domain: String,
+        /// Snapshot name (or from --xml).
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// `vda,file=PATH` or `vdb,snapshot=no` (repeatable).
+        #[arg(long = "diskspec")]
+        #[serde(default)]
+        diskspecs: Vec<String>,
+        /// A `<domainsnapshot>` document.
+        #[arg(long)]
+        xml: Option<PathBuf>,
+        /// Take a checkpoint of this name in the same transaction.
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
+    /// List snapshots.
+    List {
+        domain: String,
+        #[arg(long)]
+        #[serde(default)]
+        tree: bool,
+    },
+    /// Print a snapshot's XML.
+    Dumpxml { domain: String, name: String },
+    /// Print the current snapshot.
+    Current { domain: String },
+    /// Revert to a snapshot (new overlays on its images).
+    Revert {
+        domain: String,
+        name: String,
+        /// A `<domainsnapshotrevert>` naming the new overlays.
+        #[arg(long)]
+        xml: Option<PathBuf>,
+    },
+    /// Define many snapshots from full <domainsnapshot> XML (with the
+    /// historic <domain>), validated as a whole, all or nothing.
+    Redefine {
+        domain: String,
+        /// Snapshot XML files.
+        #[serde(default)]
+        files: Vec<PathBuf>,
+        /// Every *.xml file in this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Make this snapshot current.
+        #[arg(long)]
+        current: Option<String>,
+    },
+    /// Delete a snapshot (merging its image).
+    Delete {
+        domain: String,
+        name: String,
+        /// Delete its descendants too.
+        #[arg(long)]
+        #[serde(default)]
+        children: bool,
+        /// Drop metadata only, keep every image.
+        #[arg(long)]
+        #[serde(default)]
+        metadata_only: bool,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointCmd {
+    /// Take a checkpoint: a persistent dirty bitmap on each disk.
+    Create {
+        domain: String,
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// `vda,checkpoint=bitmap` or `vdb,checkpoint=no` (repeatable).
+        #[arg(long = "diskspec")]
+        #[serde(default)]
+        diskspecs: Vec<String>,
+    },
+    /// Delete a checkpoint (its bitmaps merge into its parent's).
+    Delete {
+        domain: String,
+        name: String,
+        /// Drop metadata only, keep the bitmaps.
+        #[arg(long)]
+        #[serde(default)]
+        metadata_only: bool,
+    },
+    /// List checkpoints.
+    List {
+        domain: String,
+        #[arg(long)]
+        #[serde(default)]
+        tree: bool,
+    },
+    /// Print a checkpoint's XML.
+    Dumpxml { domain: String, name: String },
+    /// Define many checkpoints from full <domaincheckpoint> XML (with the
+    /// historic <domain>), validated against the bitmaps in the images,
+    /// all or nothing.
+    Redefine {
+        domain: String,
+        #[serde(default)]
+        files: Vec<PathBuf>,
+        /// Every *.xml file in this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalCmd {
+    /// Fold history older than the given age into a checkpoint.
+    Compact {
+        /// Fold events older than this many seconds.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        #[serde(default = "default_older_than")]
+        older_than: u64,
+        /// Keep per-domain history for this many seconds.
+        #[arg(long, default_value_t = 90 * 24 * 3600)]
+        #[serde(default = "default_retention")]
+        retention: u64,
+    },
+    /// Verify every record's checksum.
+    Verify,
+}
+
+fn default_older_than() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_retention() -> u64 {
+    90 * 24 * 3600
+}
+
+/// Largest document read for a command.
+pub const MAX_INPUT: u64 = 16 * 1024 * 1024;
+
+/// Where a command's documents come from: the files it names (run here),
+/// or the contents a client sent with its request (served: the server
+/// never opens a path a client names).
+pub enum Inputs {
+    /// Read the named files.
+    Files,
+    /// The documents sent with a request, by the path the client named.
+    Sent(BTreeMap<String, String>),
+}
+
+impl Inputs {
+    /// Reads an input document: at most [`MAX_INPUT`] bytes, counted
+    /// while reading (a pipe, a device like /dev/zero or a growing file is
+    /// cut off there, not read until memory runs out); a UTF-8 byte-order
+    /// mark is dropped.
+    pub fn read(&self, path: &Path) -> Result<String> {
+        let text = match self {
+            Inputs::Files => read_file(path)?,
+            Inputs::Sent(docs) => {
+                let key = path.display().to_string();
+                let doc = docs.get(&key).ok_or_else(|| {
+                    anyhow!("document {key} was not sent with the request; nothing was changed")
+                })?;
+                if doc.len() as u64 > MAX_INPUT {
+                    bail!("{key} holds more than the {MAX_INPUT} bytes accepted; nothing was changed");
+                }
+                doc.clone()
+            }
+        };
+        Ok(match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => text,
+        })
+    }
+
+    /// `files`, then every `*.xml` file of `dir` in name order (a served
+    /// request names files only: its client lists the directory).
+    pub fn xml_files(&self, files: &[PathBuf], dir: Option<&PathBuf>) -> Result<Vec<PathBuf>> {
+        match (self, dir) {
+            (Inputs::Sent(_), Some(d)) => bail!(
+                "a request to a server names documents, not a directory ({}); nothing was changed",
+                d.display()
+            ),
+            _ => xml_files(files, dir),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_INPUT {
+        bail!(
+            "{} holds more than the {MAX_INPUT} bytes accepted; nothing was changed",
+            path.display()
+        );
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text ({e}); nothing was changed", path.display()))
+}
+
+/// The documents `cmd` reads, by path, with any `--dir` replaced by the
+/// files it holds: what a client sends with a request.
+pub fn input_paths(cmd: &mut Cmd) -> Result<Vec<PathBuf>> {
+    let expand = |files: &mut Vec<PathBuf>, dir: &mut Option<PathBuf>| -> Result<Vec<PathBuf>> {
+        *files = xml_files(files, dir.as_ref())?;
+        *dir = None;
+        Ok(files.clone())
+    };
+    Ok(match cmd {
+        Cmd::Domain(DomainCmd::Define { file }) => vec![file.clone()],
+        Cmd::Snapshot(SnapshotCmd::Create { xml: Some(x), .. })
+        | Cmd::Snapshot(SnapshotCmd::Revert { xml: Some(x), .. }) => vec![x.clone()],
+        Cmd::Snapshot(SnapshotCmd::Redefine { files, dir, .. }) => expand(files, dir)?,
+        Cmd::Checkpoint(CheckpointCmd::Redefine { files, dir, .. }) => expand(files, dir)?,
+        Cmd::Redefine(RedefineCmd::Add { file, .. }) => vec![file.clone()],
+        _ => vec![],
+    })
+}
+
+fn parse_diskspec(spec: &str) -> Result<DiskRequest> {
+    let mut parts = spec.split(',');
+    let disk = parts
+        .next()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| anyhow!("--diskspec {spec:?}: no disk name"))?;
+    let mut req = DiskRequest {
+        disk: disk.to_string(),
+        mode: DiskSnapshotMode::External,
+        file: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("file", f)) => req.file = Some(f.to_string()),
+            Some(("snapshot", "no")) => req.mode = DiskSnapshotMode::No,
+            Some(("snapshot", "external")) => req.mode = DiskSnapshotMode::External,
+            Some(("driver", "qcow2")) => {}
+            _ => bail!("--diskspec {spec:?}: unknown part {p:?} (expected file=PATH, snapshot=no|external)"),
+        }
+    }
+    Ok(req)
+}
+
+/// `files`, then every `*.xml` file of `dir` in name order.
+fn xml_files(files: &[PathBuf], dir: Option<&PathBuf>) -> Result<Vec<PathBuf>> {
+    let mut paths = files.to_vec();
+    if let Some(d) = dir {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(d)
+            .with_context(|| format!("cannot list {}", d.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+            .collect();
+        found.sort();
+        paths.extend(found);
+    }
+    Ok(paths)
+}
+
+fn parse_checkpoint_diskspec(spec: &str) -> Result<(String, bool)> {
+    match spec.split_once(',') {
+        Some((disk, "checkpoint=bitmap")) if !disk.is_empty() => Ok((disk.to_string(), true)),
+        Some((disk, "checkpoint=no")) if !disk.is_empty() => Ok((disk.to_string(), false)),
+        None if !spec.is_empty() => Ok((spec.to_string(), true)),
+        _ => bail!("--diskspec {spec:?}: expected DISK,checkpoint=bitmap|no"),
+    }
+}
+
+fn redefined(out: &Out, kind: &str, r: &executor::RedefineReport) {
+    let txn = r.txn.map(|t| t.to_string());
+    let mut text = format!(
+        "{} {kind}(s) defined, {} already defined identically",
+        r.defined.len(),
+        r.unchanged.len()
+    );
+    if !r.checkpoints_defined.is_empty() || !r.checkpoints_unchanged.is_empty() {
+        text.push_str(&format!(
+            "; {} checkpoint(s) defined, {} already defined identically",
+            r.checkpoints_defined.len(),
+            r.checkpoints_unchanged.len()
+        ));
+    }
+    if let Some(t) = &txn {
+        text.push_str(&format!(" ({t})"));
+    }
+    out.done(
+        json!({"txn": txn, "defined": r.defined, "unchanged": r.unchanged,
+               "checkpoints_defined": r.checkpoints_defined, "checkpoints_unchanged": r.checkpoints_unchanged}),
+        &text,
+    );
+}
+
+/// Runs a command on the state directory directly (no server holds it):
+/// opens it as the command needs, recovering first unless the command is
+/// recovery or a check.
+pub fn run_direct(cli: &Cli, out: &Out) -> Result<i32> {
+    let mut exec = match &cli.cmd {
+        Cmd::Recover { .. } | Cmd::Journal(JournalCmd::Verify) => {
+            recovery::open_without_recovery(&cli.state_dir)?
+        }
+        Cmd::Fsck { .. } => match recovery::open_without_recovery(&cli.state_dir) {
+            Ok(e) => e,
+            Err(e) => {
+                out.error(&format!("could not check: {e}"));
+                return Ok(2);
+            }
+        },
+        Cmd::Serve { .. } => bail!("serve is not a command of a client"),
+        cmd => {
+            let (exec, report) = if cmd.reads_only() {
+                recovery::open_for_reading(&cli.state_dir)?
+            } else {
+                recovery::open(&cli.state_dir)?
+            };
+            if !report.transactions.is_empty() {
+                out.note(&format!(
+                    "recovered open transactions first:\n{}",
+                    report.explain()
+                ));
+            }
+            exec
+        }
+    };
+    exec.set_progress(crate::progress::reporter(out.json));
+    execute(&exec, &cli.cmd, &Inputs::Files, out)
+}
+
+/// Who may run a command, and what it holds while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only: runs beside anything.
+    Read,
+    /// Changes one domain: one such request per domain at a time.
+    Domain(String),
+    /// Changes a transaction's domain found while running (redefine
+    /// sessions): the journal's own per-domain exclusion applies.
+    Session,
+    /// Touches every domain (recovery, repair, compaction): runs alone.
+    Everything,
+}
+
+impl Cmd {
+    /// Commands that only read the journal: they open it read-only when
+    /// there is nothing to recover, and a server runs them beside anything.
+    pub fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Domain(DomainCmd::List | DomainCmd::Dumpxml { .. } | DomainCmd::History { .. })
+                | Cmd::Snapshot(
+                    SnapshotCmd::List { .. } | SnapshotCmd::Dumpxml { .. } | SnapshotCmd::Current { .. }
+                )
+                | Cmd::Checkpoint(CheckpointCmd::List { .. } | CheckpointCmd::Dumpxml { .. })
+                | Cmd::Redefine(RedefineCmd::List)
+                | Cmd::Fsck { repair: false, .. }
+                | Cmd::Recover { dry_run: true }
+                | Cmd::Journal(JournalCmd::Verify)
+        )
+    }
+
+    /// What the command holds while it runs in a server; `inputs` gives
+    /// the name of a domain being defined.
+    pub fn access(&self, inputs: &Inputs) -> Access {
+        if self.reads_only() {
+            return Access::Read;
+        }
+        match self {
+            Cmd::Domain(DomainCmd::Define { file }) => inputs
+                .read(file)
+                .ok()
+                .and_then(|x| executor::xml::domain::parse_domain("domain", &x).ok())
+                .map(|d| Access::Domain(d.name))
+                .unwrap_or(Access::Session),
+            Cmd::Domain(
+                DomainCmd::Undefine { domain, .. }
+                | DomainCmd::Start { domain, .. }
+                | DomainCmd::Stop { domain }
+                | DomainCmd::Attach { domain, .. }
+                | DomainCmd::Detach { domain },
+            ) => Access::Domain(domain.clone()),
+            Cmd::Snapshot(
+                SnapshotCmd::Create { domain, .. }
+                | SnapshotCmd::Revert { domain, .. }
+                | SnapshotCmd::Redefine { domain, .. }
+                | SnapshotCmd::Delete { domain, .. },
+            ) => Access::Domain(domain.clone()),
+            Cmd::Checkpoint(
+                CheckpointCmd::Create { domain, .. }
+                | CheckpointCmd::Delete { domain, .. }
+                | CheckpointCmd::Redefine { domain, .. },
+            ) => Access::Domain(domain.clone()),
+            Cmd::Redefine(RedefineCmd::Begin { domain }) => Access::Domain(domain.clone()),
+            Cmd::Redefine(_) => Access::Session,
+            _ => Access::Everything,
+        }
+    }
+
+    /// The domain the command names, if any (for errors).
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            Cmd::Domain(
+                DomainCmd::Undefine { domain, .. }
+                | DomainCmd::Dumpxml { domain }
+                | DomainCmd::History { domain }
+                | DomainCmd::Start { domain, .. }
+                | DomainCmd::Stop { domain }
+                | DomainCmd::Attach { domain, .. }
+                | DomainCmd::Detach { domain },
+            ) => Some(domain),
+            Cmd::Snapshot(
+                SnapshotCmd::Create { domain, .. }
+                | SnapshotCmd::List { domain, .. }
+                | SnapshotCmd::Dumpxml { domain, .. }
+                | SnapshotCmd::Current { domain }
+                | SnapshotCmd::Revert { domain, .. }
+                | SnapshotCmd::Redefine { domain, .. }
+                | SnapshotCmd::Delete { domain, .. },
+            ) => Some(domain),
+            Cmd::Checkpoint(
+                CheckpointCmd::Create { domain, .. }
+                | CheckpointCmd::Delete { domain, .. }
+                | CheckpointCmd::List { domain, .. }
+                | CheckpointCmd::Dumpxml { domain, .. }
+                | CheckpointCmd::Redefine { domain, .. },
+            ) => Some(domain),
+            Cmd::Redefine(RedefineCmd::Begin { domain }) => Some(domain),
+            Cmd::Fsck { domain, .. } => domain.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `cmd` on an open executor (recovered already, or opened as the
+/// command needs); returns the exit code.
+pub fn execute(exec: &Executor, cmd: &Cmd, inputs: &Inputs, out: &Out) -> Result<i32> {
+    match cmd {
+        Cmd::Domain(c) => {
+            match c {
+                DomainCmd::Define { file } => {
+                    let xml = inputs.read(file)?;
+                    let txn = exec.define_domain(&xml)?;
+                    let name = executor::xml::domain::parse_domain("domain", &xml)
+                        .map_err(executor::ExecError::from)?
+                        .name;
+                    out.done(
+                        json!({"domain": name, "txn": txn.to_string()}),
+                        &format!("Domain '{name}' defined ({txn})"),
+                    );
+                }
+                DomainCmd::Undefine {
+                    domain,
+                    snapshots_metadata,
+                } => {
+                    let txn = exec.undefine_domain(domain, *snapshots_metadata)?;
+                    out.done(
+                        json!({"domain": domain, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' undefined ({txn})"),
+                    );
+                }
+                DomainCmd::List => exec.journal().with_state(|s| output::domain_list(out, s))?,
+                DomainCmd::Dumpxml { domain } => {
+                    // The definition alone, not a copy of every snapshot.
+                    let xml = exec
+                        .journal()
+                        .with_state(|s| s.domains.get(domain).map(|d| d.core.xml.clone()))?
+                        .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                    out.raw(&xml);
+                }
+                DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
+                DomainCmd::Start { domain, paused } => {
+                    let rt = exec.domain_start(domain, *paused)?;
+                    let accel = exec.domain_accel(domain);
+                    let how = match accel {
+                        Some("kvm") => "KVM".to_string(),
+                        Some(_) if executor::live::machine::kvm_usable() => {
+                            "TCG: KVM did not start, see the QEMU log".to_string()
+                        }
+                        Some(_) => "TCG: /dev/kvm is not usable here".to_string(),
+                        None => "accelerator unknown".to_string(),
+                    };
+                    out.done(
+                        json!({"domain": domain, "qmp": rt.qmp_socket, "pid": rt.process(), "paused": paused, "accel": accel}),
+                        &format!(
+                            "Domain '{domain}' started{} ({how}; QMP socket {})",
+                            if *paused { " paused" } else { "" },
+                            rt.qmp_socket
+                        ),
+                    );
+                }
+                DomainCmd::Stop { domain } => {
+                    let txn = exec.domain_stop(domain)?;
+                    out.done(
+                        json!({"domain": domain, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' stopped ({txn})"),
+                    );
+                }
+                DomainCmd::Attach { domain, qmp, pid } => {
+                    let txn = exec.domain_attach(domain, qmp, *pid)?;
+                    out.done(
+                        json!({"domain": domain, "qmp": qmp, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' attached to the QEMU at {qmp} ({txn})"),
+                    );
+                }
+                DomainCmd::Detach { domain } => {
+                    let txn = exec.domain_detach(domain)?;
+                    out.done(
+                        json!({"domain": domain, "txn": txn.to_string()}),
+                        &format!("Domain '{domain}' detached ({txn})"),
+                    );
+                }
+            }
+        }
+        Cmd::Snapshot(c) => {
+            match c {
+                SnapshotCmd::Create {
+                    domain,
+                    name,
+                    description,
+                    diskspecs,
+                    xml,
+                    checkpoint,
+                } => {
+                    let mut req = CreateRequest {
+                        domain: domain.clone(),
+                        name: name.clone().unwrap_or_default(),
+                        description: description.clone(),
+                        disks: vec![],
+                        checkpoint: checkpoint.clone(),
+                    };
+                    if let Some(x) = xml {
+                        let text = inputs.read(x)?;
+                        let parsed = parse_snapshot(&x.display().to_string(), &text)
+                            .map_err(executor::ExecError::from)?;
+                        if req.name.is_empty() {
+                            req.name = parsed.request.name.clone().unwrap_or_default();
+                        }
+                        if req.description.is_none() {
+                            req.description = parsed.request.description.clone();
+                        }
+                        req.disks = parsed.request.disks;
+                    }
+                    for s in diskspecs {
+                        let d = parse_diskspec(s)?;
+                        req.disks.retain(|x| x.disk != d.disk);
+                        req.disks.push(d);
+                    }
+                    if req.name.is_empty() {
+                        bail!("no snapshot name given (as an argument or in --xml); nothing was changed");
+                    }
+                    let r = exec.snapshot_create(&req)?;
+                    let mut msg = format!("Domain snapshot {} created ({})", req.name, r.txn);
+                    if let Some(c) = &req.checkpoint {
+                        msg.push_str(&format!("\nDomain checkpoint {c} created with it"));
+                    }
+                    out.done(
+                        json!({"domain": domain, "snapshot": req.name, "txn": r.txn.to_string(),
+                               "checkpoint": req.checkpoint, "bitmaps": r.bitmap_changes,
+                               "overlays": r.overlays.iter().map(|(d, p)| json!({"disk": d, "file": p})).collect::<Vec<_>>()}),
+                        &msg,
+                    );
+                }
+                SnapshotCmd::List { domain, tree } => {
+                    // Rendered from the journal's state in place: a domain
+                    // with 10,000 snapshots is not copied to be listed.
+                    exec.journal().with_state(|s| match s.domains.get(domain) {
+                        Some(d) => {
+                            output::snapshot_list(out, d, *tree);
+                            Ok(())
+                        }
+                        None => Err(anyhow!("domain {domain} is not defined")),
+                    })??;
+                }
+                SnapshotCmd::Dumpxml { domain, name } => {
+                    let s = exec.journal().with_state(|st| {
+                        let d = st
+                            .domains
+                            .get(domain)
+                            .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+                        d.snapshots
+                            .get(name)
+                            .cloned()
+                            .ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))
+                    })??;
+                    let historic = executor::metadata::snapshot_historic(exec.journal(), domain, name)?;
+                    out.raw(&executor::xml::snapshot::render_snapshot(&s, &historic)?);
+                }
+                SnapshotCmd::Current { domain } => {
+                    let current = exec.journal().with_state(|st| {
+                        st.domains
+                            .get(domain)
+                            .map(|d| d.core.current_snapshot.clone())
+                            .ok_or_else(|| anyhow!("domain {domain} is not defined"))
+                    })??;
+                    match &current {
+                        Some(c) => out.done(json!({"current": c}), c),
+                        None => bail!("domain {domain} has no current snapshot"),
+                    }
+                }
+                SnapshotCmd::Revert { domain, name, xml } => {
+                    let overlays = match xml {
+                        Some(x) => parse_revert(&x.display().to_string(), &inputs.read(x)?)
+                            .map_err(executor::ExecError::from)?,
+                        None => Default::default(),
+                    };
+                    let r = exec.snapshot_revert(&RevertRequest {
+                        domain: domain.clone(),
+                        snapshot: name.clone(),
+                        overlays,
+                    })?;
+                    let mut msg = format!("Domain '{domain}' reverted to snapshot {name} ({})", r.txn);
+                    for k in &r.kept {
+                        msg.push_str(&format!(
+                            "\nkept {k}: not created by snapjournal (a disk the user swapped)"
+                        ));
+                    }
+                    out.done(
+                        json!({"domain": domain, "snapshot": name, "txn": r.txn.to_string(),
+                               "overlays": r.overlays.iter().map(|(d, p)| json!({"disk": d, "file": p})).collect::<Vec<_>>(),
+                               "removed": r.removed, "kept": r.kept, "restarted_running": r.restarted}),
+                        &msg,
+                    );
+                }
+                SnapshotCmd::Redefine {
+                    domain,
+                    files,
+                    dir,
+                    current,
+                } => {
+                    let paths = inputs.xml_files(files, dir.as_ref())?;
+                    let mut items = Vec::with_capacity(paths.len());
+                    for p in &paths {
+                        items.push((p.display().to_string(), inputs.read(p)?));
+                    }
+                    let r = exec.snapshot_redefine(&executor::RedefineRequest {
+                        domain: domain.clone(),
+                        items,
+                        current: current.clone(),
+                    })?;
+                    redefined(out, "snapshot", &r);
+                }
+                SnapshotCmd::Delete {
+                    domain,
+                    name,
+                    children,
+                    metadata_only,
+                } => {
+                    let r = exec.snapshot_delete(&DeleteRequest {
+                        domain: domain.clone(),
+                        snapshot: name.clone(),
+                        children: *children,
+                        metadata_only: *metadata_only,
+                    })?;
+                    let mut msg = format!("Domain snapshot {name} deleted ({})", r.txn);
+                    for m in &r.merges {
+                        msg.push_str(&format!("\n{}", m.describe()));
+                    }
+                    out.done(
+                        json!({"domain": domain, "deleted": r.deleted, "txn": r.txn.to_string(),
+                               "merges": r.merges.iter().map(|m| m.describe()).collect::<Vec<_>>(),
+                               "removed": r.removed, "kept": r.released}),
+                        &msg,
+                    );
+                }
+            }
+        }
+        Cmd::Checkpoint(c) => {
+            let domain_state = |domain: &str| -> Result<journal::DomainState> {
+                exec.journal()
+                    .domain(domain)?
+                    .ok_or_else(|| anyhow!("domain {domain} is not defined"))
+            };
+            match c {
+                CheckpointCmd::Create {
+                    domain,
+                    name,
+                    description,
+                    diskspecs,
+                } => {
+                    let mut disks = Vec::new();
+                    for s in diskspecs {
+                        disks.push(parse_checkpoint_diskspec(s)?);
+                    }
+                    let r = exec.checkpoint_create(&CheckpointRequest {
+                        domain: domain.clone(),
+                        name: name.clone(),
+                        description: description.clone(),
+                        disks,
+                    })?;
+                    out.done(
+                        json!({"domain": domain, "checkpoint": name, "txn": r.txn.to_string(), "bitmaps": r.bitmap_changes}),
+                        &format!("Domain checkpoint {name} created ({})", r.txn),
+                    );
+                }
+                CheckpointCmd::Delete {
+                    domain,
+                    name,
+                    metadata_only,
+                } => {
+                    let r = exec.checkpoint_delete(domain, name, *metadata_only)?;
+                    let mut msg = format!("Domain checkpoint {name} deleted ({})", r.txn);
+                    for b in &r.bitmap_changes {
+                        msg.push_str(&format!("\n{b}"));
+                    }
+                    out.done(
+                        json!({"domain": domain, "checkpoint": name, "txn": r.txn.to_string(), "bitmaps": r.bitmap_changes}),
+                        &msg,
+                    );
+                }
+                CheckpointCmd::List { domain, tree } => {
+                    output::checkpoint_list(out, &domain_state(domain)?, *tree)
+                }
+                CheckpointCmd::Dumpxml { domain, name } => {
+                    let d = domain_state(domain)?;
+                    let c = d
+                        .checkpoints
+                        .get(name)
+                        .ok_or_else(|| anyhow!("domain {domain} has no checkpoint called {name}"))?;
+                    let historic = executor::metadata::checkpoint_historic(exec.journal(), domain, name)?;
+                    out.raw(&executor::xml::checkpoint::render_checkpoint(c, &historic)?);
+                }
+                CheckpointCmd::Redefine { domain, files, dir } => {
+                    let mut items = Vec::new();
+                    for p in inputs.xml_files(files, dir.as_ref())? {
+                        items.push((p.display().to_string(), inputs.read(&p)?));
+                    }
+                    let r = exec.checkpoint_redefine(domain, &items)?;
+                    redefined(out, "checkpoint", &r);
+                }
+            }
+        }
+        Cmd::Redefine(c) => match c {
+            RedefineCmd::Begin { domain } => {
+                let id = exec.redefine_begin(domain)?;
+                out.done(json!({"id": id, "domain": domain}), &id);
+            }
+            RedefineCmd::Add { id, file } => {
+                let xml = inputs.read(file)?;
+                let item = exec.redefine_add(id, &file.display().to_string(), &xml)?;
+                out.done(
+                    json!({"id": id, "item": item}),
+                    &format!("added {item} to session {id}"),
+                );
+            }
+            RedefineCmd::Commit { id, current } => {
+                let r = exec.redefine_commit(id, current.clone())?;
+                redefined(out, "snapshot", &r);
+            }
+            RedefineCmd::Abort { id } => {
+                exec.redefine_abort(id)?;
+                out.done(
+                    json!({"id": id}),
+                    &format!("session {id} aborted; nothing was defined"),
+                );
+            }
+            RedefineCmd::List => {
+                let s = exec.redefine_sessions()?;
+                let text: String = s
+                    .iter()
+                    .map(|(id, d, n)| format!("{id}  domain {d}  {n} document(s)\n"))
+                    .collect();
+                out.report(
+                    json!(s
+                        .iter()
+                        .map(|(id, d, n)| json!({"id": id, "domain": d, "documents": n}))
+                        .collect::<Vec<_>>()),
+                    &text,
+                );
+            }
+        },
+        Cmd::Recover { dry_run } => {
+            let report = recovery::recover_all(exec, *dry_run)?;
+            out.report(serde_json::to_value(&report)?, &report.explain());
+            return Ok(if report.all_closed() { 0 } else { 1 });
+        }
+        Cmd::Fsck { domain, repair } => {
+            let report = recovery::fsck(exec, domain.as_deref(), *repair)?;
+            output::fsck(out, &report);
+            return Ok(report.exit_code());
+        }
+        Cmd::Journal(JournalCmd::Compact {
+            older_than,
+            retention,
+        }) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let r = exec.journal().compact(
+                now.saturating_sub(older_than * 1000),
+                now.saturating_sub(retention * 1000),
+            )?;
+            out.done(
+                json!({"events_folded": r.events_folded, "history_dropped": r.history_dropped}),
+                &format!(
+                    "folded {} events into the checkpoint, dropped {} history entries",
+                    r.events_folded, r.history_dropped
+                ),
+            );
+        }
+        Cmd::Journal(JournalCmd::Verify) => {
+            let bad = exec.journal().verify_records()?;
+            let msgs: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
+            out.report(
+                json!({"corrupt": msgs}),
+                &if msgs.is_empty() {
+                    "every record is intact\n".to_string()
+                } else {
+                    msgs.join("\n") + "\n"
+                },
+            );
+            return Ok(if msgs.is_empty() { 0 } else { 1 });
+        }
+        Cmd::Serve { .. } => bail!("serve is run by `snapjournal serve`, not sent as a request"),
+    }
+    Ok(0)
+}

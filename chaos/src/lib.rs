@@ -12,4 +12,5 @@ pub mod random;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod served;
 pub mod witness;

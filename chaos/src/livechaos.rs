@@ -321,7 +321,7 @@ fn fsck_violations(f: &Fixture, fate: QemuFate, v: &mut Vec<String>) -> Result<(
     let exec = recovery::open_without_recovery(&f.state)?;
     let report = recovery::fsck(&exec, None, false)?;
     for x in &report.findings {
-        let lost = matches!(x.kind, "missing-bitmap" | "inconsistent-bitmap" | "bitmap-state");
+        let lost = crate::invariants::is_lost_tracking(x.kind);
         if fate == QemuFate::Killed && lost {
             continue;
         }

@@ -36,6 +36,9 @@ enum Mode {
     /// every offline operation (--op, --disks) cut at every crash point
     /// and before every sync, under several policies.
     PowerCut,
+    /// The operations (--op) sent through `snapjournal serve`, the server
+    /// killed at every crash point, restarted, checked.
+    Served,
 }
 
 #[derive(Parser)]
@@ -187,6 +190,7 @@ fn main() -> Result<()> {
             Mode::Live => "live",
             Mode::LiveRandom => "live-random",
             Mode::PowerCut => "power-cut",
+            Mode::Served => "served",
         }
         .into(),
         ..Default::default()
@@ -286,8 +290,19 @@ fn main() -> Result<()> {
         report.cases.extend(chaos::powercut::run_jobs(jobs, args.jobs));
     }
 
+    if matches!(args.mode, Mode::Served | Mode::Bounded | Mode::Full) {
+        // CI's sample: a create and a delete through a killed server.
+        let served_ops: Vec<Op> = if args.mode == Mode::Served {
+            ops.clone()
+        } else {
+            vec![Op::Create, Op::DeleteLeaf]
+        };
+        eprintln!("running the served cases (a killed server)");
+        report.cases.extend(chaos::served::run(&served_ops, args.jobs)?);
+    }
+
     let mut jobs = Vec::new();
-    let offline_ops: &[Op] = if matches!(args.mode, Mode::Live | Mode::LiveRandom | Mode::PowerCut) {
+    let offline_ops: &[Op] = if matches!(args.mode, Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served) {
         &[]
     } else {
         &ops
@@ -386,7 +401,7 @@ fn main() -> Result<()> {
 
     if !matches!(
         args.mode,
-        Mode::One | Mode::Live | Mode::LiveRandom | Mode::PowerCut
+        Mode::One | Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served
     ) {
         eprintln!("running fault cases");
         report.faults.push(faults::storage_fault("readonly")?);

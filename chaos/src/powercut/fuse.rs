@@ -29,6 +29,8 @@ pub struct Shared {
     /// last `sync_all`) arrives; that sync is not applied.
     pub freeze_at: Option<u64>,
     pub frozen: bool,
+    /// The command name of the process whose sync froze the file system.
+    pub frozen_by: Option<String>,
 }
 
 /// The FUSE side.
@@ -91,13 +93,16 @@ impl PowerCutFs {
         }
     }
 
-    fn sync(&self, ino: INodeNo, reply: ReplyEmpty) {
+    fn sync(&self, ino: INodeNo, pid: u32, reply: ReplyEmpty) {
         let mut g = self.lock();
         if g.frozen {
             return reply.error(Errno::EIO);
         }
         if g.freeze_at == Some(g.model.syncs + 1) {
             g.frozen = true;
+            g.frozen_by = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|c| c.trim().to_string());
             return reply.error(Errno::EIO);
         }
         match g.model.fsync(ino.0) {
@@ -356,8 +361,8 @@ impl Filesystem for PowerCutFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.sync(ino, reply);
+    fn fsync(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.sync(ino, req.pid(), reply);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -392,8 +397,8 @@ impl Filesystem for PowerCutFs {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.sync(ino, reply);
+    fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.sync(ino, req.pid(), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -496,6 +501,7 @@ impl Mounted {
             model,
             freeze_at: None,
             frozen: false,
+            frozen_by: None,
         }));
         let mut config = fuser::Config::default();
         config.mount_options = vec![fuser::MountOption::FSName("sj-powercut".into())];
@@ -538,6 +544,11 @@ impl Mounted {
     /// Whether the file system froze.
     pub fn frozen(&self) -> bool {
         self.lock().frozen
+    }
+
+    /// The command name of the process whose sync froze the file system.
+    pub fn frozen_by(&self) -> Option<String> {
+        self.lock().frozen_by.clone()
     }
 
     /// Freezes now.

@@ -263,8 +263,18 @@ pub fn run_case_with_env(
         case.millis = started.elapsed().as_millis();
         return Ok(case);
     }
+    // A cut inside qemu-img, while it had an image with dirty bitmaps
+    // open read-write, may leave them missing or marked in use: QEMU
+    // clears the bitmap directory (synced) before rewriting it, and marks
+    // bitmaps in use while it holds them. That loses the change tracking,
+    // which fsck reports (never a silently wrong bitmap); everything else
+    // is judged as always.
+    let in_qemu_img = matches!(at, CutAt::Sync(_)) && w.m().frozen_by().as_deref() == Some("qemu-img");
+    if in_qemu_img {
+        case.point.push_str(" in qemu-img");
+    }
     w.cut(policy)?;
-    crate::runner::recover_and_judge(w.f(), op, reference, &sums, case, started)
+    crate::runner::recover_and_judge_with(w.f(), op, reference, &sums, case, started, in_qemu_img)
 }
 
 /// What a power-cut case runs.

@@ -302,7 +302,10 @@ fn main() -> Result<()> {
     }
 
     let mut jobs = Vec::new();
-    let offline_ops: &[Op] = if matches!(args.mode, Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served) {
+    let offline_ops: &[Op] = if matches!(
+        args.mode,
+        Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served
+    ) {
         &[]
     } else {
         &ops

@@ -38,6 +38,12 @@ pub struct Request {
     /// (the client reads them; the server never opens a client's path).
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
+    /// Reply as soon as the operation's transaction has begun (`done`
+    /// with `result: {"txn", "what", "detached": true}`); the operation
+    /// runs on (`journal wait` follows it). A request that begins no
+    /// transaction is answered as usual.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 /// What the server sends back, one JSON object per line, tagged by `event`.

@@ -129,6 +129,7 @@ pub fn run_through(mut client: Client, cli: &Cli, out: &Out) -> Result<i32> {
         cmd,
         json: cli.json,
         inputs,
+        detach: cli.detach,
     };
     let progress = crate::progress::reporter(cli.json);
     let done = client.call(&request, |f| match f {
@@ -142,13 +143,25 @@ pub fn run_through(mut client: Client, cli: &Cli, out: &Out) -> Result<i32> {
         Frame::Began { .. } | Frame::Done { .. } => {}
     });
     match done {
+        Ok(d) if cli.detach && d.result.as_ref().is_some_and(|r| r["detached"] == true) => {
+            let r = d.result.unwrap_or_default();
+            let txn = r["txn"].as_str().unwrap_or("?").to_string();
+            out.done(
+                r.clone(),
+                &format!(
+                    "transaction {txn} began ({}); it runs on in the server: `snapjournal journal wait {txn}` follows it",
+                    r["what"].as_str().unwrap_or("")
+                ),
+            );
+            Ok(0)
+        }
         Ok(d) => Ok(d.code),
         Err(CallError::ServerGone { began: Some((txn, what)) }) => Err(anyhow!(
             "the server stopped while running transaction {txn} ({what}); recovery finishes it when the server restarts (or at the next command once no server holds {})",
             cli.state_dir.display()
         )),
         Err(CallError::ServerGone { began: None }) => Err(anyhow!(
-            "the server stopped before it replied; no transaction had begun, so nothing was changed"
+            "the server stopped before it replied and before a transaction of this request was under way; recovery undoes anything it had started, so nothing was changed"
         )),
         Err(e) => Err(e.into()),
     }

@@ -32,6 +32,11 @@ pub struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Through a server only: return as soon as the operation's
+    /// transaction has begun, printing its id (follow it with `journal
+    /// wait TXN`); the operation runs on.
+    #[arg(long, global = true)]
+    pub detach: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -287,6 +292,21 @@ pub enum JournalCmd {
     },
     /// Verify every record's checksum.
     Verify,
+    /// One transaction: what it does, its phase (open) or outcome.
+    Show { txn: String },
+    /// Wait until a transaction is closed (one started with --detach);
+    /// exit 0 finished, 1 aborted.
+    Wait {
+        txn: String,
+        /// Give up after this many seconds (exit 2).
+        #[arg(long, default_value_t = 3600)]
+        #[serde(default = "default_wait")]
+        timeout: u64,
+    },
+}
+
+fn default_wait() -> u64 {
+    3600
 }
 
 fn default_older_than() -> u64 {
@@ -460,6 +480,9 @@ fn redefined(out: &Out, kind: &str, r: &executor::RedefineReport) {
 /// opens it as the command needs, recovering first unless the command is
 /// recovery or a check.
 pub fn run_direct(cli: &Cli, out: &Out) -> Result<i32> {
+    if cli.detach {
+        bail!("--detach needs a running server (`snapjournal serve`) to carry the operation on; nothing was changed");
+    }
     let mut exec = match &cli.cmd {
         Cmd::Recover { .. } | Cmd::Journal(JournalCmd::Verify) => {
             recovery::open_without_recovery(&cli.state_dir)?
@@ -519,7 +542,7 @@ impl Cmd {
                 | Cmd::Redefine(RedefineCmd::List)
                 | Cmd::Fsck { repair: false, .. }
                 | Cmd::Recover { dry_run: true }
-                | Cmd::Journal(JournalCmd::Verify)
+                | Cmd::Journal(JournalCmd::Verify | JournalCmd::Show { .. } | JournalCmd::Wait { .. })
         )
     }
 
@@ -973,6 +996,36 @@ pub fn execute(exec: &Executor, cmd: &Cmd, inputs: &Inputs, out: &Out) -> Result
                 },
             );
             return Ok(if msgs.is_empty() { 0 } else { 1 });
+        }
+        Cmd::Journal(JournalCmd::Show { txn }) => {
+            let id: journal::TxnId = txn.parse().map_err(|e: String| anyhow!(e))?;
+            let h = exec
+                .journal()
+                .transaction(id)?
+                .ok_or_else(|| anyhow!("no transaction {id} in this journal (never begun here, or its history was compacted away)"))?;
+            let (value, text) = output::transaction(&h);
+            out.report(value, &text);
+        }
+        Cmd::Journal(JournalCmd::Wait { txn, timeout }) => {
+            let id: journal::TxnId = txn.parse().map_err(|e: String| anyhow!(e))?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
+            loop {
+                let h = exec
+                    .journal()
+                    .transaction(id)?
+                    .ok_or_else(|| anyhow!("no transaction {id} in this journal"))?;
+                if h.outcome != journal::Outcome::Open {
+                    let aborted = matches!(h.outcome, journal::Outcome::Aborted { .. });
+                    let (value, text) = output::transaction(&h);
+                    out.report(value, &text);
+                    return Ok(if aborted { 1 } else { 0 });
+                }
+                if std::time::Instant::now() >= deadline {
+                    out.error(&format!("transaction {id} is still open after {timeout} s"));
+                    return Ok(2);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
         Cmd::Serve { .. } => bail!("serve is run by `snapjournal serve`, not sent as a request"),
     }

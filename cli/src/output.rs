@@ -9,9 +9,13 @@ use std::fmt::Write as _;
 pub enum Sink {
     /// Printed here.
     Stdio,
-    /// Sent to a client, frame by frame.
-    Remote(Box<dyn Fn(crate::api::Frame) + Send + Sync>),
+    /// Sent to a client, frame by frame (see [`RemoteSend`]).
+    Remote(RemoteSend),
 }
+
+/// Sends a frame to a remote client; with `delivered`, returns only once
+/// the frame is in the client's socket (or the client is gone).
+pub type RemoteSend = Box<dyn Fn(crate::api::Frame, bool) + Send + Sync>;
 
 /// Where results go.
 pub struct Out {
@@ -33,7 +37,7 @@ impl Out {
     }
 
     /// Output sent to a remote client.
-    pub fn remote(json: bool, send: Box<dyn Fn(crate::api::Frame) + Send + Sync>) -> Out {
+    pub fn remote(json: bool, send: RemoteSend) -> Out {
         Out {
             json,
             sink: Sink::Remote(send),
@@ -55,7 +59,7 @@ impl Out {
                 let mut o = std::io::stdout().lock();
                 let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
             }
-            Sink::Remote(send) => send(crate::api::Frame::Stdout { text: s.to_string() }),
+            Sink::Remote(send) => send(crate::api::Frame::Stdout { text: s.to_string() }, false),
         }
     }
 
@@ -72,7 +76,7 @@ impl Out {
                 let mut o = std::io::stderr().lock();
                 let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
             }
-            Sink::Remote(send) => send(crate::api::Frame::Stderr { text: s.to_string() }),
+            Sink::Remote(send) => send(crate::api::Frame::Stderr { text: s.to_string() }, false),
         }
     }
 
@@ -87,20 +91,28 @@ impl Out {
     pub fn progress(&self, p: &executor::live::JobProgress) {
         match &self.sink {
             Sink::Stdio => {}
-            Sink::Remote(send) => send(crate::api::Frame::Progress {
-                progress: serde_json::to_value(p).unwrap_or(Value::Null),
-            }),
+            Sink::Remote(send) => send(
+                crate::api::Frame::Progress {
+                    progress: serde_json::to_value(p).unwrap_or(Value::Null),
+                },
+                false,
+            ),
         }
     }
 
     /// A transaction began (told to a remote client only: the CLI prints
-    /// the id when the operation ends).
+    /// the id when the operation ends). Returns once the frame is in the
+    /// client's socket: a server that dies after this still has told its
+    /// client which transaction recovery will finish.
     pub fn began(&self, txn: &str, what: &str) {
         if let Sink::Remote(send) = &self.sink {
-            send(crate::api::Frame::Began {
-                txn: txn.to_string(),
-                what: what.to_string(),
-            });
+            send(
+                crate::api::Frame::Began {
+                    txn: txn.to_string(),
+                    what: what.to_string(),
+                },
+                true,
+            );
         }
     }
 
@@ -394,6 +406,27 @@ pub fn history(out: &Out, h: &[HistoryEntry]) {
             e.actor
         ));
     }
+}
+
+/// `journal show` / `journal wait`: one transaction.
+pub fn transaction(e: &HistoryEntry) -> (Value, String) {
+    let outcome = match &e.outcome {
+        Outcome::Open => "open".to_string(),
+        Outcome::Finished => "finished".into(),
+        Outcome::Aborted { reason } => format!("aborted: {reason}"),
+    };
+    (
+        json!({"txn": e.txn.to_string(), "domain": e.domain, "what": e.what, "actor": e.actor,
+               "began_ms": e.began_ms, "ended_ms": e.ended_ms, "outcome": outcome}),
+        format!(
+            "{} domain {}: {} by {}, began {}: {outcome}\n",
+            e.txn,
+            e.domain,
+            e.what,
+            e.actor,
+            utc((e.began_ms / 1000) as i64)
+        ),
+    )
 }
 
 /// `fsck`.

@@ -101,6 +101,11 @@ impl Server {
         }
     }
 
+    /// How many requests are running.
+    pub fn requests_running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
     /// The executor (an embedding agent may run operations itself; the
     /// journal keeps one transaction per domain either way).
     pub fn executor(&self) -> &Executor {
@@ -333,7 +338,8 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, owner: u32, options
             }
             continue;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let detach = request.detach;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
         shared.running.fetch_add(1, Ordering::SeqCst);
         let worker = shared.clone();
         tokio::task::spawn_blocking(move || {
@@ -343,9 +349,36 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, owner: u32, options
         // The request runs to its end whether or not the client stays: a
         // write that fails only stops the forwarding.
         let mut client_gone = false;
-        while let Some(frame) = rx.recv().await {
+        while let Some((frame, delivered)) = rx.recv().await {
             if !client_gone && send(&mut writer, &frame).await.is_err() {
                 client_gone = true;
+            }
+            if let (true, Frame::Began { txn, what }) = (detach, &frame) {
+                // The reply, now; the request runs on, unheard.
+                let reply = Frame::Done {
+                    code: 0,
+                    result: Some(serde_json::json!({"txn": txn, "what": what, "detached": true})),
+                    error: None,
+                };
+                if !client_gone && send(&mut writer, &reply).await.is_err() {
+                    client_gone = true;
+                }
+                if let Some(ack) = delivered {
+                    let _ = ack.send(());
+                }
+                // The rest of its frames go nowhere; the connection takes
+                // its next request at once.
+                tokio::spawn(async move {
+                    while let Some((_, delivered)) = rx.recv().await {
+                        if let Some(ack) = delivered {
+                            let _ = ack.send(());
+                        }
+                    }
+                });
+                break;
+            }
+            if let Some(ack) = delivered {
+                let _ = ack.send(());
             }
         }
         if client_gone {
@@ -381,13 +414,26 @@ fn admit(shared: &Shared, request: &Request, peer: Peer) -> Option<ApiError> {
     None
 }
 
+/// A frame for the connection's writer, with whom to tell once it is
+/// written.
+type Outgoing = (Frame, Option<std::sync::mpsc::Sender<()>>);
+
 /// Runs one request on a blocking thread, its output sent as frames.
-fn handle(shared: &Shared, request: Request, tx: mpsc::UnboundedSender<Frame>) {
+fn handle(shared: &Shared, request: Request, tx: mpsc::UnboundedSender<Outgoing>) {
     let sender = tx.clone();
     let out = Arc::new(Out::remote(
         request.json,
-        Box::new(move |f| {
-            let _ = sender.send(f);
+        Box::new(move |f, delivered| {
+            if !delivered {
+                let _ = sender.send((f, None));
+                return;
+            }
+            let (ack, written) = std::sync::mpsc::channel();
+            if sender.send((f, Some(ack))).is_ok() {
+                // Bounded: a writer stuck on a client that stopped reading
+                // does not hold the transaction.
+                let _ = written.recv_timeout(Duration::from_secs(5));
+            }
         }),
     ));
     let inputs = Inputs::Sent(request.inputs);
@@ -425,7 +471,7 @@ fn handle(shared: &Shared, request: Request, tx: mpsc::UnboundedSender<Frame>) {
             }
         }
     };
-    let _ = tx.send(done);
+    let _ = tx.send((done, None));
 }
 
 /// A transaction left open on the domain by an earlier request (its undo
@@ -616,8 +662,18 @@ pub fn run_foreground(
         };
         server.serve(options, stop).await
     })?;
-    // Blocking threads still running (past the stop timeout) are left to
-    // recovery: the process ends without waiting for them.
-    runtime.shutdown_background();
+    // The connections' tasks are dropped (they hold the executor), so the
+    // journal closes before the process exits: RocksDB's threads must not
+    // be running while the process tears down.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if server.requests_running() > 0 {
+        // Past the stop timeout: left to recovery, as after a crash. The
+        // process ends at once, without the destructors a running request
+        // still needs.
+        warn!("exiting with requests running: recovery finishes them at the next open");
+        // SAFETY: _exit ends the process; nothing runs after it.
+        unsafe { libc::_exit(0) };
+    }
+    drop(server);
     Ok(0)
 }

@@ -98,6 +98,11 @@ fn slow_path(name: &str) {
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
+        // The signal ends every thread; this one waits for it rather than
+        // going on (or aborting) in the moment before it lands.
+        for _ in 0..1000 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         std::process::abort();
     }
 }

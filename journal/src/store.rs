@@ -1176,6 +1176,25 @@ impl Journal {
         Ok(out)
     }
 
+    /// One transaction's history entry, open or closed (`None`: never
+    /// begun here, or closed and its history dropped by compaction). A
+    /// closed one is found by a scan of the history (for `journal show`
+    /// and `journal wait`, not for hot paths).
+    pub fn transaction(&self, txn: TxnId) -> Result<Option<HistoryEntry>> {
+        if let Some(o) = self.lock_inner()?.open.get(&txn) {
+            return Ok(Some(o.history_entry(None)));
+        }
+        for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = String::from_utf8_lossy(&k).replace('\0', "/");
+            let entry: HistoryEntry = decode(RecordKind::History, &v, RecordName::History { key }, None)?;
+            if entry.txn == txn {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
+    }
+
     /// Folds every event older than `older_than_ms` (ms since the epoch)
     /// into the compaction checkpoint and drops those events; drops history
     /// entries of closed transactions that ended before `history_before_ms`.

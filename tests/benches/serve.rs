@@ -70,9 +70,18 @@ fn world(root: &Path, domains: usize, disks: usize) -> PathBuf {
 fn cli(state: &Path, args: &[&str]) -> Duration {
     let bin = chaos::fixture::snapjournal_bin().unwrap();
     let t = Instant::now();
-    let o = Command::new(bin).arg("--state-dir").arg(state).args(args).output().unwrap();
+    let o = Command::new(bin)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap();
     let d = t.elapsed();
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     d
 }
 
@@ -103,6 +112,7 @@ fn req(cmd: Value) -> Request {
         cmd: serde_json::from_value(cmd).unwrap(),
         json: true,
         inputs: Default::default(),
+        detach: false,
     }
 }
 
@@ -160,7 +170,10 @@ fn virsh_done(name: &str) {
 fn cli_side_by_side(rounds: usize) {
     // libvirt's QEMU runs as libvirt-qemu: the images live where it can
     // reach them.
-    let root = tempfile::Builder::new().prefix("sj-serve-").tempdir_in("/var/tmp").unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("sj-serve-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let state = world(root.path(), 1, 2);
     cli(&state, &["domain", "start", "d0", "--paused"]);
@@ -174,11 +187,23 @@ fn cli_side_by_side(rounds: usize) {
         if let Some(name) = &virsh {
             let t = Instant::now();
             let o = Command::new("virsh")
-                .args(["-c", "qemu:///system", "snapshot-create-as", name, &format!("v{r}"), "--disk-only", "--atomic"])
+                .args([
+                    "-c",
+                    "qemu:///system",
+                    "snapshot-create-as",
+                    name,
+                    &format!("v{r}"),
+                    "--disk-only",
+                    "--atomic",
+                ])
                 .output()
                 .unwrap();
             lv.push(t.elapsed());
-            assert!(o.status.success(), "virsh: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "virsh: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
     }
     cli(&state, &["domain", "stop", "d0"]);
@@ -248,7 +273,10 @@ fn one_client(n: usize) -> Duration {
     let t = Instant::now();
     for i in 0..n {
         let d = client
-            .call(&req(json!({"snapshot": {"create": {"domain": "d0", "name": format!("s{i}")}}})), |_| {})
+            .call(
+                &req(json!({"snapshot": {"create": {"domain": "d0", "name": format!("s{i}")}}})),
+                |_| {},
+            )
             .unwrap();
         assert_eq!(d.code, 0);
     }
@@ -278,12 +306,19 @@ fn load(clients: usize, total: usize) {
     let socket = state.join("snapjournal.sock");
     let next = Arc::new(AtomicUsize::new(0));
     let unexpected = Arc::new(Mutex::new(Vec::<String>::new()));
-    let counts = Arc::new(Mutex::new(std::collections::BTreeMap::<&'static str, usize>::new()));
+    let counts = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<&'static str, usize>::new(),
+    ));
     let rss = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..clients)
         .map(|c| {
-            let (socket, next, unexpected, counts, rss) =
-                (socket.clone(), next.clone(), unexpected.clone(), counts.clone(), rss.clone());
+            let (socket, next, unexpected, counts, rss) = (
+                socket.clone(),
+                next.clone(),
+                unexpected.clone(),
+                counts.clone(),
+                rss.clone(),
+            );
             std::thread::spawn(move || {
                 let mut client = Client::connect(&socket).unwrap();
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1);
@@ -328,7 +363,9 @@ fn load(clients: usize, total: usize) {
                             mine += 1;
                             json!({"snapshot": {"create": {"domain": dom, "name": format!("c{c}-{mine}")}}})
                         }
-                        "delete" => json!({"snapshot": {"delete": {"domain": dom, "name": format!("c{c}-{mine}")}}}),
+                        "delete" => {
+                            json!({"snapshot": {"delete": {"domain": dom, "name": format!("c{c}-{mine}")}}})
+                        }
                         _ => json!({"snapshot": {"revert": {"domain": dom, "name": "never-made"}}}),
                     };
                     match client.call(&req(cmd), |_| {}) {

@@ -63,6 +63,7 @@ fn request(cmd: Value) -> Request {
         cmd: serde_json::from_value::<Cmd>(cmd).unwrap(),
         json: true,
         inputs: Default::default(),
+        detach: false,
     }
 }
 
@@ -360,4 +361,35 @@ fn the_python_client_creates_lists_deletes_with_progress_and_meets_busy() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("python client: ok"));
     drop(s);
     f.ok(&["domain", "stop", "vm"]).unwrap();
+}
+
+#[test]
+fn detach_returns_at_once_and_journal_wait_follows_the_transaction() {
+    let f = Fixture::new(1).unwrap();
+    let _s = Served::start(&f, &[("SNAPJOURNAL_PAUSE_AT", "commit.before:1500")], &[]);
+    let out: Value = serde_json::from_str(
+        &f.ok(&["--json", "--detach", "snapshot", "create", "vm", "s1"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out["detached"], true, "{out}");
+    let txn = out["txn"].as_str().unwrap().to_string();
+    // Still running: shown open; the domain is busy.
+    let shown: Value = serde_json::from_str(&f.ok(&["--json", "journal", "show", &txn]).unwrap()).unwrap();
+    assert_eq!(shown["outcome"], "open", "{shown}");
+    assert!(f
+        .fails(&["snapshot", "create", "vm", "s2"])
+        .unwrap()
+        .contains("busy"));
+    // wait returns once it is closed, with its outcome.
+    let waited: Value = serde_json::from_str(&f.ok(&["--json", "journal", "wait", &txn]).unwrap()).unwrap();
+    assert_eq!(waited["outcome"], "finished", "{waited}");
+    assert!(f.ok(&["snapshot", "list", "vm"]).unwrap().contains("s1"));
+    // Without a server, --detach is refused and changes nothing.
+    drop(_s);
+    let e = f.fails(&["--detach", "snapshot", "create", "vm", "s3"]).unwrap();
+    assert!(e.contains("--detach needs a running server"), "{e}");
+    assert!(!f.ok(&["snapshot", "list", "vm"]).unwrap().contains("s3"));
+    let e = f.fails(&["journal", "show", "txn-999"]).unwrap();
+    assert!(e.contains("no transaction txn-999"), "{e}");
 }

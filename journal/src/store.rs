@@ -11,7 +11,7 @@
 //!
 //! An event, the open-transaction record, the history entry and the
 //! projection entries it implies are written in one batch (a
-//! [`RawBatch`], written through the group commit of `group.rs`).
+//! `RawBatch`, written through the group commit of `group.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -54,7 +54,7 @@ pub fn graph_may_change(jobs: &[JobInfo], completing: &BTreeSet<String>) -> bool
 
 /// Waits until no block job of `q`'s QEMU can change the graph by itself
 /// (see the module doc), polling `query-jobs`. Fails when the jobs stand
-/// still for [`STALL_LIMIT`].
+/// still for `STALL_LIMIT`.
 pub fn wait_settled(q: &mut Qmp) -> Result<(), QmpError> {
     let mut last: Option<Vec<(String, String, u64)>> = None;
     let mut last_change = Instant::now();

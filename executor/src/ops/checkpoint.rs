@@ -37,6 +37,7 @@ pub struct CheckpointRequest {
 
 /// What a checkpoint create or delete did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckpointReport {
     pub txn: TxnId,
     /// One line per bitmap change, in order.

@@ -32,6 +32,7 @@ pub struct CreateRequest {
 
 /// What a create did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CreateReport {
     pub txn: TxnId,
     /// (disk, overlay) for every external disk.

@@ -29,6 +29,7 @@ pub struct DeleteRequest {
 
 /// How one disk's images were merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MergeChoice {
     /// `top` was committed into `base` (`top_bytes` moved).
     Commit {
@@ -64,6 +65,7 @@ impl MergeChoice {
 
 /// What a delete did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeleteReport {
     pub txn: TxnId,
     pub deleted: Vec<String>,

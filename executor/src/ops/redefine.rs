@@ -29,6 +29,7 @@ pub struct RedefineRequest {
 
 /// What a redefine did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedefineReport {
     /// `None` when nothing needed changing.
     pub txn: Option<TxnId>,

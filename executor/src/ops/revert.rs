@@ -25,6 +25,7 @@ pub struct RevertRequest {
 
 /// What a revert did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RevertReport {
     pub txn: TxnId,
     /// (disk, new overlay).

@@ -1,0 +1,131 @@
+//! The examples in cli/examples/, run as an agent author would run them,
+//! on real images (built by `cargo build --workspace --examples`, which
+//! scripts/test does).
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos::fixture::{domain_xml, region_holds, tool, write_pattern, Fixture};
+
+fn example(name: &str) -> PathBuf {
+    let bin = chaos::fixture::snapjournal_bin().unwrap();
+    let p = bin.parent().unwrap().join("examples").join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: cargo build --workspace --examples",
+        p.display()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn the_agent_loop_survives_being_killed_and_carries_on() {
+    let root = tempfile::tempdir().unwrap();
+    let img = root.path().join("vda.qcow2").display().to_string();
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", &img, "64M"]).unwrap();
+    let xml = root.path().join("agent.xml");
+    std::fs::write(&xml, domain_xml("agent", &[("vda".into(), img)])).unwrap();
+    let state = root.path().join("state");
+    let agent = |rounds: &str, env: &[(&str, &str)]| {
+        let mut c = Command::new(example("agent_loop"));
+        c.arg(&state).arg(&xml).args([rounds, "2"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(&mut c)
+    };
+    let first = agent("3", &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    // Killed in the middle of its fourth snapshot's delete of auto-2.
+    let killed = agent(
+        "5",
+        &[
+            ("SNAPJOURNAL_CRASH_NAME", "commit.after"),
+            ("SNAPJOURNAL_CRASH_AT", "2"),
+        ],
+    );
+    assert!(!killed.status.success(), "{}", text(&killed));
+    // Started again: it recovers and carries on.
+    let again = agent("2", &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    let out = text(&again);
+    assert!(out.contains("recovered txn-"), "{out}");
+    let sj = snapjournal::Snapjournal::open(&state).unwrap();
+    let names: Vec<String> = sj
+        .snapshots("agent")
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("auto-")), "{names:?}");
+    assert!(sj.fsck(None).unwrap().findings.is_empty());
+}
+
+#[test]
+fn the_backup_flow_copies_the_frozen_image_and_keeps_the_checkpoint() {
+    let f = Fixture::new(1).unwrap();
+    write_pattern(&f.base("vda"), 0xab, 0).unwrap();
+    let out_dir = f.root.path().join("backups");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let o = run(Command::new(example("backup"))
+        .arg(&f.state)
+        .arg("vm")
+        .arg(&out_dir));
+    assert!(o.status.success(), "{}", text(&o));
+    let copies: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(region_holds(&copies[0].display().to_string(), 0xab, 0).unwrap());
+    let sj = snapjournal::Snapjournal::open(&f.state).unwrap();
+    assert!(
+        sj.snapshots("vm").unwrap().is_empty(),
+        "the snapshot was merged away"
+    );
+    assert!(f.root.path().join("state").exists());
+    drop(sj);
+    let cps = f.ok(&["checkpoint", "list", "vm"]).unwrap();
+    assert!(cps.contains("backup-"), "{cps}");
+    assert_eq!(f.run(&["fsck"]).unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn the_embedded_server_serves_the_cli_until_sigterm() {
+    let f = Fixture::new(1).unwrap();
+    let mut child = Command::new(example("embedded_server"))
+        .arg(&f.state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = f.state.join("snapjournal.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "the embedded server never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The agent holds the directory; the CLI goes through its server.
+    assert!(f
+        .ok(&["snapshot", "create", "vm", "s1"])
+        .unwrap()
+        .contains("created"));
+    assert!(f.ok(&["snapshot", "list", "vm"]).unwrap().contains("s1"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(!socket.exists());
+}

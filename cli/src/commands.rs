@@ -501,7 +501,7 @@ pub fn run_direct(cli: &Cli, out: &Out) -> Result<i32> {
             } else {
                 recovery::open(&cli.state_dir)?
             };
-            if !report.transactions.is_empty() {
+            if !report.transactions.is_empty() || !report.resumed.is_empty() {
                 out.note(&format!(
                     "recovered open transactions first:\n{}",
                     report.explain()

@@ -494,6 +494,7 @@ fn recover_orphan(shared: &Shared, access: &Access, out: &Out) -> Result<()> {
         transactions: vec![outcome],
         gone: vec![],
         sessions_removed: vec![],
+        resumed: vec![],
     };
     out.note(&format!(
         "recovered open transactions first:\n{}",
@@ -640,7 +641,7 @@ pub fn run_foreground(
     options.stop_timeout = stop_timeout;
     options.idle_timeout = idle_timeout;
     let (exec, report) = recovery::open(state_dir)?;
-    if !report.transactions.is_empty() {
+    if !report.transactions.is_empty() || !report.resumed.is_empty() {
         info!("recovered open transactions first:\n{}", report.explain());
     }
     let server = Server::new(exec);

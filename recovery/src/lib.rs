@@ -54,13 +54,17 @@ pub fn open_for_reading(dir: &Path) -> Result<(Executor, RecoveryReport)> {
     // damaged journal) is left to the normal open, which reports it.
     if let Ok(journal) = Journal::open(dir, options) {
         let exec = Executor::new(Arc::new(journal));
-        if exec.journal().open_transactions()?.is_empty() && recover::gone_domains(&exec)?.is_empty() {
+        if exec.journal().open_transactions()?.is_empty()
+            && recover::gone_domains(&exec)?.is_empty()
+            && executor::resume::ResumeNote::all(dir).is_empty()
+        {
             let sessions_removed = exec.reap_sessions(false)?;
             let report = RecoveryReport {
                 dry_run: false,
                 transactions: Vec::new(),
                 gone: Vec::new(),
                 sessions_removed,
+                resumed: Vec::new(),
             };
             return Ok((exec, report));
         }

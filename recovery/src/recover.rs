@@ -50,6 +50,9 @@ pub struct RecoveryReport {
     pub gone: Vec<String>,
     /// Redefine sessions removed (never committed: they leave nothing).
     pub sessions_removed: Vec<String>,
+    /// Domains a live revert had stopped when the agent died, started
+    /// again as they ran (one line each).
+    pub resumed: Vec<String>,
 }
 
 impl RecoveryReport {
@@ -70,6 +73,10 @@ impl RecoveryReport {
                     "removed it (nothing was defined)"
                 }
             ));
+        }
+        for r in &self.resumed {
+            out.push_str(r);
+            out.push('\n');
         }
         for g in &self.gone {
             out.push_str(&format!(
@@ -266,6 +273,7 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
         transactions: Vec::new(),
         gone: Vec::new(),
         sessions_removed: Vec::new(),
+        resumed: Vec::new(),
     };
     for open in exec.journal().open_transactions()? {
         report.transactions.push(recover_txn(exec, &open, dry_run));
@@ -279,6 +287,11 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
             exec.reap_gone_domains()
                 .map_err(|e| RecoveryError::Reap(e.to_string()))?
         };
+        // After the gone domains: a domain whose QEMU died is recorded
+        // stopped first, and one stopped for a revert starts again.
+        report.resumed = exec
+            .resume_interrupted_reverts(dry_run)
+            .map_err(|e| RecoveryError::Reap(e.to_string()))?;
     }
     Ok(report)
 }

@@ -141,6 +141,60 @@ fn live_revert_stops_reverts_and_restarts_as_it_was() {
     stop_and_assert(&f, &[(0, A), (2, C)]);
 }
 
+/// Kills `snapshot revert` at the `n`-th crash point called `name`, then
+/// recovers.
+fn revert_killed_at(f: &Fixture, name: &str, n: &str) -> String {
+    let out = f
+        .command(&["snapshot", "revert", "vm", "s1"])
+        .env("SNAPJOURNAL_CRASH_NAME", name)
+        .env("SNAPJOURNAL_CRASH_AT", n)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the revert should have been killed");
+    assert!(
+        f.qemu_pid().is_none(),
+        "the revert had stopped QEMU: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.ok(&["recover"]).unwrap()
+}
+
+#[test]
+fn a_live_revert_killed_between_its_transactions_is_started_again_as_it_ran() {
+    // Running, killed after the revert committed: forward, running again.
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["domain", "start", "vm"]).unwrap();
+    f.guest_write(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.guest_write(B, 1).unwrap();
+    // The second commit point: the revert's (the first is the stop's).
+    let said = revert_killed_at(&f, "commit.after", "2");
+    assert!(said.contains("started it again running"), "{said}");
+    assert!(f.vcpus_running().unwrap(), "the domain runs again");
+    assert_eq!(
+        chain(&f, "vda")[1],
+        img(&f, "vda.qcow2"),
+        "reverted onto s1's image"
+    );
+    assert_consistent(&f);
+    stop_and_assert(&f, &[(0, A)]);
+
+    // Paused, killed once QEMU was stopped (before the stop transaction
+    // closed): not reverted, paused again.
+    let f = Fixture::new(1).unwrap();
+    f.start().unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    let before = chain(&f, "vda");
+    let said = revert_killed_at(&f, "finish.before", "1");
+    assert!(said.contains("started it again paused"), "{said}");
+    assert!(!f.vcpus_running().unwrap(), "paused, as it was");
+    assert_eq!(chain(&f, "vda"), before, "the revert had not begun");
+    // Said once: the next recovery has nothing to do.
+    assert!(!f.ok(&["recover"]).unwrap().contains("started it again"));
+    assert_consistent(&f);
+}
+
 #[test]
 fn killed_after_the_switch_goes_forward() {
     let f = Fixture::new(2).unwrap();

@@ -70,14 +70,40 @@ impl Executor {
             .with_qemu(&rt, |q| q.running())
             .map_err(|e| ExecError::Invalid(format!("domain {}: {e}", req.domain)))?
             .unwrap_or(false);
+        // Three transactions (stop, revert, start): a durable note says how
+        // the domain ran, so that recovery starts it again as it was if a
+        // crash falls between them.
+        let note = crate::resume::ResumeNote {
+            domain: req.domain.clone(),
+            running: was_running,
+            snapshot: req.snapshot.clone(),
+        };
+        note.write(self.journal().dir())?;
         self.domain_stop(&req.domain)?;
-        let mut report = self.snapshot_revert_stopped(req).map_err(|e| {
-            ExecError::Invalid(format!(
-                "domain {} was stopped for the revert, which then failed ({e}); the domain stays stopped",
-                req.domain
-            ))
-        })?;
-        self.domain_start(&req.domain, !was_running)?;
+        let reverted = self.snapshot_revert_stopped(req);
+        let started = self.domain_start(&req.domain, !was_running);
+        crate::resume::ResumeNote::remove(self.journal().dir(), &req.domain)?;
+        let mut report = match (reverted, started) {
+            (Ok(r), Ok(_)) => r,
+            (Err(e), Ok(_)) => {
+                return Err(ExecError::Invalid(format!(
+                    "domain {}: the revert to {} failed ({e}); the domain was started again on its disks as they were",
+                    req.domain, req.snapshot
+                )))
+            }
+            (Err(e), Err(s)) => {
+                return Err(ExecError::Invalid(format!(
+                    "domain {}: the revert to {} failed ({e}) and the domain, stopped for it, could not be started again ({s}); it stays stopped: `snapjournal domain start {}`",
+                    req.domain, req.snapshot, req.domain
+                )))
+            }
+            (Ok(_), Err(s)) => {
+                return Err(ExecError::Invalid(format!(
+                    "domain {} was reverted to {} but could not be started again ({s}); it stays stopped: `snapjournal domain start {}`",
+                    req.domain, req.snapshot, req.domain
+                )))
+            }
+        };
         report.restarted = Some(was_running);
         Ok(report)
     }

@@ -236,4 +236,57 @@ impl Executor {
         }
         Ok(gone)
     }
+
+    /// Domains a live revert stopped and a crash kept from starting again
+    /// (their [`crate::resume::ResumeNote`]): each is started as it ran
+    /// (vCPUs running or paused). Returns one line per note saying what was
+    /// done (or, with `dry_run`, would be). A note whose domain is gone or
+    /// runs already is dropped; a domain that cannot be started is said so,
+    /// with the command that starts it, and its note dropped (said once).
+    pub fn resume_interrupted_reverts(&self, dry_run: bool) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for note in crate::resume::ResumeNote::all(self.journal().dir()) {
+            let how = if note.running { "running" } else { "paused" };
+            let d = &note.domain;
+            let Some(dom) = self.journal().domain(d)? else {
+                if !dry_run {
+                    crate::resume::ResumeNote::remove(self.journal().dir(), d)?;
+                }
+                out.push(format!(
+                    "domain {d}: stopped for a revert, since undefined; nothing to start"
+                ));
+                continue;
+            };
+            if dom.core.runtime.is_some() {
+                if !dry_run {
+                    crate::resume::ResumeNote::remove(self.journal().dir(), d)?;
+                }
+                continue;
+            }
+            if self.journal().busy_with(d)?.is_some() {
+                continue;
+            }
+            if dry_run {
+                out.push(format!(
+                    "domain {d}: stopped for its revert to {} when the agent died; will start it again {how}",
+                    note.snapshot
+                ));
+                continue;
+            }
+            let line = match self.domain_start(d, !note.running) {
+                Ok(_) => format!(
+                    "domain {d}: stopped for its revert to {} when the agent died; started it again {how}",
+                    note.snapshot
+                ),
+                Err(e) => format!(
+                    "domain {d}: stopped for its revert to {} when the agent died, and it could not be started again ({e}); it stays stopped: `snapjournal domain start {d}{}`",
+                    note.snapshot,
+                    if note.running { "" } else { " --paused" }
+                ),
+            };
+            crate::resume::ResumeNote::remove(self.journal().dir(), d)?;
+            out.push(line);
+        }
+        Ok(out)
+    }
 }

@@ -495,6 +495,20 @@ fn main() {
         );
         return;
     }
+    if let Some(i) = std::env::args().position(|a| a == "--recovery-only") {
+        let n: usize = std::env::args().nth(i + 1).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        // Side by side in one run: one after another, then on threads.
+        for threads in ["1", "8"] {
+            std::env::set_var("SNAPJOURNAL_RECOVERY_THREADS", threads);
+            let (scan, rec, txns) = recovery_scale(n);
+            println!(
+                "recovery of {txns} open transactions on {n} domains, {threads} thread(s): journal open and scan {:.1} ms, probes and actions {:.1} ms",
+                ms(scan),
+                ms(rec)
+            );
+        }
+        return;
+    }
     let rounds = if quick { 3 } else { 15 };
     println!("op                 disks   journaled ms   bare ms   ratio   target");
     for disks in [1, 2, 4] {

@@ -30,6 +30,19 @@ impl Error {
         }
     }
 
+    /// A refusal while planning: nothing was changed.
+    fn invalid(domain: &str, message: String) -> Error {
+        Error {
+            inner: ApiError {
+                kind: ErrorKind::Invalid,
+                message,
+                domain: Some(domain.into()),
+                txn: None,
+                changed: Some(false),
+            },
+        }
+    }
+
     /// What kind of failure (the same kinds the server's API reports).
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind
@@ -365,15 +378,7 @@ impl Snapjournal {
             }),
             Some(domain),
         )?;
-        list.ok_or_else(|| Error {
-            inner: ApiError {
-                kind: ErrorKind::Invalid,
-                message: format!("domain {domain} is not defined"),
-                domain: Some(domain.into()),
-                txn: None,
-                changed: Some(false),
-            },
-        })
+        list.ok_or_else(|| Error::invalid(domain, format!("domain {domain} is not defined")))
     }
 
     /// A snapshot's `<domainsnapshot>` XML, as libvirt writes it.
@@ -384,15 +389,7 @@ impl Snapjournal {
                 .with_state(|s| s.domains.get(domain).and_then(|d| d.snapshots.get(name).cloned())),
             Some(domain),
         )?
-        .ok_or_else(|| Error {
-            inner: ApiError {
-                kind: ErrorKind::Invalid,
-                message: format!("domain {domain} has no snapshot called {name}"),
-                domain: Some(domain.into()),
-                txn: None,
-                changed: Some(false),
-            },
-        })?;
+        .ok_or_else(|| Error::invalid(domain, format!("domain {domain} has no snapshot called {name}")))?;
         let historic = wrap(
             executor::metadata::snapshot_historic(self.exec.journal(), domain, name),
             Some(domain),

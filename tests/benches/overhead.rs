@@ -496,7 +496,10 @@ fn main() {
         return;
     }
     if let Some(i) = std::env::args().position(|a| a == "--recovery-only") {
-        let n: usize = std::env::args().nth(i + 1).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let n: usize = std::env::args()
+            .nth(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         // Side by side in one run: one after another, then on threads.
         for threads in ["1", "8"] {
             std::env::set_var("SNAPJOURNAL_RECOVERY_THREADS", threads);

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     match code {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            out.error(&format!("{e:#}"));
+            out.failed(&snapjournal::api::ApiError::classify(&e, cli.cmd.domain()));
             ExitCode::from(1)
         }
     }

@@ -158,6 +158,19 @@ impl Out {
         }
     }
 
+    /// A failed command's error: with `--json`, its kind, domain,
+    /// transaction and whether anything changed beside the message.
+    pub fn failed(&self, e: &crate::api::ApiError) {
+        if self.json {
+            self.line(
+                &json!({"error": e.message, "kind": e.kind, "domain": e.domain, "txn": e.txn, "changed": e.changed})
+                    .to_string(),
+            );
+        } else {
+            self.err_text(&format!("error: {}\n", e.message));
+        }
+    }
+
     /// An error.
     pub fn error(&self, s: &str) {
         if self.json {

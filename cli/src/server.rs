@@ -445,7 +445,7 @@ fn handle(shared: &Shared, request: Request, tx: mpsc::UnboundedSender<Outgoing>
     let done = match shared.gate.enter(&access, &shared.exec) {
         Err(mut e) => {
             e.domain = e.domain.or(domain);
-            out.error(&e.message);
+            out.failed(&e);
             refused(e)
         }
         Ok(_held) => {
@@ -465,8 +465,9 @@ fn handle(shared: &Shared, request: Request, tx: mpsc::UnboundedSender<Outgoing>
                     error: None,
                 },
                 Err(e) => {
-                    out.error(&format!("{e:#}"));
-                    refused(ApiError::classify(&e, domain.as_deref()))
+                    let e = ApiError::classify(&e, domain.as_deref());
+                    out.failed(&e);
+                    refused(e)
                 }
             }
         }

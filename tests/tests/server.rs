@@ -108,6 +108,11 @@ fn the_cli_goes_through_the_server_with_the_same_output_and_exit_codes() {
     assert_eq!(json_err.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&json_err.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("nope"));
+    assert_eq!(
+        (v["kind"].as_str(), v["changed"].as_bool()),
+        (Some("invalid"), Some(false)),
+        "{v}"
+    );
     // A document is read by the client and sent.
     let doc = f.root.path().join("s2.xml");
     std::fs::write(
@@ -390,6 +395,14 @@ fn detach_returns_at_once_and_journal_wait_follows_the_transaction() {
     let e = f.fails(&["--detach", "snapshot", "create", "vm", "s3"]).unwrap();
     assert!(e.contains("--detach needs a running server"), "{e}");
     assert!(!f.ok(&["snapshot", "list", "vm"]).unwrap().contains("s3"));
+    // The same typed error without a server.
+    let direct = f.run(&["--json", "snapshot", "delete", "vm", "nope"]).unwrap();
+    let v: Value = serde_json::from_slice(&direct.stdout).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["domain"].as_str()),
+        (Some("invalid"), Some("vm")),
+        "{v}"
+    );
     let e = f.fails(&["journal", "show", "txn-999"]).unwrap();
     assert!(e.contains("no transaction txn-999"), "{e}");
 }

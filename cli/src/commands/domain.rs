@@ -1,0 +1,88 @@
+//! `domain …`: define, undefine, list, dumpxml, history, start, stop,
+//! attach, detach.
+
+use anyhow::{anyhow, Result};
+use executor::Executor;
+use serde_json::json;
+
+use super::*;
+use crate::output::{self, Out};
+
+/// Runs a `domain` command.
+pub(super) fn run(exec: &Executor, c: &DomainCmd, inputs: &Inputs, out: &Out) -> Result<i32> {
+    match c {
+        DomainCmd::Define { file } => {
+            let xml = inputs.read(file)?;
+            let txn = exec.define_domain(&xml)?;
+            let name = executor::xml::domain::parse_domain("domain", &xml)
+                .map_err(executor::ExecError::from)?
+                .name;
+            out.done(
+                json!({"domain": name, "txn": txn.to_string()}),
+                &format!("Domain '{name}' defined ({txn})"),
+            );
+        }
+        DomainCmd::Undefine {
+            domain,
+            snapshots_metadata,
+        } => {
+            let txn = exec.undefine_domain(domain, *snapshots_metadata)?;
+            out.done(
+                json!({"domain": domain, "txn": txn.to_string()}),
+                &format!("Domain '{domain}' undefined ({txn})"),
+            );
+        }
+        DomainCmd::List => exec.journal().with_state(|s| output::domain_list(out, s))?,
+        DomainCmd::Dumpxml { domain } => {
+            // The definition alone, not a copy of every snapshot.
+            let xml = exec
+                .journal()
+                .with_state(|s| s.domains.get(domain).map(|d| d.core.xml.clone()))?
+                .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
+            out.raw(&xml);
+        }
+        DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
+        DomainCmd::Start { domain, paused } => {
+            let rt = exec.domain_start(domain, *paused)?;
+            let accel = exec.domain_accel(domain);
+            let how = match accel {
+                Some("kvm") => "KVM".to_string(),
+                Some(_) if executor::live::machine::kvm_usable() => {
+                    "TCG: KVM did not start, see the QEMU log".to_string()
+                }
+                Some(_) => "TCG: /dev/kvm is not usable here".to_string(),
+                None => "accelerator unknown".to_string(),
+            };
+            out.done(
+                json!({"domain": domain, "qmp": rt.qmp_socket, "pid": rt.process(), "paused": paused, "accel": accel}),
+                &format!(
+                    "Domain '{domain}' started{} ({how}; QMP socket {})",
+                    if *paused { " paused" } else { "" },
+                    rt.qmp_socket
+                ),
+            );
+        }
+        DomainCmd::Stop { domain } => {
+            let txn = exec.domain_stop(domain)?;
+            out.done(
+                json!({"domain": domain, "txn": txn.to_string()}),
+                &format!("Domain '{domain}' stopped ({txn})"),
+            );
+        }
+        DomainCmd::Attach { domain, qmp, pid } => {
+            let txn = exec.domain_attach(domain, qmp, *pid)?;
+            out.done(
+                json!({"domain": domain, "qmp": qmp, "txn": txn.to_string()}),
+                &format!("Domain '{domain}' attached to the QEMU at {qmp} ({txn})"),
+            );
+        }
+        DomainCmd::Detach { domain } => {
+            let txn = exec.domain_detach(domain)?;
+            out.done(
+                json!({"domain": domain, "txn": txn.to_string()}),
+                &format!("Domain '{domain}' detached ({txn})"),
+            );
+        }
+    }
+    Ok(0)
+}

@@ -166,44 +166,47 @@ fn virsh_done(name: &str) {
     }
 }
 
-/// Process start to exit: the CLI direct, through a server, and virsh.
+/// Process start to exit: the CLI direct, through a server, and virsh;
+/// and the same create from a client library (no process start).
 fn cli_side_by_side(rounds: usize) {
     // libvirt's QEMU runs as libvirt-qemu: the images live where it can
     // reach them.
-    let root = tempfile::Builder::new()
-        .prefix("sj-serve-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    let root = tempfile::Builder::new().prefix("sj-serve-").tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let state = world(root.path(), 1, 2);
     cli(&state, &["domain", "start", "d0", "--paused"]);
     let virsh = virsh_domain(root.path());
-    let (mut direct, mut served, mut lv) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut direct, mut served, mut library, mut lv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Blocks of `rounds`, the server started once (a warm-up request
+    // first, not counted), on the same domain, in one run.
     for r in 0..rounds {
         direct.push(cli(&state, &["snapshot", "create", "d0", &format!("a{r}")]));
-        let server = serve(&state);
+    }
+    let server = serve(&state);
+    cli(&state, &["snapshot", "list", "d0"]);
+    for r in 0..rounds {
         served.push(cli(&state, &["snapshot", "create", "d0", &format!("b{r}")]));
-        stop(server);
-        if let Some(name) = &virsh {
+    }
+    let mut client = Client::connect(&state.join("snapjournal.sock")).unwrap();
+    for r in 0..rounds {
+        let t = Instant::now();
+        let d = client
+            .call(&req(json!({"snapshot": {"create": {"domain": "d0", "name": format!("c{r}")}}})), |_| {})
+            .unwrap();
+        library.push(t.elapsed());
+        assert_eq!(d.code, 0, "{:?}", d.error);
+    }
+    drop(client);
+    stop(server);
+    if let Some(name) = &virsh {
+        for r in 0..rounds {
             let t = Instant::now();
             let o = Command::new("virsh")
-                .args([
-                    "-c",
-                    "qemu:///system",
-                    "snapshot-create-as",
-                    name,
-                    &format!("v{r}"),
-                    "--disk-only",
-                    "--atomic",
-                ])
+                .args(["-c", "qemu:///system", "snapshot-create-as", name, &format!("v{r}"), "--disk-only", "--atomic"])
                 .output()
                 .unwrap();
             lv.push(t.elapsed());
-            assert!(
-                o.status.success(),
-                "virsh: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            assert!(o.status.success(), "virsh: {}", String::from_utf8_lossy(&o.stderr));
         }
     }
     cli(&state, &["domain", "stop", "d0"]);
@@ -211,17 +214,18 @@ fn cli_side_by_side(rounds: usize) {
         virsh_done(name);
     }
     let med = |v: &mut Vec<Duration>| percentile(v, 0.5);
-    let (d, s) = (med(&mut direct), med(&mut served));
+    let (d, s, l) = (med(&mut direct), med(&mut served), med(&mut library));
     print!(
-        "CLI snapshot create, running 2-disk domain, {rounds} rounds, median: direct {:.1} ms, through the server {:.1} ms ({:.2}x faster)",
+        "snapshot create, running 2-disk domain, {rounds} rounds each, median: CLI direct {:.1} ms, CLI through the server {:.1} ms ({:.2}x faster), a client library through the server {:.1} ms",
         ms(d),
         ms(s),
-        d.as_secs_f64() / s.as_secs_f64()
+        d.as_secs_f64() / s.as_secs_f64(),
+        ms(l)
     );
     if virsh.is_some() {
         let v = med(&mut lv);
         println!(
-            ", virsh snapshot-create-as --disk-only {:.1} ms (server {:.2}x faster than virsh)",
+            ", virsh snapshot-create-as --disk-only {:.1} ms (CLI through the server {:.2}x virsh's speed)",
             ms(v),
             v.as_secs_f64() / s.as_secs_f64()
         );
@@ -264,21 +268,21 @@ fn throughput(clients: usize, each: usize) -> (Duration, Vec<Duration>) {
     (total, lat)
 }
 
-/// One client doing `n` creates in a row on one domain.
-fn one_client(n: usize) -> Duration {
+/// One client doing the same work in a row: `each` creates on each of
+/// `domains` domains.
+fn one_client(domains: usize, each: usize) -> Duration {
     let root = tempfile::Builder::new().prefix("sj-serve-").tempdir().unwrap();
-    let state = world(root.path(), 1, 1);
+    let state = world(root.path(), domains, 1);
     let server = serve(&state);
     let mut client = Client::connect(&state.join("snapjournal.sock")).unwrap();
     let t = Instant::now();
-    for i in 0..n {
-        let d = client
-            .call(
-                &req(json!({"snapshot": {"create": {"domain": "d0", "name": format!("s{i}")}}})),
-                |_| {},
-            )
-            .unwrap();
-        assert_eq!(d.code, 0);
+    for i in 0..each {
+        for d in 0..domains {
+            let r = client
+                .call(&req(json!({"snapshot": {"create": {"domain": format!("d{d}"), "name": format!("s{i}")}}})), |_| {})
+                .unwrap();
+            assert_eq!(r.code, 0);
+        }
     }
     let total = t.elapsed();
     stop(server);
@@ -408,11 +412,11 @@ fn main() {
     let rounds = if quick { 3 } else { 30 };
     cli_side_by_side(rounds);
     let (clients, each) = if quick { (8, 3) } else { (64, 20) };
-    let one = one_client(clients * each);
+    let one = one_client(clients, each);
     let (many, mut lat) = throughput(clients, each);
     let n = clients * each;
     println!(
-        "{clients} clients x {each} creates on {clients} domains: {:.1} creates/s (one client, {n} in a row: {:.1}/s; {:.2}x); latency p50 {:.1} ms, p99 {:.1} ms",
+        "{clients} clients x {each} creates on {clients} domains: {:.1} creates/s (one client doing the same {n} in a row: {:.1}/s; {:.2}x); latency p50 {:.1} ms, p99 {:.1} ms",
         n as f64 / many.as_secs_f64(),
         n as f64 / one.as_secs_f64(),
         one.as_secs_f64() / many.as_secs_f64(),

@@ -171,7 +171,10 @@ fn virsh_done(name: &str) {
 fn cli_side_by_side(rounds: usize) {
     // libvirt's QEMU runs as libvirt-qemu: the images live where it can
     // reach them.
-    let root = tempfile::Builder::new().prefix("sj-serve-").tempdir_in("/var/tmp").unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("sj-serve-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let state = world(root.path(), 1, 2);
     cli(&state, &["domain", "start", "d0", "--paused"]);
@@ -191,7 +194,10 @@ fn cli_side_by_side(rounds: usize) {
     for r in 0..rounds {
         let t = Instant::now();
         let d = client
-            .call(&req(json!({"snapshot": {"create": {"domain": "d0", "name": format!("c{r}")}}})), |_| {})
+            .call(
+                &req(json!({"snapshot": {"create": {"domain": "d0", "name": format!("c{r}")}}})),
+                |_| {},
+            )
             .unwrap();
         library.push(t.elapsed());
         assert_eq!(d.code, 0, "{:?}", d.error);
@@ -202,11 +208,23 @@ fn cli_side_by_side(rounds: usize) {
         for r in 0..rounds {
             let t = Instant::now();
             let o = Command::new("virsh")
-                .args(["-c", "qemu:///system", "snapshot-create-as", name, &format!("v{r}"), "--disk-only", "--atomic"])
+                .args([
+                    "-c",
+                    "qemu:///system",
+                    "snapshot-create-as",
+                    name,
+                    &format!("v{r}"),
+                    "--disk-only",
+                    "--atomic",
+                ])
                 .output()
                 .unwrap();
             lv.push(t.elapsed());
-            assert!(o.status.success(), "virsh: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "virsh: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
     }
     cli(&state, &["domain", "stop", "d0"]);
@@ -279,7 +297,12 @@ fn one_client(domains: usize, each: usize) -> Duration {
     for i in 0..each {
         for d in 0..domains {
             let r = client
-                .call(&req(json!({"snapshot": {"create": {"domain": format!("d{d}"), "name": format!("s{i}")}}})), |_| {})
+                .call(
+                    &req(
+                        json!({"snapshot": {"create": {"domain": format!("d{d}"), "name": format!("s{i}")}}}),
+                    ),
+                    |_| {},
+                )
                 .unwrap();
             assert_eq!(r.code, 0);
         }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos::fixture::{domain_xml, region_holds, tool, write_pattern, Fixture};
+use chaos::fixture::{region_holds, write_pattern, Fixture};
 
 fn example(name: &str) -> PathBuf {
     let bin = chaos::fixture::snapjournal_bin().unwrap();
@@ -33,15 +33,14 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn the_agent_loop_survives_being_killed_and_carries_on() {
-    let root = tempfile::tempdir().unwrap();
-    let img = root.path().join("vda.qcow2").display().to_string();
-    tool("qemu-img", &["create", "-q", "-f", "qcow2", &img, "64M"]).unwrap();
-    let xml = root.path().join("agent.xml");
-    std::fs::write(&xml, domain_xml("agent", &[("vda".into(), img)])).unwrap();
-    let state = root.path().join("state");
+    // A running domain: the agent's snapshots switch QEMU onto overlays
+    // and its deletes merge with block jobs.
+    let f = Fixture::new(1).unwrap();
+    f.start().unwrap();
+    let xml = f.root.path().join("vm.xml");
     let agent = |rounds: &str, env: &[(&str, &str)]| {
         let mut c = Command::new(example("agent_loop"));
-        c.arg(&state).arg(&xml).args([rounds, "2"]);
+        c.arg(&f.state).arg(&xml).args([rounds, "2"]);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -49,7 +48,7 @@ fn the_agent_loop_survives_being_killed_and_carries_on() {
     };
     let first = agent("3", &[]);
     assert!(first.status.success(), "{}", text(&first));
-    // Killed in the middle of its fourth snapshot's delete of auto-2.
+    // Killed at its second commit point: in the middle of the run.
     let killed = agent(
         "5",
         &[
@@ -63,16 +62,18 @@ fn the_agent_loop_survives_being_killed_and_carries_on() {
     assert!(again.status.success(), "{}", text(&again));
     let out = text(&again);
     assert!(out.contains("recovered txn-"), "{out}");
-    let sj = snapjournal::Snapjournal::open(&state).unwrap();
-    let names: Vec<String> = sj
-        .snapshots("agent")
+    let list = f.ok(&["--json", "snapshot", "list", "vm"]).unwrap();
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&list)
         .unwrap()
-        .into_iter()
-        .map(|s| s.name)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with("auto-")), "{names:?}");
-    assert!(sj.fsck(None).unwrap().findings.is_empty());
+    assert_eq!(f.run(&["fsck"]).unwrap().status.code(), Some(0));
+    f.ok(&["domain", "stop", "vm"]).unwrap();
 }
 
 #[test]

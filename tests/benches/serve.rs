@@ -355,7 +355,9 @@ fn load(clients: usize, total: usize) {
                     seed ^= seed << 17;
                     seed
                 };
-                let mut mine = 0;
+                let mut made = 0;
+                // This client's snapshots still defined: (domain, name).
+                let mut mine: Vec<(String, String)> = Vec::new();
                 loop {
                     let n = next.fetch_add(1, Ordering::SeqCst);
                     if n >= total {
@@ -384,25 +386,36 @@ fn load(clients: usize, total: usize) {
                         }
                         continue;
                     }
-                    let cmd = match kind {
-                        "read" => json!({"snapshot": {"list": {"domain": dom}}}),
-                        "create" => {
-                            mine += 1;
-                            json!({"snapshot": {"create": {"domain": dom, "name": format!("c{c}-{mine}")}}})
+                    // Deletes take the oldest snapshot this client made
+                    // (the state stays bounded: what grows is a leak).
+                    let (kind, target) = match kind {
+                        "delete" if mine.is_empty() => ("read", None),
+                        "delete" => ("delete", Some(mine.remove(0))),
+                        k => (k, None),
+                    };
+                    let cmd = match (kind, &target) {
+                        ("read", _) => json!({"snapshot": {"list": {"domain": dom}}}),
+                        ("create", _) => {
+                            made += 1;
+                            json!({"snapshot": {"create": {"domain": dom, "name": format!("c{c}-{made}")}}})
                         }
-                        "delete" => {
-                            json!({"snapshot": {"delete": {"domain": dom, "name": format!("c{c}-{mine}")}}})
-                        }
+                        ("delete", Some((d, n))) => json!({"snapshot": {"delete": {"domain": d, "name": n}}}),
                         _ => json!({"snapshot": {"revert": {"domain": dom, "name": "never-made"}}}),
                     };
                     match client.call(&req(cmd), |_| {}) {
                         Err(e) => unexpected.lock().unwrap().push(format!("lost reply: {e}")),
                         Ok(d) => match (kind, &d.error) {
+                            ("create", None) => mine.push((dom.clone(), format!("c{c}-{made}"))),
                             (_, None) => {}
-                            ("create" | "delete", Some(e)) if e.kind == ErrorKind::Busy => {}
-                            // The snapshot this client made may live on
-                            // another domain: refused, nothing changed.
-                            ("delete" | "missing", Some(e)) if e.kind == ErrorKind::Invalid => {}
+                            // Another request holds the domain: refused,
+                            // nothing changed; a delete is tried again later.
+                            (_, Some(e)) if e.kind == ErrorKind::Busy => {
+                                *counts.lock().unwrap().entry("(busy refusals)").or_default() += 1;
+                                if let (true, Some(t)) = (kind == "delete", target) {
+                                    mine.push(t);
+                                }
+                            }
+                            ("missing", Some(e)) if e.kind == ErrorKind::Invalid => {}
                             (_, Some(e)) => unexpected.lock().unwrap().push(format!("{kind}: {:?}", e)),
                         },
                     }

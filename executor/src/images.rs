@@ -131,21 +131,30 @@ impl QemuImg {
     /// Creates a qcow2 overlay at `path` backed by `backing` (same virtual
     /// size).
     pub fn create_overlay(&self, path: &str, backing: &ChainImage) -> Result<(), ImageError> {
-        self.run(
+        // With the size given and `-u`, qemu-img does not open the backing
+        // chain (it would open every image of it: ~1 ms per layer, 100 ms
+        // on a 90-deep chain); the chain was read and checked while
+        // planning, and the size comes from the backing image's header.
+        let size = read_header(&backing.path).ok().map(|h| h.size).filter(|s| *s > 0);
+        let size_arg = size.map(|s| s.to_string());
+        let mut args = vec![
             "create",
-            path,
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                &backing.format,
-                "-b",
-                &backing.path,
-                path,
-            ],
-        )?;
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            &backing.format,
+            "-b",
+            &backing.path,
+        ];
+        if size_arg.is_some() {
+            args.push("-u");
+        }
+        args.push(path);
+        if let Some(s) = &size_arg {
+            args.push(s);
+        }
+        self.run("create", path, &args)?;
         Ok(())
     }
 
@@ -309,6 +318,8 @@ pub struct Header {
     /// The backing file's format, when the header records it.
     pub backing_format: Option<String>,
     pub internal_snapshots: u32,
+    /// The virtual size in bytes (a raw file's length).
+    pub size: u64,
 }
 
 fn header_err(path: &str, message: impl Into<String>) -> ImageError {
@@ -428,11 +439,13 @@ pub fn read_header(path: &str) -> Result<Header, ImageError> {
         .iter()
         .find(|(magic, _)| h[..n].starts_with(magic))
         .map(|(_, f)| *f);
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
         return Ok(Header {
             format: other.unwrap_or("raw").into(),
             backing: None,
             backing_format: None,
             internal_snapshots: 0,
+            size,
         });
     }
     let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
@@ -441,6 +454,7 @@ pub fn read_header(path: &str) -> Result<Header, ImageError> {
     let backing_offset = be64(8);
     let backing_size = be32(16) as usize;
     let internal_snapshots = be32(60);
+    let size = be64(24);
     let header_len = if version >= 3 && n >= 104 {
         be32(100) as u64
     } else {
@@ -492,6 +506,7 @@ pub fn read_header(path: &str) -> Result<Header, ImageError> {
         backing,
         backing_format,
         internal_snapshots,
+        size,
     })
 }
 

@@ -368,9 +368,9 @@ fn load(clients: usize, total: usize) {
                     }
                     let dom = format!("d{}", rand() % domains as u64);
                     let kind: &'static str = match rand() % 10 {
-                        0..=4 => "read",
-                        5..=6 => "create",
-                        7 => "delete",
+                        0..=3 => "read",
+                        4..=5 => "create",
+                        6..=7 => "delete",
                         8 => "missing",
                         _ => "malformed",
                     };

@@ -176,8 +176,12 @@ fn cli_side_by_side(rounds: usize) {
         .tempdir_in("/var/tmp")
         .unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let state = world(root.path(), 1, 2);
-    cli(&state, &["domain", "start", "d0", "--paused"]);
+    // One domain per block, so each block starts on the same chain depth
+    // (a running domain's create costs a little more per layer).
+    let state = world(root.path(), 3, 2);
+    for d in ["d0", "d1", "d2"] {
+        cli(&state, &["domain", "start", d, "--paused"]);
+    }
     let virsh = virsh_domain(root.path());
     let (mut direct, mut served, mut library, mut lv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Blocks of `rounds`, the server started once (a warm-up request
@@ -188,7 +192,7 @@ fn cli_side_by_side(rounds: usize) {
     let server = serve(&state);
     cli(&state, &["snapshot", "list", "d0"]);
     for r in 0..rounds {
-        served.push(cli(&state, &["snapshot", "create", "d0", &format!("b{r}")]));
+        served.push(cli(&state, &["snapshot", "create", "d1", &format!("b{r}")]));
     }
     let mut client = Client::connect(&state.join("snapjournal.sock")).unwrap();
     for r in 0..rounds {
@@ -227,7 +231,9 @@ fn cli_side_by_side(rounds: usize) {
             );
         }
     }
-    cli(&state, &["domain", "stop", "d0"]);
+    for d in ["d0", "d1", "d2"] {
+        cli(&state, &["domain", "stop", d]);
+    }
     if let Some(name) = &virsh {
         virsh_done(name);
     }

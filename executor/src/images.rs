@@ -94,16 +94,22 @@ struct MapEntry {
 }
 
 /// Runs qemu-img. The binary is `$SNAPJOURNAL_QEMU_IMG`, or `qemu-img` on
-/// the PATH.
+/// the PATH. Overlays are written in-process (`qcow2_create`) unless
+/// `$SNAPJOURNAL_QEMU_IMG` names another qemu-img (the chaos suite's
+/// failing wrapper must see every call) or `SNAPJOURNAL_OVERLAYS=qemu-img`.
 #[derive(Debug, Clone)]
 pub struct QemuImg {
     bin: PathBuf,
+    in_process: bool,
 }
 
 impl Default for QemuImg {
     fn default() -> Self {
+        let custom = std::env::var_os("SNAPJOURNAL_QEMU_IMG");
         QemuImg {
-            bin: std::env::var_os("SNAPJOURNAL_QEMU_IMG")
+            in_process: custom.is_none()
+                && std::env::var("SNAPJOURNAL_OVERLAYS").as_deref() != Ok("qemu-img"),
+            bin: custom
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("qemu-img")),
         }
@@ -131,11 +137,27 @@ impl QemuImg {
     /// Creates a qcow2 overlay at `path` backed by `backing` (same virtual
     /// size).
     pub fn create_overlay(&self, path: &str, backing: &ChainImage) -> Result<(), ImageError> {
-        // With the size given and `-u`, qemu-img does not open the backing
-        // chain (it would open every image of it: ~1 ms per layer, 100 ms
-        // on a 90-deep chain); the chain was read and checked while
-        // planning, and the size comes from the backing image's header.
+        // The size from the backing image's header. Written in-process
+        // (no qemu-img process: ~10 ms a disk) when the shape allows;
+        // else qemu-img, with the size and `-u` so that it does not open
+        // the whole backing chain (~1 ms per layer: 100 ms on a 90-deep
+        // chain). The chain was read and checked while planning.
         let size = read_header(&backing.path).ok().map(|h| h.size).filter(|s| *s > 0);
+        if let Some(size) = size {
+            if self.in_process && crate::qcow2_create::supported(size, &backing.path, &backing.format) {
+                return crate::qcow2_create::write_overlay(
+                    Path::new(path),
+                    size,
+                    &backing.path,
+                    &backing.format,
+                )
+                .map_err(|e| ImageError {
+                    action: "create".into(),
+                    path: path.into(),
+                    message: e.to_string(),
+                });
+            }
+        }
         let size_arg = size.map(|s| s.to_string());
         let mut args = vec![
             "create",

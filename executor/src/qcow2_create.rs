@@ -22,7 +22,7 @@ const EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
 pub fn supported(size: u64, backing: &str, format: &str) -> bool {
     size > 0
         && size.div_ceil(L2_COVERS) * 8 <= CLUSTER as u64
-        && size % 512 == 0
+        && size.is_multiple_of(512)
         && !backing.is_empty()
         && backing.len() <= 1023
         && !format.is_empty()

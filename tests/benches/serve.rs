@@ -329,8 +329,10 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// `total` requests from `clients` clients in a random mix.
-fn load(clients: usize, total: usize) {
+/// `total` requests from `clients` clients in a random mix; with
+/// `changes` false, only reads, refused reverts and malformed requests
+/// (nothing is written: the server's memory must stay flat).
+fn load(clients: usize, total: usize, changes: bool) {
     let root = tempfile::Builder::new().prefix("sj-serve-").tempdir().unwrap();
     let domains = 8;
     let state = world(root.path(), domains, 1);
@@ -374,6 +376,7 @@ fn load(clients: usize, total: usize) {
                     }
                     let dom = format!("d{}", rand() % domains as u64);
                     let kind: &'static str = match rand() % 10 {
+                        4..=7 if !changes => "read",
                         0..=3 => "read",
                         4..=5 => "create",
                         6..=7 => "delete",
@@ -438,7 +441,8 @@ fn load(clients: usize, total: usize) {
     let rss = rss.lock().unwrap().clone();
     let unexpected = unexpected.lock().unwrap().clone();
     println!(
-        "load: {total} requests from {clients} clients in {:.1} s ({:?}); unexpected errors or lost replies: {}; server RSS after each thousand (KiB): {:?}",
+        "load{}: {total} requests from {clients} clients in {:.1} s ({:?}); unexpected errors or lost replies: {}; server RSS after each thousand (KiB): {:?}",
+        if changes { "" } else { " (no changes)" },
         took.as_secs_f64(),
         counts.lock().unwrap(),
         unexpected.len(),
@@ -466,5 +470,6 @@ fn main() {
         ms(percentile(&mut lat, 0.99))
     );
     let (lc, lt) = if quick { (4, 200) } else { (32, 10_000) };
-    load(lc, lt);
+    load(lc, lt, true);
+    load(lc, lt, false);
 }

@@ -50,17 +50,28 @@ impl Out {
         self.result.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Text for stdout, as is. A reader that stopped early (a closed pipe,
-    /// as with `| head`) is not an error.
-    pub fn text(&self, s: &str) {
+    /// Writes to this process's stdout or stderr, or sends the frame. A
+    /// reader that stopped early (a closed pipe, as with `| head`) is not
+    /// an error.
+    fn emit(&self, s: &str, stderr: bool) {
+        use std::io::Write as _;
         match &self.sink {
+            Sink::Stdio if stderr => {
+                let mut o = std::io::stderr().lock();
+                let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
+            }
             Sink::Stdio => {
-                use std::io::Write as _;
                 let mut o = std::io::stdout().lock();
                 let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
             }
+            Sink::Remote(send) if stderr => send(crate::api::Frame::Stderr { text: s.to_string() }, false),
             Sink::Remote(send) => send(crate::api::Frame::Stdout { text: s.to_string() }, false),
         }
+    }
+
+    /// Text for stdout, as is.
+    pub fn text(&self, s: &str) {
+        self.emit(s, false);
     }
 
     /// A line for stdout.
@@ -70,14 +81,7 @@ impl Out {
 
     /// Text for stderr, as is.
     pub fn err_text(&self, s: &str) {
-        match &self.sink {
-            Sink::Stdio => {
-                use std::io::Write as _;
-                let mut o = std::io::stderr().lock();
-                let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
-            }
-            Sink::Remote(send) => send(crate::api::Frame::Stderr { text: s.to_string() }, false),
-        }
+        self.emit(s, true);
     }
 
     /// A JSON value on stdout (one line), kept as the result.

@@ -119,7 +119,7 @@ fn trace_file(f: &Fixture, name: &str) -> std::path::PathBuf {
     f.root.path().join(format!("trace-{name}"))
 }
 
-fn read_trace(path: &std::path::Path) -> Result<Vec<String>> {
+pub(crate) fn read_trace(path: &std::path::Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     Ok(text
         .lines()

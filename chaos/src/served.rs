@@ -4,7 +4,6 @@
 //! invariant is checked.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,13 @@ use crate::scenario::Op;
 /// Starts `snapjournal serve` on the fixture with extra environment and
 /// waits until it listens.
 pub fn start_server(f: &Fixture, env: &[(&str, String)]) -> Result<Child> {
+    start_server_with(f, env, &[])
+}
+
+/// [`start_server`] with extra arguments to `serve`.
+pub fn start_server_with(f: &Fixture, env: &[(&str, String)], args: &[&str]) -> Result<Child> {
     let mut c = f.command(&["serve"]);
+    c.args(args);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -81,14 +86,7 @@ pub fn reference_trace(op: Op, disks: usize) -> Result<Vec<String>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    read_trace(&tf)
-}
-
-fn read_trace(path: &Path) -> Result<Vec<String>> {
-    Ok(std::fs::read_to_string(path)?
-        .lines()
-        .filter_map(|l| l.split_once('\t').map(|(_, n)| n.to_string()))
-        .collect())
+    crate::runner::read_trace(&tf)
 }
 
 /// One case: the server killed at its `crash_at`-th crash point while it

@@ -189,9 +189,8 @@ impl ApiError {
             }
         } else if let Some(j) = e.downcast_ref::<JournalError>() {
             journal_kind(j, &mut out);
-        } else if let Some(r) = e.downcast_ref::<recovery::RecoveryError>() {
-            let _ = r;
-            out.kind = ErrorKind::Other;
+        } else if e.is::<recovery::RecoveryError>() {
+            // Recovery's own errors stay `other`, whatever their wording.
         } else if out.message.ends_with("nothing was changed") || out.message.contains("is not defined") {
             // The CLI's own refusals (anyhow messages) change nothing.
             out.kind = ErrorKind::Invalid;

@@ -1,7 +1,7 @@
 //! [`Snapjournal`]: the one handle an agent holds on a state directory
 //! (blocking), and [`AsyncSnapjournal`], the same for tokio.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use executor::{DiskRequest, Executor};
@@ -238,7 +238,6 @@ pub struct DomainInfo {
 /// changed fails with [`ErrorKind::Busy`].
 pub struct Snapjournal {
     exec: Executor,
-    dir: PathBuf,
     recovered: RecoveryReport,
 }
 
@@ -249,9 +248,8 @@ impl Snapjournal {
     /// second opener fails with [`ErrorKind::Busy`] naming the holder's
     /// PID (use the holder's server, see [`Snapjournal::into_server`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Snapjournal> {
-        let dir = dir.as_ref().to_path_buf();
-        let (exec, recovered) = wrap(recovery::open(&dir), None)?;
-        Ok(Snapjournal { exec, dir, recovered })
+        let (exec, recovered) = wrap(recovery::open(dir.as_ref()), None)?;
+        Ok(Snapjournal { exec, recovered })
     }
 
     /// What recovery did when the directory was opened.
@@ -261,7 +259,7 @@ impl Snapjournal {
 
     /// The state directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.exec.journal().dir()
     }
 
     /// Calls `f` with the progress of every block job (live deletes).

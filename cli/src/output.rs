@@ -84,10 +84,15 @@ impl Out {
         self.emit(s, true);
     }
 
+    /// Keeps `v` as the command's result.
+    fn keep(&self, v: Value) {
+        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+
     /// A JSON value on stdout (one line), kept as the result.
     pub fn value(&self, v: Value) {
         self.line(&v.to_string());
-        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        self.keep(v);
     }
 
     /// A block job's progress: a JSON line on stderr with `--json` here,
@@ -130,7 +135,7 @@ impl Out {
         if self.json {
             self.value(v);
         } else {
-            *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            self.keep(v);
             self.line(human);
         }
     }
@@ -140,14 +145,14 @@ impl Out {
         if self.json {
             self.value(v);
         } else {
-            *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            self.keep(v);
             self.text(human);
         }
     }
 
     /// Raw text (XML), the same in both modes.
     pub fn raw(&self, s: &str) {
-        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(Value::String(s.to_string()));
+        self.keep(Value::String(s.to_string()));
         if s.ends_with('\n') {
             self.text(s);
         } else {

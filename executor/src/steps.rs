@@ -203,7 +203,7 @@ impl World<'_> {
     /// bitmap in its place would claim tracking it does not have. fsck
     /// reports the checkpoint's missing bitmap; recovery finishes the rest
     /// of the transaction instead of stopping at it.
-    fn apply_bitmap_offline(&self, _domain: &str, op: &BitmapOp) -> Result<()> {
+    fn apply_bitmap_offline(&self, op: &BitmapOp) -> Result<()> {
         if self.bitmap_done_offline(op)? {
             return Ok(());
         }
@@ -316,7 +316,7 @@ impl World<'_> {
                 let i = d.chain.iter().position(|c| &c.path == image)?;
                 d.chain.get(i + 1).cloned()
             })
-            .filter(|o| Some(o.path.as_str()) != new);
+            .filter(|o| Some(o.path.as_str()) != new && exists(&o.path));
         let from_plan = || {
             plan.steps.iter().find_map(|s| match s {
                 Step::RemoveImage { path }
@@ -334,9 +334,6 @@ impl World<'_> {
         let Some(old) = from_chain.or_else(from_plan) else {
             return Ok(());
         };
-        if !exists(&old.path) {
-            return Ok(());
-        }
         crash_point("step.rebase.redo");
         self.images.rebase(image, Some(&old), false)?;
         self.images.rebase(image, backing.as_ref(), true)?;
@@ -431,13 +428,13 @@ impl World<'_> {
                     // QEMU is gone: the same changes on the files.
                     None => {
                         for op in ops {
-                            self.apply_bitmap_offline(domain, op)?;
+                            self.apply_bitmap_offline(op)?;
                         }
                         Ok(())
                     }
                 }
             }
-            Step::Bitmap { domain, op } => self.apply_bitmap_offline(domain, op),
+            Step::Bitmap { op, .. } => self.apply_bitmap_offline(op),
             Step::BlockJob { domain, disk, merge } => {
                 let Some(rt) = self.runtime(domain)? else {
                     return self.offline_merge(merge);
@@ -636,7 +633,7 @@ impl World<'_> {
                 })?;
                 Ok(())
             }
-            Step::Bitmap { domain, op } => {
+            Step::Bitmap { op, .. } => {
                 let undo = match &op.action {
                     BitmapAction::Add { name, .. } => BitmapAction::Remove { name: name.clone() },
                     BitmapAction::Disable { name } => BitmapAction::Enable { name: name.clone() },
@@ -648,14 +645,11 @@ impl World<'_> {
                         )))
                     }
                 };
-                self.apply_bitmap_offline(
-                    domain,
-                    &BitmapOp {
-                        disk: op.disk.clone(),
-                        image: op.image.clone(),
-                        action: undo,
-                    },
-                )
+                self.apply_bitmap_offline(&BitmapOp {
+                    disk: op.disk.clone(),
+                    image: op.image.clone(),
+                    action: undo,
+                })
             }
             Step::LiveSnapshot { domain, .. } => match self.switch_seen(step)? {
                 Some(true) => Err(ExecError::Live(format!(

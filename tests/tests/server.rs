@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,19 +24,14 @@ struct Served {
 
 impl Served {
     fn start(f: &Fixture, env: &[(&str, &str)], extra: &[&str]) -> Served {
-        let mut c = f.command(&["serve"]);
-        c.args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
-        for (k, v) in env {
-            c.env(k, v);
+        // The server logs to the fixture's server.log (a pipe nobody reads
+        // could fill and stall it).
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let child = chaos::served::start_server_with(f, &env, extra).expect("serve starts and listens");
+        Served {
+            child,
+            socket: f.state.join("snapjournal.sock"),
         }
-        let child = c.spawn().expect("serve starts");
-        let socket = f.state.join("snapjournal.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the server never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Served { child, socket }
     }
 
     fn client(&self) -> Client {

@@ -85,20 +85,22 @@ impl Executor {
         crate::resume::ResumeNote::remove(self.journal().dir(), &req.domain)?;
         let mut report = match (reverted, started) {
             (Ok(r), Ok(_)) => r,
+            // Not `Invalid` ("nothing was changed"): the domain was
+            // stopped and started, and may have been reverted.
             (Err(e), Ok(_)) => {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::Live(format!(
                     "domain {}: the revert to {} failed ({e}); the domain was started again on its disks as they were",
                     req.domain, req.snapshot
                 )))
             }
             (Err(e), Err(s)) => {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::Live(format!(
                     "domain {}: the revert to {} failed ({e}) and the domain, stopped for it, could not be started again ({s}); it stays stopped: `snapjournal domain start {}`",
                     req.domain, req.snapshot, req.domain
                 )))
             }
             (Ok(_), Err(s)) => {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::Live(format!(
                     "domain {} was reverted to {} but could not be started again ({s}); it stays stopped: `snapjournal domain start {}`",
                     req.domain, req.snapshot, req.domain
                 )))

@@ -104,6 +104,24 @@ impl World<'_> {
                     }
                 }
             }
+            // Repeated until the folded image's node is gone (the next
+            // step deletes it): every action of a carry is idempotent.
+            Step::LiveBitmapCarry {
+                domain, from, ops, ..
+            } => {
+                match self.on_qemu(domain, |q| {
+                    Ok(BlockGraph::read(q)?.format_node_of(from).is_none())
+                })? {
+                    Some(done) => done,
+                    None => {
+                        let mut all = true;
+                        for op in ops {
+                            all &= self.bitmap_done_offline(op)?;
+                        }
+                        all
+                    }
+                }
+            }
             Step::BlockJob { domain, disk, merge } => {
                 match self.on_qemu(domain, |q| {
                     Ok(jobs::merge_done(&BlockGraph::read(q)?, disk, merge))
@@ -417,6 +435,39 @@ impl World<'_> {
                         Ok(a) => a,
                         Err(e) => return Ok(Err(e)),
                     };
+                    crash_point("live.bitmaps.before");
+                    q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
+                    crash_point("live.bitmaps.after");
+                    Ok(Ok(()))
+                })?;
+                match sent {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(e)) => Err(ExecError::Live(format!("domain {domain}: {e}"))),
+                    // QEMU is gone: the same changes on the files.
+                    None => {
+                        for op in ops {
+                            self.apply_bitmap_offline(op)?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Step::LiveBitmapCarry {
+                domain, from, ops, ..
+            } => {
+                let sent = self.on_qemu(domain, |q| {
+                    let graph = BlockGraph::read(q)?;
+                    if graph.format_node_of(from).is_none() {
+                        return Ok(Ok(()));
+                    }
+                    let pending = bitmaps::carry_pending(&graph, ops);
+                    let actions = match bitmaps::actions(&graph, &pending) {
+                        Ok(a) => a,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if actions.is_empty() {
+                        return Ok(Ok(()));
+                    }
                     crash_point("live.bitmaps.before");
                     q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
                     crash_point("live.bitmaps.after");

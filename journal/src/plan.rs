@@ -91,6 +91,20 @@ pub enum Step {
     /// `transaction` (post-commit, for checkpoint delete). When QEMU is
     /// gone, the same changes run through qemu-img.
     LiveBitmaps { domain: String, ops: Vec<BitmapOp> },
+    /// After a block job folded image `from` out of a running domain's
+    /// chain of disk `disk`: the checkpoints' bitmaps `from` held, carried
+    /// into the device's active image as ONE QMP `transaction` (adds of the
+    /// names it lacks, the recording one enabled, merges from `from`'s
+    /// node) — post-commit, between the job and the `blockdev-del` of
+    /// `from`'s node. Every action is idempotent (an add of a present
+    /// bitmap is left out, a merge is an OR), so it is repeated until
+    /// `from`'s node is gone; when QEMU is gone, the same through qemu-img.
+    LiveBitmapCarry {
+        domain: String,
+        disk: String,
+        from: String,
+        ops: Vec<BitmapOp>,
+    },
 }
 
 /// A change to one persistent dirty bitmap of one image.
@@ -284,6 +298,12 @@ impl Step {
             Step::Bitmap { domain, op } => format!("{} of domain {domain}", op.describe()),
             Step::LiveBitmaps { domain, ops } => format!(
                 "{} in running domain {domain} (one QMP transaction)",
+                ops.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
+            ),
+            Step::LiveBitmapCarry {
+                domain, disk, from, ops,
+            } => format!(
+                "carry the bitmaps of {from} on disk {disk} of running domain {domain}: {} (one QMP transaction)",
                 ops.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
             ),
         }

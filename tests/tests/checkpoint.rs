@@ -574,3 +574,114 @@ fn offline_snapshot_deletes_carry_the_bitmaps_through_commit_and_pull() {
     let e = f.fails(&["snapshot", "delete", "vm", "s4"]).unwrap();
     assert!(e.contains("running domain"), "{e}");
 }
+
+/// The merged bitmaps of a disk's chain: bitmap → (recording anywhere,
+/// dirty bytes summed over the images, an upper bound of its union).
+fn chain_union(f: &Fixture, disk: &str) -> BTreeMap<String, (bool, u64)> {
+    let mut out: BTreeMap<String, (bool, u64)> = BTreeMap::new();
+    for list in live_bitmaps(f, disk).into_values() {
+        for (name, (rec, count)) in list {
+            let e = out.entry(name).or_default();
+            e.0 |= rec;
+            e.1 += count;
+        }
+    }
+    out
+}
+
+#[test]
+fn live_snapshot_deletes_carry_the_bitmaps_through_block_jobs() {
+    let f = Fixture::new(1).unwrap();
+    f.start().unwrap();
+    f.ok(&["checkpoint", "create", "vm", "c1"]).unwrap();
+    f.guest_write(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.guest_write(B, 1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s2", "--checkpoint", "c2"])
+        .unwrap();
+    f.guest_write(C, 2).unwrap();
+    assert_eq!(
+        live_bitmaps(&f, "vda"),
+        BTreeMap::from([
+            ("vda.s2".to_string(), bm(&[("c2", true, 1)])),
+            ("vda.s1".to_string(), bm(&[("c1", false, 1)])),
+            ("vda.qcow2".to_string(), bm(&[("c1", false, 1)])),
+        ])
+    );
+    // s2's overlay (one region) is committed into s1's (one region) by an
+    // active commit: c2, which recorded in s2's overlay, records in s1's
+    // from the pivot on, with the write it held.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s2"]).unwrap());
+    assert!(r["merges"][0].as_str().unwrap().contains("commit"), "{r}");
+    assert_eq!(
+        live_bitmaps(&f, "vda"),
+        BTreeMap::from([
+            ("vda.s1".to_string(), bm(&[("c1", false, 1), ("c2", true, 1)])),
+            ("vda.qcow2".to_string(), bm(&[("c1", false, 1)])),
+        ])
+    );
+    f.guest_write(D, 3).unwrap();
+    assert_eq!(live_bitmaps(&f, "vda")["vda.s1"]["c2"], (true, 2 * REGION));
+    f.ok(&["fsck"]).unwrap();
+
+    const E: u8 = 0xe5;
+    const F: u8 = 0xf6;
+    f.ok(&["snapshot", "create", "vm", "s3"]).unwrap();
+    f.guest_write(E, 4).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s4"]).unwrap();
+    f.guest_write(F, 5).unwrap();
+    // s3's overlay (a middle image, one region) is committed into s1's
+    // (three) by a block-commit below the active image: its part of c2 goes
+    // to the active image, which QEMU keeps writable.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s3"]).unwrap());
+    assert!(r["merges"][0].as_str().unwrap().contains("commit"), "{r}");
+    assert_eq!(
+        live_bitmaps(&f, "vda"),
+        BTreeMap::from([
+            ("vda.s4".to_string(), bm(&[("c2", true, 2)])),
+            ("vda.s1".to_string(), bm(&[("c1", false, 1), ("c2", false, 2)])),
+            ("vda.qcow2".to_string(), bm(&[("c1", false, 1)])),
+        ])
+    );
+    // s1 froze the base image, which snapjournal did not create: it is
+    // streamed into s1's overlay (a middle image), and its part of c1 goes
+    // to the active image.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s1"]).unwrap());
+    assert!(r["merges"][0].as_str().unwrap().contains("pull"), "{r}");
+    assert_eq!(
+        live_bitmaps(&f, "vda"),
+        BTreeMap::from([
+            ("vda.s4".to_string(), bm(&[("c1", false, 1), ("c2", true, 2)])),
+            ("vda.s1".to_string(), bm(&[("c1", false, 1), ("c2", false, 2)])),
+        ])
+    );
+    // A stream into the active image: five regions written after s5 pull
+    // s4's one region up; s4's bitmaps join the active image's.
+    f.ok(&["snapshot", "create", "vm", "s5"]).unwrap();
+    for r in 0..5 {
+        f.guest_write(F, r).unwrap();
+    }
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s4"]).unwrap());
+    assert!(r["merges"][0].as_str().unwrap().contains("pull"), "{r}");
+    let after = live_bitmaps(&f, "vda");
+    assert_eq!(after["vda.s1"], bm(&[("c1", false, 1), ("c2", false, 2)]));
+    assert_eq!(after["vda.s5"]["c1"], (false, REGION), "{after:?}");
+    assert_eq!(after["vda.s5"]["c2"], (true, 6 * REGION), "{after:?}");
+    // Every region written since c1 and since c2 is marked in their union.
+    let union = chain_union(&f, "vda");
+    assert!(
+        union["c1"].1 >= 2 * REGION && union["c2"].1 >= 6 * REGION,
+        "{union:?}"
+    );
+    f.ok(&["fsck"]).unwrap();
+    f.ok(&["domain", "stop", "vm"]).unwrap();
+    f.ok(&["fsck"]).unwrap();
+    assert_view(
+        &img(&f, "vda.s5"),
+        &[(0, F), (1, F), (2, F), (3, F), (4, F), (5, F)],
+    );
+    // s1's overlay now stands alone with the base's data pulled in.
+    for (r, p) in [(0, A), (1, B), (2, C), (3, D), (4, E)] {
+        assert!(region_holds(&img(&f, "vda.s1"), p, r).unwrap(), "region {r}");
+    }
+}

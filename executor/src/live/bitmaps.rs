@@ -56,6 +56,21 @@ pub fn actions(graph: &BlockGraph, ops: &[BitmapOp]) -> Result<Vec<Value>, Strin
         .collect()
 }
 
+/// The part of a bitmap carry ([`journal::Step::LiveBitmapCarry`]) QEMU's
+/// graph does not show yet: adds of bitmaps that are there and enables of
+/// bitmaps that record are left out (QEMU refuses to add a bitmap twice);
+/// merges always stay (an OR repeated changes nothing).
+pub fn carry_pending(graph: &BlockGraph, ops: &[BitmapOp]) -> Vec<BitmapOp> {
+    ops.iter()
+        .filter(|op| match &op.action {
+            BitmapAction::Add { name, .. } => graph.bitmap(&op.image, name).is_none(),
+            BitmapAction::Enable { name } => graph.bitmap(&op.image, name).is_none_or(|b| !b.recording),
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whether QEMU's graph shows `ops` (one atomic transaction) done: every
 /// bitmap it adds is there and every bitmap it removes is gone; a list that
 /// only enables or disables is done when every flag is as asked.

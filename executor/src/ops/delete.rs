@@ -11,10 +11,12 @@ use journal::{
 
 use super::checkpoint::refuse_with_checkpoints;
 use super::{
-    check_world_chains, collect_garbage, live_chains, replace_image, require_defined, simulate, world_chain,
+    check_world_chains, collect_garbage, device_chains, live_graph, replace_image, require_defined, simulate,
+    world_chain,
 };
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
+use crate::live::graph::BlockGraph;
 
 /// A delete request.
 #[derive(Debug, Clone, Default)]
@@ -132,7 +134,8 @@ impl Executor {
         steps: Vec<Step>,
     ) -> Result<Vec<Step>> {
         let domain = &dom.core.name;
-        let devices = live_chains(self, dom, rt)?;
+        let graph = live_graph(self, dom, rt)?;
+        let devices = device_chains(dom, &graph, "the running QEMU")?;
         let vcpus_running = self
             .live()
             .with_qemu(rt, |q| q.running())
@@ -167,18 +170,29 @@ impl Executor {
                             )));
                         }
                         let active = i == 0;
+                        // After an active commit the base is the active
+                        // image; otherwise the device's active image stays.
+                        let into = if active {
+                            base_img.path.clone()
+                        } else {
+                            layer(disk, 0).map(|(img, _)| img.path).unwrap_or_default()
+                        };
                         out.push(Step::BlockJob {
                             domain: domain.clone(),
                             disk: disk.clone(),
                             merge: LiveMerge::Commit {
                                 device_node,
-                                top: top_img,
+                                top: top_img.clone(),
                                 top_node: top_node.clone(),
                                 base: base_img,
                                 base_node,
                                 active,
                             },
                         });
+                        // With the vCPUs still stopped after the pivot: no
+                        // guest write lands in the base before its bitmaps
+                        // record.
+                        out.extend(live_carry(&graph, domain, disk, &top_img.path, &into, active));
                         if active && vcpus_running {
                             out.push(Step::ResumeGuest {
                                 domain: domain.clone(),
@@ -206,6 +220,8 @@ impl Executor {
                             )));
                         };
                         let below_node = layer(disk, i + 2).map(|(_, n)| n);
+                        let active = layer(disk, 0).map(|(img, _)| img.path).unwrap_or_default();
+                        let carry = live_carry(&graph, domain, disk, &dropped.path, &active, false);
                         out.push(Step::BlockJob {
                             domain: domain.clone(),
                             disk: disk.clone(),
@@ -217,6 +233,7 @@ impl Executor {
                                 below_node,
                             },
                         });
+                        out.extend(carry);
                         out.push(Step::BlockdevDel {
                             domain: domain.clone(),
                             node: dropped_node,
@@ -296,20 +313,16 @@ impl Executor {
         let mut changes = Vec::new();
         let mut steps = Vec::new();
         let mut merges = Vec::new();
-        // A stopped domain's merges carry the checkpoints' bitmaps along
-        // (below); merges by QEMU block jobs and subtree removal do not.
-        if !req.metadata_only && (req.children || dom.core.runtime.is_some()) {
+        // Merges carry the checkpoints' bitmaps along (below: through
+        // qemu-img, or QMP for a running domain); subtree removal does not.
+        if !req.metadata_only && req.children {
             let touched = doomed
                 .iter()
                 .filter_map(|n| dom.snapshots.get(n))
                 .flat_map(|s| s.disks.iter())
                 .filter(|d| d.mode == DiskSnapshotMode::External)
                 .map(|d| d.disk.as_str());
-            let what = if req.children {
-                format!("deleting snapshot {} with its children", snap.name)
-            } else {
-                format!("deleting snapshot {} of the running domain", snap.name)
-            };
+            let what = format!("deleting snapshot {} with its children", snap.name);
             refuse_with_checkpoints(dom, touched, &what)?;
         }
         if !req.metadata_only {
@@ -323,7 +336,20 @@ impl Executor {
             let mut historic = self.journal().snapshot_domain_xmls(domain)?;
             // Bitmaps are carried through the merges while checkpoints
             // track changes (reading them costs a qemu-img call per image).
-            let tracked = !dom.checkpoints.is_empty();
+            // A running QEMU's images are carried through QMP instead
+            // (`live_merge_steps`): the files do not show what it holds.
+            let running_images: BTreeSet<&str> = if dom.core.runtime.is_some() {
+                dom.core
+                    .disks
+                    .values()
+                    .flat_map(|d| d.chain.iter().map(|c| c.path.as_str()))
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            let tracked_offline = |a: &str, b: &str| {
+                !dom.checkpoints.is_empty() && !running_images.contains(a) && !running_images.contains(b)
+            };
             for sd in &snap.disks {
                 if sd.mode != DiskSnapshotMode::External {
                     continue;
@@ -381,7 +407,7 @@ impl Executor {
                             });
                         }
                     }
-                    if tracked {
+                    if tracked_offline(&top, &frozen.path) {
                         steps.extend(self.carry_bitmaps(domain, &sd.disk, &top, &frozen.path, true)?);
                     }
                     let c = replace_image(&dom_now, &mut historic, &top, frozen)?;
@@ -400,7 +426,7 @@ impl Executor {
                     let below = graph.get(&frozen.path).cloned().flatten();
                     // The copy is no guest write: top's recording bitmaps
                     // are paused across it (offline, nothing else writes).
-                    let paused: Vec<String> = if tracked && dom.core.runtime.is_none() {
+                    let paused: Vec<String> = if tracked_offline(&top, &frozen.path) {
                         self.images()
                             .bitmaps(&top)?
                             .into_iter()
@@ -431,7 +457,7 @@ impl Executor {
                         safe: true,
                     });
                     steps.extend(toggle(|name| BitmapAction::Enable { name }));
-                    if tracked && frozen.format == "qcow2" {
+                    if tracked_offline(&top, &frozen.path) && frozen.format == "qcow2" {
                         steps.extend(self.carry_bitmaps(domain, &sd.disk, &frozen.path, &top, false)?);
                     }
                     let c = replace_image(
@@ -512,4 +538,59 @@ impl Executor {
             released,
         })
     }
+}
+
+/// The step that carries the bitmaps of `from`, which a block job folds out
+/// of a running chain, into `into`, the device's active image afterwards
+/// (QEMU opens backing images read-only, so the active image is the one
+/// that can take them; a checkpoint's changes are the union of its bitmaps
+/// along the chain, wherever they lie). `commit_active`: `from` was the
+/// active image, and its recording bitmap records in `into` from now on.
+/// `None` when `from` holds no persistent bitmap; bitmaps QEMU reports
+/// inconsistent cannot be merged and are left to fsck.
+fn live_carry(
+    graph: &BlockGraph,
+    domain: &str,
+    disk: &str,
+    from: &str,
+    into: &str,
+    commit_active: bool,
+) -> Option<Step> {
+    let node = graph.format_node_of(from)?;
+    let source = graph.bitmaps.get(node)?;
+    let target = graph
+        .format_node_of(into)
+        .and_then(|n| graph.bitmaps.get(n))
+        .cloned()
+        .unwrap_or_default();
+    let op = |action| BitmapOp {
+        disk: disk.to_string(),
+        image: into.to_string(),
+        action,
+    };
+    let mut ops = Vec::new();
+    for b in source.iter().filter(|b| b.persistent && !b.inconsistent) {
+        let recording = commit_active && b.recording;
+        match target.iter().find(|t| t.name == b.name) {
+            None => ops.push(op(BitmapAction::Add {
+                name: b.name.clone(),
+                enabled: recording,
+            })),
+            Some(t) if recording && !t.recording => {
+                ops.push(op(BitmapAction::Enable { name: b.name.clone() }))
+            }
+            Some(_) => {}
+        }
+        ops.push(op(BitmapAction::MergeFrom {
+            source_image: from.to_string(),
+            source: b.name.clone(),
+            target: b.name.clone(),
+        }));
+    }
+    (!ops.is_empty()).then(|| Step::LiveBitmapCarry {
+        domain: domain.to_string(),
+        disk: disk.to_string(),
+        from: from.to_string(),
+        ops,
+    })
 }

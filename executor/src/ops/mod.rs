@@ -45,9 +45,18 @@ pub(crate) fn live_chains(
     dom: &DomainState,
     rt: &journal::Runtime,
 ) -> Result<BTreeMap<String, crate::live::graph::Device>> {
+    let graph = live_graph(exec, dom, rt)?;
+    device_chains(dom, &graph, "the running QEMU")
+}
+
+/// The block graph of a running domain's QEMU (refused when it is gone).
+pub(crate) fn live_graph(
+    exec: &crate::Executor,
+    dom: &DomainState,
+    rt: &journal::Runtime,
+) -> Result<crate::live::graph::BlockGraph> {
     let name = &dom.core.name;
-    let graph = exec
-        .live()
+    exec.live()
         .with_qemu(rt, crate::live::graph::BlockGraph::read)
         .map_err(|e| ExecError::Invalid(format!("domain {name}: {e}")))?
         .ok_or_else(|| {
@@ -55,8 +64,7 @@ pub(crate) fn live_chains(
                 "domain {name} is recorded running on {} but its QEMU is gone; run `snapjournal recover`",
                 rt.qmp_socket
             ))
-        })?;
-    device_chains(dom, &graph, "the running QEMU")
+        })
 }
 
 /// Each disk's device in a QEMU's graph, its chain checked against the

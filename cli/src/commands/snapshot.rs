@@ -106,6 +106,17 @@ pub(super) fn run(exec: &Executor, c: &SnapshotCmd, inputs: &Inputs, out: &Out) 
                 overlays,
             })?;
             let mut msg = format!("Domain '{domain}' reverted to snapshot {name} ({})", r.txn);
+            if !r.dropped_checkpoints.is_empty() {
+                msg.push_str(&format!(
+                    "\ncheckpoints removed (they do not describe the reverted disks): {}",
+                    r.dropped_checkpoints.join(", ")
+                ));
+            }
+            for (disk, bitmap) in &r.recording {
+                msg.push_str(&format!(
+                    "\ndisk {disk}: checkpoint bitmap {bitmap} records in the new overlay"
+                ));
+            }
             for k in &r.kept {
                 msg.push_str(&format!(
                     "\nkept {k}: not created by snapjournal (a disk the user swapped)"
@@ -114,7 +125,9 @@ pub(super) fn run(exec: &Executor, c: &SnapshotCmd, inputs: &Inputs, out: &Out) 
             out.done(
                 json!({"domain": domain, "snapshot": name, "txn": r.txn.to_string(),
                        "overlays": r.overlays.iter().map(|(d, p)| json!({"disk": d, "file": p})).collect::<Vec<_>>(),
-                       "removed": r.removed, "kept": r.kept, "restarted_running": r.restarted}),
+                       "removed": r.removed, "kept": r.kept, "restarted_running": r.restarted,
+                       "dropped_checkpoints": r.dropped_checkpoints,
+                       "recording": r.recording.iter().map(|(d, b)| json!({"disk": d, "bitmap": b})).collect::<Vec<_>>()}),
                 &msg,
             );
         }

@@ -91,31 +91,6 @@ pub(crate) fn switch_bitmap_ops(
     ops
 }
 
-/// Refuses an operation that would merge or drop images of disks on which
-/// checkpoints keep bitmaps: their change tracking would be lost.
-pub(crate) fn refuse_with_checkpoints<'a>(
-    dom: &DomainState,
-    disks: impl IntoIterator<Item = &'a str>,
-    what: &str,
-) -> Result<()> {
-    for disk in disks {
-        let names: Vec<&str> = dom
-            .checkpoints
-            .values()
-            .filter(|c| c.bitmap_on(disk).is_some())
-            .map(|c| c.name.as_str())
-            .collect();
-        if !names.is_empty() {
-            return Err(ExecError::Invalid(format!(
-                "domain {}, disk {disk}: {what} would merge or drop images that hold the bitmaps of checkpoint(s) {}, losing their change tracking; delete the checkpoints first (`checkpoint delete`)",
-                dom.core.name,
-                names.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Checks a new checkpoint request and builds its record (parent: the
 /// newest checkpoint) with one bitmap per chosen disk, named after it, and
 /// its historic `<domain>`.

@@ -9,7 +9,6 @@ use journal::{
     StateChange, Step, TxnId,
 };
 
-use super::checkpoint::refuse_with_checkpoints;
 use super::{
     check_world_chains, collect_garbage, device_chains, live_graph, replace_image, require_defined, simulate,
     world_chain,
@@ -314,17 +313,10 @@ impl Executor {
         let mut steps = Vec::new();
         let mut merges = Vec::new();
         // Merges carry the checkpoints' bitmaps along (below: through
-        // qemu-img, or QMP for a running domain); subtree removal does not.
-        if !req.metadata_only && req.children {
-            let touched = doomed
-                .iter()
-                .filter_map(|n| dom.snapshots.get(n))
-                .flat_map(|s| s.disks.iter())
-                .filter(|d| d.mode == DiskSnapshotMode::External)
-                .map(|d| d.disk.as_str());
-            let what = format!("deleting snapshot {} with its children", snap.name);
-            refuse_with_checkpoints(dom, touched, &what)?;
-        }
+        // qemu-img, or QMP for a running domain). A subtree removal merges
+        // nothing and removes only images no chain uses any more: the
+        // checkpoints' bitmaps lie in the disks' chains (a revert removes
+        // the checkpoints whose bitmaps its new chain lacks), so they stay.
         if !req.metadata_only {
             check_world_chains(dom)?;
         }
@@ -377,7 +369,7 @@ impl Executor {
                 let owned_top = state.images.contains_key(&top);
                 if !owned_top {
                     return Err(ExecError::Invalid(format!(
-                        "snapshot {} of domain {domain}, disk {}: merging would modify {top}, an image snapshotjournal did not create; use --metadata-only",
+                        "snapshot {} of domain {domain}, disk {}: merging would modify {top}, an image snapjournal did not create; use --metadata-only",
                         snap.name, sd.disk
                     )));
                 }

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use journal::{ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, StateChange, Step, TxnId};
+use journal::{
+    BitmapAction, BitmapOp, ChainImage, DiskSnapshotMode, ImageRecord, Intent, Plan, StateChange, Step, TxnId,
+};
 
 use super::{
     check_new_image_path, check_world_chains, collect_garbage, derived_path, require_domain, world_chain,
@@ -38,6 +40,12 @@ pub struct RevertReport {
     /// For a domain that was running: whether its vCPUs were running (it is
     /// started again the same way, on the reverted disks).
     pub restarted: Option<bool>,
+    /// Checkpoints removed because they do not describe the reverted disks
+    /// (taken after the snapshot, or on another branch).
+    pub dropped_checkpoints: Vec<String>,
+    /// (disk, bitmap): the recording bitmap added to each new overlay, so
+    /// the checkpoints that still apply go on tracking writes.
+    pub recording: Vec<(String, String)>,
 }
 
 impl Executor {
@@ -55,7 +63,6 @@ impl Executor {
                 req.domain
             )));
         };
-        refuse_reverting_checkpoints(&dom, &req.snapshot)?;
         let Some(rt) = dom.core.runtime.clone() else {
             return self.snapshot_revert_stopped(req);
         };
@@ -117,7 +124,6 @@ impl Executor {
         let snap = dom.snapshots.get(&req.snapshot).ok_or_else(|| {
             ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
         })?;
-        refuse_reverting_checkpoints(dom, &req.snapshot)?;
         for d in req.overlays.keys() {
             if !snap
                 .disks
@@ -180,6 +186,21 @@ impl Executor {
             chains.insert(sd.disk.clone(), chain);
             sources.insert(sd.disk.clone(), overlay);
             overlays.push((sd.disk.clone(), path));
+        }
+        let (dropped_checkpoints, recording) =
+            self.revert_checkpoints(dom, &snap.name, &chains, &mut changes)?;
+        for (disk, bitmap) in &recording {
+            steps.push(Step::Bitmap {
+                domain: domain.clone(),
+                op: BitmapOp {
+                    disk: disk.clone(),
+                    image: chains[disk][0].path.clone(),
+                    action: BitmapAction::Add {
+                        name: bitmap.clone(),
+                        enabled: true,
+                    },
+                },
+            });
         }
         // Disks the snapshot did not cover keep their present images.
         for hd in &historic.disks {
@@ -272,20 +293,88 @@ impl Executor {
             removed,
             kept,
             restarted: None,
+            dropped_checkpoints,
+            recording,
         })
     }
-}
 
-/// A revert abandons the present overlays and starts new ones that no
-/// bitmap tracks: refused while checkpoints keep bitmaps on reverted disks.
-fn refuse_reverting_checkpoints(dom: &journal::DomainState, snapshot: &str) -> Result<()> {
-    let Some(snap) = dom.snapshots.get(snapshot) else {
-        return Ok(());
-    };
-    let disks = snap
-        .disks
-        .iter()
-        .filter(|d| d.mode == DiskSnapshotMode::External)
-        .map(|d| d.disk.as_str());
-    super::checkpoint::refuse_with_checkpoints(dom, disks, &format!("reverting to snapshot {snapshot}"))
+    /// What a revert does to the checkpoints, given the new chain of each
+    /// reverted disk (the new overlay first): a checkpoint whose bitmap on
+    /// a reverted disk is in no image below the new overlay does not
+    /// describe the reverted data (it was taken after the snapshot, or on
+    /// another branch) and is removed, with the checkpoints under it; the
+    /// others stay right, because the snapshot's images hold their changes
+    /// up to the snapshot, and the newest of them on each reverted disk
+    /// records in the new overlay (returned as (disk, bitmap)). A removed
+    /// checkpoint that also covers a disk the revert leaves as it is is
+    /// refused: its bitmap there records now.
+    fn revert_checkpoints(
+        &self,
+        dom: &journal::DomainState,
+        snapshot: &str,
+        chains: &BTreeMap<String, Vec<ChainImage>>,
+        changes: &mut Vec<StateChange>,
+    ) -> Result<(Vec<String>, Vec<(String, String)>)> {
+        if dom.checkpoints.is_empty() || chains.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let domain = &dom.core.name;
+        let mut dropped: BTreeSet<String> = BTreeSet::new();
+        for (disk, chain) in chains {
+            let mut present = BTreeSet::new();
+            for image in chain.iter().skip(1).filter(|i| i.format == "qcow2") {
+                for b in self.images().bitmaps(&image.path)? {
+                    // A bitmap left in use by a QEMU that died lost its
+                    // tracking: no base to go on from.
+                    if !b.in_use {
+                        present.insert(b.name);
+                    }
+                }
+            }
+            for c in dom.checkpoints.values() {
+                if c.bitmap_on(disk).is_some_and(|b| !present.contains(b)) {
+                    dropped.insert(c.name.clone());
+                }
+            }
+        }
+        // A checkpoint under a removed one goes with it.
+        loop {
+            let more: Vec<String> = dom
+                .checkpoints
+                .values()
+                .filter(|c| {
+                    !dropped.contains(&c.name) && c.parent.as_ref().is_some_and(|p| dropped.contains(p))
+                })
+                .map(|c| c.name.clone())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            dropped.extend(more);
+        }
+        for name in &dropped {
+            let c = &dom.checkpoints[name];
+            if let Some((disk, _)) = c.bitmaps().find(|(d, _)| !chains.contains_key(*d)) {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain}: reverting to snapshot {snapshot} leaves disk {disk} as it is, but checkpoint {name}, which covers it, does not describe the reverted disks and would have to go; delete checkpoint {name} first (`checkpoint delete`); nothing was changed"
+                )));
+            }
+        }
+        let mut after = dom.clone();
+        after.checkpoints.retain(|n, _| !dropped.contains(n));
+        let recording = chains
+            .keys()
+            .filter_map(|disk| {
+                let c = after.newest_checkpoint(Some(disk))?;
+                Some((disk.clone(), c.bitmap_on(disk)?.to_string()))
+            })
+            .collect();
+        for name in &dropped {
+            changes.push(StateChange::CheckpointRemoved {
+                domain: domain.clone(),
+                checkpoint: name.clone(),
+            });
+        }
+        Ok((dropped.into_iter().collect(), recording))
+    }
 }

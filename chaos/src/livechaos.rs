@@ -39,17 +39,26 @@ pub enum LiveOp {
     /// Delete checkpoint c2 (in the active overlay) of a running domain:
     /// merged into c1, which takes its place.
     CheckpointDelete,
+    /// Delete the newest snapshot by an active block-commit while
+    /// checkpoints keep bitmaps on the disks: c2's recording bitmap is
+    /// carried into the base, which becomes the active image.
+    DeleteWithCheckpoints,
+    /// Revert a running domain to a snapshot older than checkpoint c2: c2
+    /// is removed, c1 records in the new overlays.
+    RevertWithCheckpoints,
 }
 
 impl LiveOp {
     /// Every live operation.
-    pub const ALL: [LiveOp; 6] = [
+    pub const ALL: [LiveOp; 8] = [
         LiveOp::Create,
         LiveOp::DeleteActive,
         LiveOp::DeleteStream,
         LiveOp::Revert,
         LiveOp::SnapshotWithCheckpoint,
         LiveOp::CheckpointDelete,
+        LiveOp::DeleteWithCheckpoints,
+        LiveOp::RevertWithCheckpoints,
     ];
 
     /// The operation's name in reports.
@@ -61,7 +70,14 @@ impl LiveOp {
             LiveOp::Revert => "live-revert",
             LiveOp::SnapshotWithCheckpoint => "live-snapshot-with-checkpoint",
             LiveOp::CheckpointDelete => "live-checkpoint-delete",
+            LiveOp::DeleteWithCheckpoints => "live-delete-with-checkpoints",
+            LiveOp::RevertWithCheckpoints => "live-revert-with-checkpoints",
         }
+    }
+
+    /// A revert (stop, revert, start: three transactions).
+    pub fn is_revert(self) -> bool {
+        matches!(self, LiveOp::Revert | LiveOp::RevertWithCheckpoints)
     }
 
     /// Parses a name from [`LiveOp::name`].
@@ -77,6 +93,8 @@ impl LiveOp {
             LiveOp::Revert => vec!["snapshot", "revert", "vm", "s1"],
             LiveOp::SnapshotWithCheckpoint => vec!["snapshot", "create", "vm", "s9", "--checkpoint", "c2"],
             LiveOp::CheckpointDelete => vec!["checkpoint", "delete", "vm", "c2"],
+            LiveOp::DeleteWithCheckpoints => vec!["snapshot", "delete", "vm", "s2"],
+            LiveOp::RevertWithCheckpoints => vec!["snapshot", "revert", "vm", "s1"],
         }
     }
 
@@ -85,6 +103,23 @@ impl LiveOp {
         f.start()?;
         f.guest_write(A, 0)?;
         if self == LiveOp::Create {
+            return Ok(());
+        }
+        if self == LiveOp::DeleteWithCheckpoints {
+            // c1 records in s1's overlays, c2 in s2's (one region each, so
+            // the delete commits).
+            f.ok(&["checkpoint", "create", "vm", "c1"])?;
+            f.ok(&["snapshot", "create", "vm", "s1"])?;
+            f.guest_write(B, 1)?;
+            f.ok(&["snapshot", "create", "vm", "s2", "--checkpoint", "c2"])?;
+            f.guest_write(C, 2)?;
+            return Ok(());
+        }
+        if self == LiveOp::RevertWithCheckpoints {
+            f.ok(&["checkpoint", "create", "vm", "c1"])?;
+            f.ok(&["snapshot", "create", "vm", "s1"])?;
+            f.guest_write(B, 1)?;
+            f.ok(&["checkpoint", "create", "vm", "c2"])?;
             return Ok(());
         }
         if matches!(self, LiveOp::SnapshotWithCheckpoint | LiveOp::CheckpointDelete) {
@@ -112,8 +147,9 @@ impl LiveOp {
         match self {
             LiveOp::Create => vec![(0, A)],
             LiveOp::DeleteActive | LiveOp::DeleteStream => vec![(0, A), (1, B), (2, C)],
-            LiveOp::Revert if post => vec![(0, A)],
-            LiveOp::Revert => vec![(0, A), (1, B)],
+            LiveOp::Revert | LiveOp::RevertWithCheckpoints if post => vec![(0, A)],
+            LiveOp::Revert | LiveOp::RevertWithCheckpoints => vec![(0, A), (1, B)],
+            LiveOp::DeleteWithCheckpoints => vec![(0, A), (1, B), (2, C)],
             LiveOp::SnapshotWithCheckpoint => vec![(0, A), (1, B)],
             LiveOp::CheckpointDelete => vec![(0, A), (1, B), (2, C)],
         }

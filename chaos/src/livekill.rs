@@ -145,7 +145,7 @@ fn run_case_on(
         return Ok(case);
     }
     let mut may_hold: Vec<u8> = w.acked.into_iter().chain(w.in_flight).collect();
-    if may_hold.is_empty() || op == LiveOp::Revert {
+    if may_hold.is_empty() || op.is_revert() {
         // Revert gives the disks the snapshot's data back (region 4 was
         // never written there); rolled back, it is judged below.
         may_hold.push(0);
@@ -159,7 +159,7 @@ fn run_case_on(
         QemuFate::Survives,
     )?;
     problems.extend(v);
-    if op == LiveOp::Revert && !post {
+    if op.is_revert() && !post {
         if let Some(acked) = w.acked {
             for (disk, path) in f.active()? {
                 let ok = region_holds(&path, acked, AFTER_CRASH_REGION)?

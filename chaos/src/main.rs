@@ -62,7 +62,8 @@ struct Args {
     #[arg(long)]
     recovery_crash_at: Option<u64>,
     /// Only these live operations (live-create, live-delete-active-commit,
-    /// live-delete-stream, live-revert, live-snapshot-with-checkpoint, live-checkpoint-delete).
+    /// live-delete-stream, live-revert, live-snapshot-with-checkpoint, live-checkpoint-delete,
+    /// live-delete-with-checkpoints, live-revert-with-checkpoints).
     #[arg(long = "live-op")]
     live_ops: Vec<String>,
     /// Leave out the live operations (bounded and full modes).
@@ -394,6 +395,7 @@ fn main() -> Result<()> {
                 (LiveOp::Revert, "quit"),
                 (LiveOp::SnapshotWithCheckpoint, "transaction"),
                 (LiveOp::CheckpointDelete, "transaction"),
+                (LiveOp::DeleteWithCheckpoints, "transaction"),
             ] {
                 if live_ops.contains(&op) {
                     report.faults.push(livechaos::reply_lost(op, command)?);

@@ -1,7 +1,9 @@
 //! A backup flow: a checkpoint and a snapshot in one transaction, the
 //! frozen images copied out while the domain goes on writing to its new
 //! overlays, then the snapshot deleted (merged) and the checkpoint kept as
-//! the base of the next incremental backup.
+//! the base of the next incremental backup. The domain may be running (the
+//! merge is then a block job that carries the checkpoint's bitmap along) or
+//! shut off.
 //!
 //! `backup STATE_DIR DOMAIN OUT_DIR`
 

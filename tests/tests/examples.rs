@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos::fixture::{region_holds, write_pattern, Fixture};
+use chaos::fixture::{region_holds, write_pattern, Fixture, REGION};
 
 fn example(name: &str) -> PathBuf {
     let bin = chaos::fixture::snapjournal_bin().unwrap();
@@ -80,6 +80,10 @@ fn the_agent_loop_survives_being_killed_and_carries_on() {
 fn the_backup_flow_copies_the_frozen_image_and_keeps_the_checkpoint() {
     let f = Fixture::new(1).unwrap();
     write_pattern(&f.base("vda"), 0xab, 0).unwrap();
+    // On a running domain: the snapshot is merged by a block job (here a
+    // stream of the user's base into the overlay, whose bitmap keeps
+    // recording).
+    f.start().unwrap();
     let out_dir = f.root.path().join("backups");
     std::fs::create_dir_all(&out_dir).unwrap();
     let o = run(Command::new(example("backup"))
@@ -102,6 +106,20 @@ fn the_backup_flow_copies_the_frozen_image_and_keeps_the_checkpoint() {
     drop(sj);
     let cps = f.ok(&["checkpoint", "list", "vm"]).unwrap();
     assert!(cps.contains("backup-"), "{cps}");
+    assert_eq!(f.run(&["fsck"]).unwrap().status.code(), Some(0));
+    // The checkpoint records the guest's next writes: the next backup's
+    // increment.
+    f.guest_write(0xcd, 1).unwrap();
+    let g = f.graph().unwrap();
+    let active = &g.devices.iter().find(|d| d.id == "vda").unwrap().chain[0];
+    let bitmaps = &g.bitmaps[&active.node];
+    assert!(
+        bitmaps
+            .iter()
+            .any(|b| b.name.starts_with("backup-") && b.recording && b.count == REGION),
+        "{bitmaps:?}"
+    );
+    f.ok(&["domain", "stop", "vm"]).unwrap();
     assert_eq!(f.run(&["fsck"]).unwrap().status.code(), Some(0));
 }
 

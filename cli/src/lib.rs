@@ -77,6 +77,8 @@ pub mod client;
 #[doc(hidden)]
 #[allow(rustdoc::invalid_html_tags)]
 pub mod commands;
+#[doc(hidden)]
+pub mod demo;
 mod handle;
 #[doc(hidden)]
 pub mod output;

@@ -27,6 +27,8 @@ fn main() -> ExitCode {
             std::time::Duration::from_secs(*stop_timeout),
             std::time::Duration::from_secs(*idle_timeout),
         ),
+        // The demo works in a directory of its own, never through a server.
+        Cmd::Demo { keep } => snapjournal::demo::run(&out, *keep),
         _ => match client::Client::connect_if_served(&cli.state_dir) {
             Ok(Some(c)) => client::run_through(c, &cli, &out),
             Ok(None) => run_direct(&cli, &out),

@@ -81,6 +81,17 @@ pub enum Cmd {
     /// Redefine sessions, for agents that add snapshot XML one at a time.
     #[command(subcommand)]
     Redefine(RedefineCmd),
+    /// Show what snapjournal does, in under a minute: a scratch two-disk
+    /// domain in a temporary directory, snapshots with data in every
+    /// layer, a delete killed half-way, recovery, fsck, the data read back;
+    /// then everything it made is removed (the state directory is not
+    /// used).
+    Demo {
+        /// Keep the scratch directory to look at.
+        #[arg(long)]
+        #[serde(default)]
+        keep: bool,
+    },
     /// Serve the state directory on a unix socket (a foreground daemon):
     /// every other command, from any process, then goes through it.
     Serve {
@@ -500,6 +511,7 @@ pub fn run_direct(cli: &Cli, out: &Out) -> Result<i32> {
             }
         },
         Cmd::Serve { .. } => bail!("serve is not a command of a client"),
+        Cmd::Demo { keep } => return crate::demo::run(out, *keep),
         cmd => {
             let (exec, report) = if cmd.reads_only() {
                 recovery::open_for_reading(&cli.state_dir)?
@@ -708,6 +720,7 @@ pub fn execute(exec: &Executor, cmd: &Cmd, inputs: &Inputs, out: &Out) -> Result
             }
         }
         Cmd::Serve { .. } => bail!("serve is run by `snapjournal serve`, not sent as a request"),
+        Cmd::Demo { .. } => bail!("the demo runs in the CLI (`snapjournal demo`), not through a server"),
     }
     Ok(0)
 }

@@ -154,7 +154,9 @@ impl Fixture {
             std::fs::create_dir_all(&f.state)?;
             std::os::unix::fs::symlink(run, f.state.join("run"))?;
         }
-        f.ok(&["domain", "define", &xml_path.to_string_lossy()])?;
+        // The base images stand for the user's (templates, disks shared with
+        // other tools): never modified, as the scenarios expect.
+        f.ok(&["domain", "define", &xml_path.to_string_lossy(), "--all-shared"])?;
         Ok(f)
     }
 
@@ -289,7 +291,7 @@ impl Fixture {
         }
         let xml_path = self.root.path().join(format!("{name}.xml"));
         std::fs::write(&xml_path, domain_xml(name, &pairs))?;
-        self.ok(&["domain", "define", &xml_path.to_string_lossy()])?;
+        self.ok(&["domain", "define", &xml_path.to_string_lossy(), "--all-shared"])?;
         Ok(())
     }
 }

@@ -174,7 +174,7 @@ impl Op {
             let dom = f.root.path().join("vm-now.xml");
             std::fs::write(&dom, f.ok(&["domain", "dumpxml", "vm"])?)?;
             f.ok(&["domain", "undefine", "vm", "--snapshots-metadata"])?;
-            f.ok(&["domain", "define", &dom.to_string_lossy()])?;
+            f.ok(&["domain", "define", &dom.to_string_lossy(), "--all-shared"])?;
         }
         Ok(())
     }

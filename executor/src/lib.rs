@@ -20,6 +20,7 @@ pub use error::{ExecError, ImageError, Result, XmlError};
 pub use ops::checkpoint::{CheckpointReport, CheckpointRequest};
 pub use ops::create::{CreateReport, CreateRequest};
 pub use ops::delete::{DeleteReport, DeleteRequest, MergeChoice};
+pub use ops::domain::{DefineReport, SharedDisks};
 pub use ops::redefine::{RedefineReport, RedefineRequest};
 pub use ops::revert::{RevertReport, RevertRequest};
 pub use xml::snapshot::DiskRequest;

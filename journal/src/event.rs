@@ -232,7 +232,8 @@ pub enum StateChange {
         domain: String,
         snapshot: Option<String>,
     },
-    /// The journal created an image file.
+    /// An image file became the journal's: it created the file, or the
+    /// file is the disk a domain was first defined on (the domain's own).
     ImageCreated { image: ImageRecord },
     /// An image file the journal created is no longer in use and is removed.
     ImageRemoved { path: String },

@@ -364,7 +364,8 @@ fn checkpoint_redefine_is_validated_against_the_images_and_all_or_nothing() {
     let before = f.state().unwrap().domains["vm"].checkpoints.clone();
     f.ok(&["domain", "undefine", "vm", "--snapshots-metadata"])
         .unwrap();
-    f.ok(&["domain", "define", dom.to_str().unwrap()]).unwrap();
+    f.ok(&["domain", "define", dom.to_str().unwrap(), "--all-shared"])
+        .unwrap();
 
     // A child without its parent, a bitmap no image holds: refused whole.
     let e = f.fails(&["checkpoint", "redefine", "vm", &files[1]]).unwrap();
@@ -459,7 +460,8 @@ fn exported_with_checkpoints(f: &Fixture) -> Vec<String> {
     std::fs::write(&dom, f.ok(&["domain", "dumpxml", "vm"]).unwrap()).unwrap();
     f.ok(&["domain", "undefine", "vm", "--snapshots-metadata"])
         .unwrap();
-    f.ok(&["domain", "define", dom.to_str().unwrap()]).unwrap();
+    f.ok(&["domain", "define", dom.to_str().unwrap(), "--all-shared"])
+        .unwrap();
     files
 }
 

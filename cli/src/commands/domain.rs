@@ -11,15 +11,35 @@ use crate::output::{self, Out};
 /// Runs a `domain` command.
 pub(super) fn run(exec: &Executor, c: &DomainCmd, inputs: &Inputs, out: &Out) -> Result<i32> {
     match c {
-        DomainCmd::Define { file } => {
+        DomainCmd::Define {
+            file,
+            shared,
+            all_shared,
+        } => {
             let xml = inputs.read(file)?;
-            let txn = exec.define_domain(&xml)?;
+            let which = if *all_shared {
+                executor::SharedDisks::All
+            } else if !shared.is_empty() {
+                executor::SharedDisks::These(shared.clone())
+            } else {
+                executor::SharedDisks::Marked
+            };
+            let r = exec.define_domain_with(&xml, &which)?;
             let name = executor::xml::domain::parse_domain("domain", &xml)
                 .map_err(executor::ExecError::from)?
                 .name;
+            let mut text = format!("Domain '{name}' defined ({})", r.txn);
+            for (disk, image) in &r.owned {
+                text.push_str(&format!("\n{disk}: {image} is the domain's own"));
+            }
+            for (disk, image, why) in &r.shared {
+                text.push_str(&format!("\n{disk}: {image} is shared ({why}): never modified"));
+            }
             out.done(
-                json!({"domain": name, "txn": txn.to_string()}),
-                &format!("Domain '{name}' defined ({txn})"),
+                json!({"domain": name, "txn": r.txn.to_string(),
+                       "owned": r.owned.iter().map(|(d, i)| json!({"disk": d, "image": i})).collect::<Vec<_>>(),
+                       "shared": r.shared.iter().map(|(d, i, w)| json!({"disk": d, "image": i, "why": w})).collect::<Vec<_>>()}),
+                &text,
             );
         }
         DomainCmd::Undefine {

@@ -138,7 +138,24 @@ pub enum RedefineCmd {
 #[serde(rename_all = "kebab-case")]
 pub enum DomainCmd {
     /// Define (or redefine) a domain from libvirt XML.
-    Define { file: PathBuf },
+    ///
+    /// At a domain's first definition, the image each disk writes to
+    /// becomes the domain's own (merges may write into it; removed once
+    /// nothing uses it) unless it is shared: marked `<shareable/>` or
+    /// `<readonly/>`, named by --shared, or already another domain's.
+    /// Backing images below it are never the domain's.
+    Define {
+        file: PathBuf,
+        /// A disk (target, e.g. vda) whose image is shared: never modified
+        /// nor removed by snapjournal (repeatable).
+        #[arg(long = "shared", value_name = "DISK")]
+        #[serde(default)]
+        shared: Vec<String>,
+        /// Every disk's image is shared.
+        #[arg(long, conflicts_with = "shared")]
+        #[serde(default)]
+        all_shared: bool,
+    },
     /// Forget a domain (images are never removed).
     Undefine {
         domain: String,
@@ -410,7 +427,7 @@ pub fn input_paths(cmd: &mut Cmd) -> Result<Vec<PathBuf>> {
         Ok(files.clone())
     };
     Ok(match cmd {
-        Cmd::Domain(DomainCmd::Define { file }) => vec![file.clone()],
+        Cmd::Domain(DomainCmd::Define { file, .. }) => vec![file.clone()],
         Cmd::Snapshot(SnapshotCmd::Create { xml: Some(x), .. })
         | Cmd::Snapshot(SnapshotCmd::Revert { xml: Some(x), .. }) => vec![x.clone()],
         Cmd::Snapshot(SnapshotCmd::Redefine { files, dir, .. }) => expand(files, dir)?,
@@ -570,7 +587,7 @@ impl Cmd {
             return Access::Read;
         }
         match self {
-            Cmd::Domain(DomainCmd::Define { file }) => inputs
+            Cmd::Domain(DomainCmd::Define { file, .. }) => inputs
                 .read(file)
                 .ok()
                 .and_then(|x| executor::xml::domain::parse_domain("domain", &x).ok())

@@ -165,10 +165,19 @@ pub(super) fn run(exec: &Executor, c: &SnapshotCmd, inputs: &Inputs, out: &Out) 
             for m in &r.merges {
                 msg.push_str(&format!("\n{}", m.describe()));
             }
+            for p in &r.removed {
+                msg.push_str(&format!("\nremoved {p} (the domain's own, no longer used)"));
+            }
+            for (p, bytes) in &r.unused_shared {
+                msg.push_str(&format!(
+                    "\n{p} ({bytes} bytes) is no longer used by domain {domain}; it is shared, so snapjournal leaves it: remove it yourself if nothing else uses it"
+                ));
+            }
             out.done(
                 json!({"domain": domain, "deleted": r.deleted, "txn": r.txn.to_string(),
                        "merges": r.merges.iter().map(|m| m.describe()).collect::<Vec<_>>(),
-                       "removed": r.removed, "kept": r.released}),
+                       "removed": r.removed, "kept": r.released,
+                       "unused_shared": r.unused_shared.iter().map(|(p, b)| json!({"image": p, "bytes": b})).collect::<Vec<_>>()}),
                 &msg,
             );
         }

@@ -74,6 +74,9 @@ pub struct DeleteReport {
     pub removed: Vec<String>,
     /// Images no longer referenced but kept (`--metadata-only`).
     pub released: Vec<String>,
+    /// (image, bytes): shared images (the user's, never modified) that the
+    /// domain no longer uses; snapjournal leaves them where they are.
+    pub unused_shared: Vec<(String, u64)>,
 }
 
 /// Descendants of `name`, deepest first.
@@ -497,8 +500,27 @@ impl Executor {
                 });
             }
         }
+        if !req.metadata_only {
+            self.check_free_space(domain, &snap.name, &merges)?;
+        }
         let commit_index = 0;
         let gone = collect_garbage(&state, domain, &mut changes, &mut steps, req.metadata_only);
+        let unused_shared = {
+            let after = simulate(&state, &changes);
+            let still = after
+                .domains
+                .get(domain)
+                .map(|d| d.referenced_images())
+                .unwrap_or_default();
+            dom.referenced_images()
+                .into_iter()
+                .filter(|p| !still.contains(p) && !state.images.contains_key(p))
+                .map(|p| {
+                    let bytes = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    (p, bytes)
+                })
+                .collect()
+        };
         let (removed, released) = if req.metadata_only {
             (vec![], gone)
         } else {
@@ -528,7 +550,78 @@ impl Executor {
             merges,
             removed,
             released,
+            unused_shared,
         })
+    }
+
+    /// Refuses merges whose worst-case growth does not fit: each merge may
+    /// grow the image it writes into by the data it moves (plus qcow2's
+    /// tables, counted as 1/64 of it), summed per filesystem and compared
+    /// with the space free there (ENOSPC is the most common failed merge).
+    fn check_free_space(&self, domain: &str, snapshot: &str, merges: &[MergeChoice]) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut need: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+        for m in merges {
+            let (into, moved) = match m {
+                MergeChoice::Commit { base, top_bytes, .. } => (base, *top_bytes),
+                MergeChoice::Pull { top, base_bytes, .. } => (top, *base_bytes),
+            };
+            let dir = std::path::Path::new(into)
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| ".".into());
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let e = need
+                .entry(meta.dev())
+                .or_insert_with(|| (dir.display().to_string(), 0));
+            e.1 += moved + moved / 64;
+        }
+        for (dir, bytes) in need.values() {
+            let free = free_bytes(dir).map_err(|e| {
+                ExecError::Invalid(format!(
+                    "domain {domain}: cannot read the free space of {dir} ({e}); nothing was changed"
+                ))
+            })?;
+            if *bytes > free {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain}: deleting snapshot {snapshot} merges up to {} into images on the filesystem of {dir}, which has {} free; free some space (or delete with --metadata-only); nothing was changed",
+                    human_bytes(*bytes),
+                    human_bytes(free)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes an unprivileged writer may still allocate on the filesystem of
+/// `dir` (`statvfs`).
+fn free_bytes(dir: &str) -> std::io::Result<u64> {
+    let c =
+        std::ffi::CString::new(dir).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// `4.2 GiB`, `512.0 KiB`, `17 B`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -10,10 +10,49 @@ use crate::error::{ExecError, Result};
 use crate::names::{validate_image_path, validate_name};
 use crate::xml::domain::parse_domain;
 
+/// Which of a new domain's disk images are shared with others (never
+/// modified by snapjournal); the others become the domain's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SharedDisks {
+    /// Only disks the definition marks `<shareable/>` or `<readonly/>`.
+    #[default]
+    Marked,
+    /// These disks (by target) too.
+    These(Vec<String>),
+    /// Every disk.
+    All,
+}
+
+/// What `domain define` recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DefineReport {
+    pub txn: TxnId,
+    /// (disk, image): the images that became the domain's own. A merge may
+    /// write into them, and one nothing uses any more is removed with the
+    /// transaction that dropped it.
+    pub owned: Vec<(String, String)>,
+    /// (disk, image, why): images left as the user's, never modified.
+    pub shared: Vec<(String, String, String)>,
+}
+
 impl Executor {
     /// Defines a domain from its libvirt XML, or replaces the definition of
-    /// a defined one (its disks' chains are read from the images).
+    /// a defined one (its disks' chains are read from the images). A new
+    /// domain's disk images become its own unless they are shared
+    /// ([`SharedDisks::Marked`]); see [`Executor::define_domain_with`].
     pub fn define_domain(&self, xml: &str) -> Result<TxnId> {
+        Ok(self.define_domain_with(xml, &SharedDisks::Marked)?.txn)
+    }
+
+    /// Defines a domain, saying which disk images are shared. Ownership is
+    /// decided when a domain is first defined: the image each disk writes
+    /// to becomes the domain's own unless `shared` says otherwise, the disk
+    /// is `<shareable/>` or `<readonly/>`, or the image is already the
+    /// journal's (another domain's); the backing images below it (a
+    /// template) are never the domain's. A redefinition changes no
+    /// ownership.
+    pub fn define_domain_with(&self, xml: &str, shared: &SharedDisks) -> Result<DefineReport> {
         let parsed = parse_domain("domain definition", xml)?;
         validate_name("domain", &parsed.name)?;
         let state = self.journal().state()?;
@@ -63,6 +102,53 @@ impl Executor {
                 },
             );
         }
+        if let SharedDisks::These(list) = shared {
+            for t in list {
+                if !disks.contains_key(t) {
+                    return Err(ExecError::Invalid(format!(
+                        "domain {}: --shared names disk {t}, which the definition does not have (it has: {}); nothing was changed",
+                        parsed.name,
+                        disks.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+        let mut owned = Vec::new();
+        let mut shared_out = Vec::new();
+        let mut changes = Vec::new();
+        if existing.is_none() {
+            for d in &parsed.disks {
+                let Some(active) = disks.get(&d.target).and_then(|s| s.chain.first()) else {
+                    continue;
+                };
+                let why = if d.shareable {
+                    Some("the definition marks it <shareable/>".to_string())
+                } else if d.readonly {
+                    Some("the definition marks it <readonly/>".to_string())
+                } else if matches!(shared, SharedDisks::All)
+                    || matches!(shared, SharedDisks::These(l) if l.contains(&d.target))
+                {
+                    Some("defined as shared".to_string())
+                } else {
+                    state
+                        .images
+                        .get(&active.path)
+                        .map(|i| format!("an image of domain {}", i.domain))
+                };
+                match why {
+                    Some(why) => shared_out.push((d.target.clone(), active.path.clone(), why)),
+                    None => {
+                        owned.push((d.target.clone(), active.path.clone()));
+                        changes.push(StateChange::ImageCreated {
+                            image: journal::ImageRecord {
+                                path: active.path.clone(),
+                                domain: parsed.name.clone(),
+                            },
+                        });
+                    }
+                }
+            }
+        }
         let core = DomainCore {
             name: parsed.name.clone(),
             xml: xml.to_string(),
@@ -75,15 +161,22 @@ impl Executor {
                 domain: parsed.name.clone(),
             }],
             commit_index: 0,
-            changes: vec![StateChange::DomainDefined { core }],
+            changes: std::iter::once(StateChange::DomainDefined { core })
+                .chain(changes)
+                .collect(),
         };
-        self.run(
+        let txn = self.run(
             Intent::DomainDefine {
                 domain: parsed.name.clone(),
             },
             plan,
             existing,
-        )
+        )?;
+        Ok(DefineReport {
+            txn,
+            owned,
+            shared: shared_out,
+        })
     }
 
     /// Forgets a domain. Refused while it has snapshots unless

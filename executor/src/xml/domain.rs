@@ -21,6 +21,8 @@ pub struct DomainDisk {
     pub format: Option<String>,
     /// Whether the disk is read-only (`<readonly/>`).
     pub readonly: bool,
+    /// Whether other domains may use the image too (`<shareable/>`).
+    pub shareable: bool,
 }
 
 /// A disk of a definition that snapjournal does not manage (a block
@@ -127,6 +129,7 @@ pub fn domain_from_element(what: &str, root: &Element) -> Result<ParsedDomain, X
             source: d.child("source").and_then(|s| s.attr("file")).map(String::from),
             format: d.child("driver").and_then(|s| s.attr("type")).map(String::from),
             readonly: d.child("readonly").is_some(),
+            shareable: d.child("shareable").is_some(),
         });
     }
     let others = all_disks(root)

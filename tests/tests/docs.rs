@@ -1,4 +1,5 @@
-//! docs/ARCHITECTURE.md lists exactly the crash points the code has.
+//! docs/ARCHITECTURE.md lists exactly the crash points the code has; the
+//! product's messages spell its name.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -70,4 +71,28 @@ fn architecture_lists_exactly_the_crash_points_of_the_code() {
         missing.is_empty() && stale.is_empty(),
         "docs/ARCHITECTURE.md misses {missing:?} and lists {stale:?}, which the code does not have"
     );
+}
+
+#[test]
+fn every_message_spells_the_product_name() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for dir in [
+        "journal/src",
+        "executor/src",
+        "recovery/src",
+        "cli/src",
+        "chaos/src",
+    ] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let wrong = ["snapshot", "journal"].concat();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains(&wrong),
+            "{} misspells the product's name",
+            f.display()
+        );
+    }
 }

@@ -581,12 +581,12 @@ impl Executor {
         for (dir, bytes) in need.values() {
             let free = free_bytes(dir).map_err(|e| {
                 ExecError::Invalid(format!(
-                    "domain {domain}: cannot read the free space of {dir} ({e}); nothing was changed"
+                    "domain {domain}: cannot read the free space of {dir} ({e})"
                 ))
             })?;
             if *bytes > free {
                 return Err(ExecError::Invalid(format!(
-                    "domain {domain}: deleting snapshot {snapshot} merges up to {} into images on the filesystem of {dir}, which has {} free; free some space (or delete with --metadata-only); nothing was changed",
+                    "domain {domain}: deleting snapshot {snapshot} merges up to {} into images on the filesystem of {dir}, which has {} free; free some space (or delete with --metadata-only)",
                     human_bytes(*bytes),
                     human_bytes(free)
                 )));

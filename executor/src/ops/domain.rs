@@ -106,7 +106,7 @@ impl Executor {
             for t in list {
                 if !disks.contains_key(t) {
                     return Err(ExecError::Invalid(format!(
-                        "domain {}: --shared names disk {t}, which the definition does not have (it has: {}); nothing was changed",
+                        "domain {}: --shared names disk {t}, which the definition does not have (it has: {})",
                         parsed.name,
                         disks.keys().cloned().collect::<Vec<_>>().join(", ")
                     )));

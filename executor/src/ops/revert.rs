@@ -356,7 +356,7 @@ impl Executor {
             let c = &dom.checkpoints[name];
             if let Some((disk, _)) = c.bitmaps().find(|(d, _)| !chains.contains_key(*d)) {
                 return Err(ExecError::Invalid(format!(
-                    "domain {domain}: reverting to snapshot {snapshot} leaves disk {disk} as it is, but checkpoint {name}, which covers it, does not describe the reverted disks and would have to go; delete checkpoint {name} first (`checkpoint delete`); nothing was changed"
+                    "domain {domain}: reverting to snapshot {snapshot} leaves disk {disk} as it is, but checkpoint {name}, which covers it, does not describe the reverted disks and would have to go; delete checkpoint {name} first (`checkpoint delete`)"
                 )));
             }
         }

@@ -388,12 +388,8 @@ impl Snapjournal {
             Some(domain),
         )?
         .ok_or_else(|| Error::invalid(domain, format!("domain {domain} has no snapshot called {name}")))?;
-        let historic = wrap(
-            executor::metadata::snapshot_historic(self.exec.journal(), domain, name),
-            Some(domain),
-        )?;
         wrap(
-            executor::xml::snapshot::render_snapshot(&record, &historic),
+            executor::metadata::render_snapshot_of(self.exec.journal(), domain, &record),
             Some(domain),
         )
     }

@@ -12,7 +12,7 @@ use journal::{Journal, State, StateChange};
 
 use crate::error::{ExecError, Result};
 use crate::xml::checkpoint::render_checkpoint;
-use crate::xml::snapshot::render_snapshot;
+use crate::xml::snapshot::{parse_extras, render_snapshot_with, SnapshotExtras};
 
 /// Prefix of temporary files; a file with it left behind is a stray.
 pub const TEMP_PREFIX: &str = ".tmp-";
@@ -65,10 +65,21 @@ impl MetadataStore {
         if let Some(d) = state.domains.get(domain) {
             out.insert(self.domain_file(domain), d.core.xml.clone());
             let docs = journal.snapshot_domain_xmls(domain)?;
+            let mut extras = BTreeMap::new();
+            for (name, x) in journal.snapshot_extras_all(domain)? {
+                extras.insert(
+                    name.clone(),
+                    parse_extras(&format!("stored extras of snapshot {name}"), &x)?,
+                );
+            }
             for s in d.snapshots.values() {
                 out.insert(
                     self.snapshot_dir(domain).join(format!("{}.xml", s.name)),
-                    render_snapshot(s, document(&docs, "snapshot", domain, &s.name)?)?,
+                    render_snapshot_with(
+                        s,
+                        document(&docs, "snapshot", domain, &s.name)?,
+                        extras.get(&s.name),
+                    )?,
                 );
             }
             let docs = journal.checkpoint_domain_xmls(domain)?;
@@ -198,6 +209,30 @@ pub fn snapshot_historic(journal: &Journal, domain: &str, name: &str) -> Result<
         .ok_or_else(|| missing_historic("snapshot", domain, name))
 }
 
+/// The parts of snapshot `name`'s redefined document its record does not
+/// model (`None`: it had none).
+pub fn snapshot_extras(journal: &Journal, domain: &str, name: &str) -> Result<Option<SnapshotExtras>> {
+    match journal.snapshot_extras(domain, name)? {
+        Some(x) => Ok(Some(parse_extras(
+            &format!("stored extras of snapshot {name} of domain {domain}"),
+            &x,
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// Snapshot `name` of `domain` as libvirt's `<domainsnapshot>`: its record,
+/// historic `<domain>` and kept extras.
+pub fn render_snapshot_of(
+    journal: &Journal,
+    domain: &str,
+    record: &journal::SnapshotRecord,
+) -> Result<String> {
+    let historic = snapshot_historic(journal, domain, &record.name)?;
+    let extras = snapshot_extras(journal, domain, &record.name)?;
+    Ok(render_snapshot_with(record, &historic, extras.as_ref())?)
+}
+
 /// The historic `<domain>` of checkpoint `name` of `domain`.
 pub fn checkpoint_historic(journal: &Journal, domain: &str, name: &str) -> Result<String> {
     journal
@@ -232,7 +267,8 @@ pub fn touched_items(changes: &[StateChange], domain: &str) -> Option<(BTreeSet<
                 snapshots.insert(snapshot.name.clone());
             }
             StateChange::SnapshotRemoved { snapshot, .. }
-            | StateChange::SnapshotReparented { snapshot, .. } => {
+            | StateChange::SnapshotReparented { snapshot, .. }
+            | StateChange::SnapshotExtrasRecorded { snapshot, .. } => {
                 snapshots.insert(snapshot.clone());
             }
             StateChange::CheckpointRecorded { checkpoint, .. } => {
@@ -264,9 +300,13 @@ impl MetadataStore {
         // The transaction holding the domain is the only writer of these
         // records and documents, so reading the documents first is safe.
         let mut snapshot_docs = BTreeMap::new();
+        let mut snapshot_extras = BTreeMap::new();
         for s in snapshots {
             if let Some(x) = journal.snapshot_domain_xml(domain, s)? {
                 snapshot_docs.insert(s.as_str(), x);
+            }
+            if let Some(x) = self::snapshot_extras(journal, domain, s)? {
+                snapshot_extras.insert(s.as_str(), x);
             }
         }
         let mut checkpoint_docs = BTreeMap::new();
@@ -280,9 +320,10 @@ impl MetadataStore {
             let mut out = vec![(self.domain_file(domain), d.map(|d| d.core.xml.clone()))];
             for s in snapshots {
                 let content = match d.and_then(|d| d.snapshots.get(s)) {
-                    Some(r) => Some(render_snapshot(
+                    Some(r) => Some(render_snapshot_with(
                         r,
                         document(&snapshot_docs, "snapshot", domain, s)?,
+                        snapshot_extras.get(s.as_str()),
                     )?),
                     None => None,
                 };

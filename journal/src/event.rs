@@ -242,6 +242,16 @@ pub enum StateChange {
         domain: String,
         runtime: Option<Runtime>,
     },
+    /// The parts of a redefined snapshot document the record does not
+    /// model (libvirt elements kept as written for the round trip: inside a
+    /// disk's `<source>` and `<driver>`, entries of disks the record leaves
+    /// out, `<inactiveDomain>`, `<cookie>`), as one `<extras>` document
+    /// kept beside the historic `<domain>` (removed with the snapshot).
+    SnapshotExtrasRecorded {
+        domain: String,
+        snapshot: String,
+        xml: String,
+    },
 }
 
 impl StateChange {
@@ -259,7 +269,8 @@ impl StateChange {
             | StateChange::CheckpointRecorded { domain, .. }
             | StateChange::CheckpointRemoved { domain, .. }
             | StateChange::CurrentSnapshotSet { domain, .. }
-            | StateChange::RuntimeSet { domain, .. } => Some(domain),
+            | StateChange::RuntimeSet { domain, .. }
+            | StateChange::SnapshotExtrasRecorded { domain, .. } => Some(domain),
             StateChange::ImageCreated { image } => Some(&image.domain),
             StateChange::ImageRemoved { .. } => None,
         }

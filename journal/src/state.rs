@@ -316,6 +316,17 @@ impl State {
                     touched.insert(Touched::Snapshot(domain.clone(), snapshot.name.clone()));
                 }
             }
+            // Kept by the journal as a document beside the record: only
+            // the rendered XML changes.
+            StateChange::SnapshotExtrasRecorded { domain, snapshot, .. } => {
+                if self
+                    .domains
+                    .get(domain)
+                    .is_some_and(|d| d.snapshots.contains_key(snapshot))
+                {
+                    touched.insert(Touched::Snapshot(domain.clone(), snapshot.clone()));
+                }
+            }
             StateChange::SnapshotRemoved { domain, snapshot } => {
                 if let Some(d) = self.domains.get_mut(domain) {
                     if d.snapshots.remove(snapshot).is_some() {

@@ -262,6 +262,7 @@ fn history_key(domain: &str, txn: TxnId) -> Vec<u8> {
 const DOC_PREFIX: &str = "x";
 const DOC_SNAPSHOT: char = 's';
 const DOC_CHECKPOINT: char = 'c';
+const DOC_SNAPSHOT_EXTRAS: char = 'e';
 
 fn document_key(kind: char, domain: &str, name: &str) -> Vec<u8> {
     format!("{DOC_PREFIX}\0{kind}\0{domain}\0{name}").into_bytes()
@@ -898,14 +899,27 @@ impl Journal {
                 let value = encode(RecordKind::Document, domain_xml)?;
                 batch.put_cf(cf, document_key(DOC_CHECKPOINT, domain, &checkpoint.name), value);
             }
+            StateChange::SnapshotExtrasRecorded {
+                domain,
+                snapshot,
+                xml,
+            } if state
+                .domains
+                .get(domain)
+                .is_some_and(|d| d.snapshots.contains_key(snapshot)) =>
+            {
+                let value = encode(RecordKind::Document, xml)?;
+                batch.put_cf(cf, document_key(DOC_SNAPSHOT_EXTRAS, domain, snapshot), value);
+            }
             StateChange::SnapshotRemoved { domain, snapshot } => {
                 batch.delete_cf(cf, document_key(DOC_SNAPSHOT, domain, snapshot));
+                batch.delete_cf(cf, document_key(DOC_SNAPSHOT_EXTRAS, domain, snapshot));
             }
             StateChange::CheckpointRemoved { domain, checkpoint } => {
                 batch.delete_cf(cf, document_key(DOC_CHECKPOINT, domain, checkpoint));
             }
             StateChange::DomainUndefined { domain } => {
-                for kind in [DOC_SNAPSHOT, DOC_CHECKPOINT] {
+                for kind in [DOC_SNAPSHOT, DOC_CHECKPOINT, DOC_SNAPSHOT_EXTRAS] {
                     let (from, to) = document_range(kind, domain);
                     batch.delete_range_cf(cf, from, to);
                 }
@@ -959,6 +973,17 @@ impl Journal {
     /// The historic `<domain>` of checkpoint `name` of `domain`.
     pub fn checkpoint_domain_xml(&self, domain: &str, name: &str) -> Result<Option<String>> {
         self.document(DOC_CHECKPOINT, domain, name)
+    }
+
+    /// The `<extras>` document of snapshot `name` of `domain`: the parts of
+    /// a redefined document its record does not model (`None`: none).
+    pub fn snapshot_extras(&self, domain: &str, name: &str) -> Result<Option<String>> {
+        self.document(DOC_SNAPSHOT_EXTRAS, domain, name)
+    }
+
+    /// The `<extras>` documents of `domain`'s snapshots, by name.
+    pub fn snapshot_extras_all(&self, domain: &str) -> Result<BTreeMap<String, String>> {
+        self.documents(DOC_SNAPSHOT_EXTRAS, domain)
     }
 
     /// The historic `<domain>` of every snapshot of `domain`, by name.

@@ -4,6 +4,8 @@
 //! rules; unbounded, BOM-prefixed and oddly named input gets a clear
 //! answer.
 
+use std::process::Command;
+
 use snapjournal_tests::*;
 
 fn journal_len(f: &Fixture) -> usize {
@@ -306,4 +308,93 @@ fn redefining_the_same_snapshot_with_other_line_endings_and_quotes_is_a_no_op() 
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["unchanged"], serde_json::json!(["s1"]), "{out}");
+}
+
+#[test]
+fn what_the_record_does_not_model_round_trips_as_written() {
+    let f = Fixture::new(1).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    let dumped = f.ok(&["snapshot", "dumpxml", "vm", "s1"]).unwrap();
+    f.ok(&["snapshot", "delete", "vm", "s1", "--metadata-only"])
+        .unwrap();
+    // libvirt's own pieces: a label on the overlay's source, a qcow2
+    // metadata cache on its driver, a cdrom left out, the inactive
+    // definition and the migration cookie of a running domain.
+    let cdrom = "    <disk type='file' device='cdrom'>\n      <source file='/isos/install.iso'/>\n      <target dev='hdc' bus='sata'/>\n      <readonly/>\n    </disk>\n  </devices>";
+    let doc = dumped
+        .replacen("<driver type='qcow2'/>", "<driver type='qcow2'>\n        <metadata_cache>\n          <max_size unit='bytes'>1234</max_size>\n        </metadata_cache>\n      </driver>", 1)
+        .replacen("'/>\n    </disk>\n  </disks>", "'>\n        <seclabel model='dac' relabel='no'/>\n      </source>\n    </disk>\n    <disk name='hdc' snapshot='no'/>\n  </disks>", 1)
+        .replacen("  </devices>", cdrom, 1)
+        .replacen(
+            "</domain>\n</domainsnapshot>",
+            "</domain>\n  <inactiveDomain type='kvm'>\n    <name>vm</name>\n    <memory unit='KiB'>131072</memory>\n    <os><type arch='x86_64'>hvm</type></os>\n  </inactiveDomain>\n  <cookie>\n    <cpu mode='custom' match='exact' check='full'>\n      <model fallback='forbid'>qemu64</model>\n    </cpu>\n  </cookie>\n</domainsnapshot>",
+            1,
+        );
+    for piece in [
+        "<seclabel",
+        "<metadata_cache>",
+        "name='hdc'",
+        "<inactiveDomain",
+        "<cookie>",
+        "install.iso",
+    ] {
+        assert!(doc.contains(piece), "the test document lacks {piece}:\n{doc}");
+    }
+    let p = f.root.path().join("s1.xml");
+    std::fs::write(&p, &doc).unwrap();
+    f.ok(&["snapshot", "redefine", "vm", p.to_str().unwrap()])
+        .unwrap();
+    let again = f.ok(&["snapshot", "dumpxml", "vm", "s1"]).unwrap();
+    for piece in [
+        "<seclabel model='dac' relabel='no'/>",
+        "<max_size unit='bytes'>1234</max_size>",
+        "<disk name='hdc' snapshot='no'/>",
+        "<inactiveDomain type='kvm'>",
+        "<model fallback='forbid'>qemu64</model>",
+    ] {
+        assert!(again.contains(piece), "{piece} was dropped:\n{again}");
+    }
+    let schema = Command::new("xmllint")
+        .args([
+            "--noout",
+            "--relaxng",
+            "/usr/share/libvirt/schemas/domainsnapshot.rng",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(again.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        schema.status.success(),
+        "{}\n{again}",
+        String::from_utf8_lossy(&schema.stderr)
+    );
+    let file = f.state.join("snapshots/vm/s1.xml");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), again);
+    // The dump redefines as identical; another cookie is a conflict.
+    let p2 = f.root.path().join("s1-again.xml");
+    std::fs::write(&p2, &again).unwrap();
+    let out = f
+        .ok(&["--json", "snapshot", "redefine", "vm", p2.to_str().unwrap()])
+        .unwrap();
+    assert!(out.contains("\"unchanged\":[\"s1\"]"), "{out}");
+    std::fs::write(&p2, again.replace("qemu64", "Haswell")).unwrap();
+    let e = f
+        .fails(&["snapshot", "redefine", "vm", p2.to_str().unwrap()])
+        .unwrap();
+    assert!(e.contains("kept as written"), "{e}");
+    f.ok(&["fsck"]).unwrap();
+    // Deleted with the snapshot.
+    f.ok(&["snapshot", "delete", "vm", "s1", "--metadata-only"])
+        .unwrap();
+    f.ok(&["snapshot", "redefine", "vm", p.to_str().unwrap()])
+        .unwrap();
+    f.ok(&["fsck"]).unwrap();
 }

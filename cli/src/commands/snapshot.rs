@@ -79,8 +79,11 @@ pub(super) fn run(exec: &Executor, c: &SnapshotCmd, inputs: &Inputs, out: &Out) 
                     .cloned()
                     .ok_or_else(|| anyhow!("domain {domain} has no snapshot called {name}"))
             })??;
-            let historic = executor::metadata::snapshot_historic(exec.journal(), domain, name)?;
-            out.raw(&executor::xml::snapshot::render_snapshot(&s, &historic)?);
+            out.raw(&executor::metadata::render_snapshot_of(
+                exec.journal(),
+                domain,
+                &s,
+            )?);
         }
         SnapshotCmd::Current { domain } => {
             let current = exec.journal().with_state(|st| {

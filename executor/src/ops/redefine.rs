@@ -16,7 +16,7 @@ use crate::error::{ExecError, Result};
 use crate::images::read_header;
 use crate::names::{validate_image_path, validate_name};
 use crate::xml::domain::parse_domain;
-use crate::xml::snapshot::parse_snapshot;
+use crate::xml::snapshot::{parse_snapshot, DiskExtras, SnapshotExtras};
 
 /// A redefine request: `(origin, xml)` items (origin names the file in
 /// messages), and the snapshot to make current.
@@ -45,7 +45,11 @@ pub struct RedefineReport {
 
 /// Builds the snapshot record a document describes, with its historic
 /// `<domain>`.
-fn record_from_xml(domain: &str, origin: &str, xml: &str) -> Result<(SnapshotRecord, String)> {
+fn record_from_xml(
+    domain: &str,
+    origin: &str,
+    xml: &str,
+) -> Result<(SnapshotRecord, String, SnapshotExtras)> {
     let p = parse_snapshot(origin, xml)?;
     let name = p
         .request
@@ -129,7 +133,16 @@ fn record_from_xml(domain: &str, origin: &str, xml: &str) -> Result<(SnapshotRec
         parent: p.parent.clone(),
         disks,
     };
-    Ok((record, historic))
+    // The whole entry is kept only for disks the record leaves out (a
+    // cdrom's snapshot='no'); the record renders the others.
+    let mut extras = p.extras;
+    for (name, x) in extras.disks.iter_mut() {
+        if record.disks.iter().any(|d| &d.disk == name) {
+            x.whole = None;
+        }
+    }
+    extras.disks.retain(|_, x| *x != DiskExtras::default());
+    Ok((record, historic, extras))
 }
 
 /// What differs between two records of one snapshot (and their historic
@@ -215,8 +228,10 @@ impl Executor {
         // Parse all; duplicates within the set.
         let mut incoming: BTreeMap<String, (String, SnapshotRecord)> = BTreeMap::new();
         let mut historic: BTreeMap<String, String> = BTreeMap::new();
+        let mut extras: BTreeMap<String, SnapshotExtras> = BTreeMap::new();
         for (origin, xml) in &req.items {
-            let (rec, domain_xml) = record_from_xml(domain, origin, xml)?;
+            let (rec, domain_xml, x) = record_from_xml(domain, origin, xml)?;
+            extras.insert(rec.name.clone(), x);
             if let Some((other, _)) = incoming.get(&rec.name) {
                 return Err(ExecError::Invalid(format!(
                     "snapshot {} is defined twice: in {other} and in {origin}",
@@ -231,7 +246,12 @@ impl Executor {
         for (name, (origin, rec)) in &incoming {
             if let Some(existing) = dom.snapshots.get(name) {
                 let existing_xml = self.journal().snapshot_domain_xml(domain, name)?;
-                let differ = differences(existing, existing_xml.as_deref(), rec, &historic[name]);
+                let mut differ = differences(existing, existing_xml.as_deref(), rec, &historic[name]);
+                let existing_extras =
+                    crate::metadata::snapshot_extras(self.journal(), domain, name)?.unwrap_or_default();
+                if existing_extras != extras[name] {
+                    differ.push("elements kept as written (seclabel, metadata_cache, inactiveDomain, cookie, excluded disks)");
+                }
                 if differ.is_empty() {
                     unchanged.push(name.clone());
                 } else {
@@ -280,14 +300,21 @@ impl Executor {
         }
         self.check_redefined_images(dom, &incoming, &new)?;
 
-        let mut changes: Vec<StateChange> = new
-            .iter()
-            .map(|r| StateChange::SnapshotRecorded {
+        let mut changes: Vec<StateChange> = Vec::new();
+        for r in &new {
+            changes.push(StateChange::SnapshotRecorded {
                 domain: domain.clone(),
                 snapshot: (*r).clone(),
                 domain_xml: historic.remove(&r.name).unwrap_or_default(),
-            })
-            .collect();
+            });
+            if let Some(x) = extras.get(&r.name).filter(|x| !x.is_empty()) {
+                changes.push(StateChange::SnapshotExtrasRecorded {
+                    domain: domain.clone(),
+                    snapshot: r.name.clone(),
+                    xml: x.to_xml(),
+                });
+            }
+        }
         if let Some(c) = &req.current {
             if dom.core.current_snapshot.as_ref() != Some(c) {
                 changes.push(StateChange::CurrentSnapshotSet {

@@ -12,6 +12,109 @@ use crate::error::XmlError;
 /// `<domain>` (`domain_xml`, kept by the journal apart from the record)
 /// embedded.
 pub fn render_snapshot(s: &SnapshotRecord, domain_xml: &str) -> Result<String, XmlError> {
+    render_snapshot_with(s, domain_xml, None)
+}
+
+/// The parts of a redefined `<domainsnapshot>` the record does not model,
+/// kept as written so the document round-trips: per disk, what was inside
+/// its `<source>` (a `<seclabel>`) and `<driver>` (a `<metadata_cache>`),
+/// the whole entry of a disk the record leaves out (a cdrom's
+/// `snapshot='no'`), and the `<inactiveDomain>` and `<cookie>` elements.
+/// Stored by the journal beside the historic `<domain>` as one small
+/// document, `<extras>…</extras>` (see [`parse_extras`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotExtras {
+    /// disk → (inside `<source>`, inside `<driver>`, the whole `<disk>`
+    /// element when the record does not carry the disk).
+    pub disks: BTreeMap<String, DiskExtras>,
+    /// `<inactiveDomain>…</inactiveDomain>`, as written.
+    pub inactive_domain: Option<String>,
+    /// `<cookie>…</cookie>`, as written.
+    pub cookie: Option<String>,
+}
+
+/// What a snapshot document said about one disk beyond the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskExtras {
+    pub source_inner: Option<String>,
+    pub driver_inner: Option<String>,
+    pub whole: Option<String>,
+}
+
+impl SnapshotExtras {
+    /// Whether there is nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        self.disks.is_empty() && self.inactive_domain.is_none() && self.cookie.is_none()
+    }
+
+    /// The document the journal stores.
+    pub fn to_xml(&self) -> String {
+        let mut out = String::from("<extras>\n");
+        for (name, d) in &self.disks {
+            out.push_str(&format!("<disk name='{}'>", escape(name)));
+            if let Some(x) = &d.source_inner {
+                out.push_str(&format!("<source>{x}</source>"));
+            }
+            if let Some(x) = &d.driver_inner {
+                out.push_str(&format!("<driver>{x}</driver>"));
+            }
+            if let Some(x) = &d.whole {
+                out.push_str(&format!("<whole>{x}</whole>"));
+            }
+            out.push_str("</disk>\n");
+        }
+        for x in [&self.inactive_domain, &self.cookie].into_iter().flatten() {
+            out.push_str(x);
+            out.push('\n');
+        }
+        out.push_str("</extras>\n");
+        out
+    }
+}
+
+/// The text inside element `e` of `xml` (`None` for `<x/>`).
+fn inner<'a>(xml: &'a str, e: &super::tree::Element) -> Option<&'a str> {
+    if e.empty {
+        return None;
+    }
+    let close = format!("</{}", e.name);
+    let body = &xml[e.tag_end..e.end];
+    let at = body.rfind(&close)?;
+    Some(&body[..at]).filter(|t| !t.trim().is_empty())
+}
+
+/// Reads a stored `<extras>` document back.
+pub fn parse_extras(what: &str, xml: &str) -> Result<SnapshotExtras, XmlError> {
+    let root = parse(what, xml)?;
+    let mut out = SnapshotExtras::default();
+    for c in &root.children {
+        match c.name.as_str() {
+            "disk" => {
+                let name = c.attr("name").unwrap_or_default().to_string();
+                let d = DiskExtras {
+                    source_inner: c.child("source").and_then(|x| inner(xml, x)).map(String::from),
+                    driver_inner: c.child("driver").and_then(|x| inner(xml, x)).map(String::from),
+                    whole: c.child("whole").and_then(|x| inner(xml, x)).map(String::from),
+                };
+                out.disks.insert(name, d);
+            }
+            "inactiveDomain" => out.inactive_domain = Some(xml[c.start..c.end].to_string()),
+            "cookie" => out.cookie = Some(xml[c.start..c.end].to_string()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Renders a snapshot with the parts a redefined document carried beyond
+/// the record ([`SnapshotExtras`]).
+pub fn render_snapshot_with(
+    s: &SnapshotRecord,
+    domain_xml: &str,
+    extras: Option<&SnapshotExtras>,
+) -> Result<String, XmlError> {
+    let none = SnapshotExtras::default();
+    let extras = extras.unwrap_or(&none);
     let mut out = String::from("<domainsnapshot>\n");
     out.push_str(&format!("  <name>{}</name>\n", escape(&s.name)));
     if let Some(d) = &s.description {
@@ -32,14 +135,33 @@ pub fn render_snapshot(s: &SnapshotRecord, domain_xml: &str) -> Result<String, X
                 out.push_str(&format!("    <disk name='{}' snapshot='no'/>\n", escape(&d.disk)))
             }
             DiskSnapshotMode::External => {
+                let x = extras.disks.get(&d.disk);
                 out.push_str(&format!(
-                    "    <disk name='{}' snapshot='external' type='file'>\n      <driver type='qcow2'/>\n",
+                    "    <disk name='{}' snapshot='external' type='file'>\n",
                     escape(&d.disk)
                 ));
+                match x.and_then(|x| x.driver_inner.as_deref()) {
+                    Some(inner) => out.push_str(&format!("      <driver type='qcow2'>{inner}</driver>\n")),
+                    None => out.push_str("      <driver type='qcow2'/>\n"),
+                }
                 if let Some(o) = &d.overlay {
-                    out.push_str(&format!("      <source file='{}'/>\n", escape(o)));
+                    match x.and_then(|x| x.source_inner.as_deref()) {
+                        Some(inner) => {
+                            out.push_str(&format!("      <source file='{}'>{inner}</source>\n", escape(o)))
+                        }
+                        None => out.push_str(&format!("      <source file='{}'/>\n", escape(o))),
+                    }
                 }
                 out.push_str("    </disk>\n");
+            }
+        }
+    }
+    // Entries of disks the record does not carry (a cdrom's
+    // snapshot='no'), as they were written.
+    for (name, x) in &extras.disks {
+        if let Some(whole) = &x.whole {
+            if !s.disks.iter().any(|d| &d.disk == name) {
+                out.push_str(&format!("    {whole}\n"));
             }
         }
     }
@@ -48,6 +170,10 @@ pub fn render_snapshot(s: &SnapshotRecord, domain_xml: &str) -> Result<String, X
         &format!("historic domain of snapshot {}", s.name),
         domain_xml,
     )?);
+    for x in [&extras.inactive_domain, &extras.cookie].into_iter().flatten() {
+        out.push_str("\n  ");
+        out.push_str(x);
+    }
     out.push_str("\n</domainsnapshot>\n");
     Ok(out)
 }
@@ -78,6 +204,8 @@ pub struct ParsedSnapshot {
     pub creation_time: Option<i64>,
     /// The embedded `<domain>`, byte for byte.
     pub domain_xml: Option<String>,
+    /// What the record does not model, kept for the round trip.
+    pub extras: SnapshotExtras,
 }
 
 /// Parses a `<domainsnapshot>`.
@@ -98,8 +226,25 @@ pub fn parse_snapshot(what: &str, xml: &str) -> Result<ParsedSnapshot, XmlError>
         }
     }
     let mut disks = Vec::new();
+    let mut extras = SnapshotExtras {
+        inactive_domain: root
+            .child("inactiveDomain")
+            .map(|e| xml[e.start..e.end].to_string()),
+        cookie: root.child("cookie").map(|e| xml[e.start..e.end].to_string()),
+        ..Default::default()
+    };
     if let Some(ds) = root.child("disks") {
         for d in ds.children_named("disk") {
+            if let Some(name) = d.attr("name") {
+                let x = DiskExtras {
+                    source_inner: d.child("source").and_then(|e| inner(xml, e)).map(String::from),
+                    driver_inner: d.child("driver").and_then(|e| inner(xml, e)).map(String::from),
+                    whole: (d.attr("snapshot") == Some("no")).then(|| xml[d.start..d.end].to_string()),
+                };
+                if x != DiskExtras::default() {
+                    extras.disks.insert(name.to_string(), x);
+                }
+            }
             let disk = d
                 .attr("name")
                 .ok_or_else(|| err(what, "a <disk> has no name attribute"))?
@@ -165,6 +310,7 @@ pub fn parse_snapshot(what: &str, xml: &str) -> Result<ParsedSnapshot, XmlError>
         parent: root.child("parent").and_then(|p| p.child_text("name")),
         creation_time,
         domain_xml,
+        extras,
     })
 }
 

@@ -26,14 +26,17 @@ fn legal_device_id(id: &str) -> bool {
 
 /// The `-blockdev` JSON of one image whose backing is `backing` (format
 /// nodes named after their paths).
-fn blockdev_json(image: &ChainImage, backing: Option<&ChainImage>) -> serde_json::Value {
+fn blockdev_json(image: &ChainImage, backing: Option<&ChainImage>, read_only: bool) -> serde_json::Value {
     let mut v = json!({
         "driver": image.format,
         "node-name": format_node(&image.path),
+        "read-only": read_only,
         "file": {
             "driver": "file",
             "filename": image.path,
             "node-name": file_node(&image.path),
+            "read-only": read_only,
+            "auto-read-only": read_only,
         },
     });
     if image.format == "qcow2" {
@@ -100,7 +103,7 @@ pub fn command_line(core: &DomainCore, qmp_socket: &Path, pidfile: &Path) -> Res
         };
         for (i, image) in disk.chain.iter().enumerate().rev() {
             args.push("-blockdev".into());
-            args.push(blockdev_json(image, disk.chain.get(i + 1)).to_string());
+            args.push(blockdev_json(image, disk.chain.get(i + 1), i > 0).to_string());
         }
         args.push("-device".into());
         args.push(format!(

@@ -1,8 +1,10 @@
 //! Property (issue 21): over generated `<domainsnapshot>` documents —
 //! random disk modes, kinds, formats and sources (the base image the
 //! domain writes into among them), names and parents — a redefine either
-//! is accepted and fsck then finds nothing, or is refused and changes
-//! nothing (the journal's state and every metadata file as they were).
+//! is accepted, fsck then finds nothing, a revert to it reads what its
+//! image froze and deleting it leaves fsck clean (or is refused, changing
+//! nothing); or it is refused and changes nothing (the journal's state and
+//! every metadata file as they were).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -100,7 +102,9 @@ proptest! {
             (name, parent, vda, hdc)
         };
         let f = Fixture::new(1).unwrap();
+        f.write_present(A, 0).unwrap();
         f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+        f.write_present(B, 1).unwrap();
         let overlay = f.img.join("vda.s1").display().to_string();
         let base = f.base("vda");
         // The historic domain as it was before s1: on the base image.
@@ -149,6 +153,29 @@ proptest! {
                     report.findings.iter().map(|x| format!("{} {}", x.kind, x.message)).collect::<Vec<_>>(),
                     report.could_not_check
                 );
+                drop(exec);
+                // And it behaves: a revert to it brings back what its
+                // image froze, and deleting it (or refusing to, changing
+                // nothing) leaves fsck clean.
+                let reverted = f.ok(&["snapshot", "revert", "vm", name]);
+                prop_assert!(reverted.is_ok(), "accepted, but the revert fails: {:?}\n{doc}", reverted);
+                let active = f.state().unwrap().domains["vm"].core.disks["vda"].chain[0].path.clone();
+                prop_assert!(region_holds(&active, A, 0).unwrap() && region_holds(&active, 0, 1).unwrap(),
+                    "the revert to {} does not read what the snapshot froze\n{}", name, doc);
+                for victim in [name, "s1"] {
+                    let before = f.state().unwrap();
+                    match f.run(&["snapshot", "delete", "vm", victim]).unwrap() {
+                        o if o.status.success() => {}
+                        o => {
+                            let e = String::from_utf8_lossy(&o.stderr).into_owned();
+                            prop_assert!(e.contains("nothing was changed"), "{}", e);
+                            prop_assert_eq!(&f.state().unwrap(), &before, "refused ({}), but the state changed", e);
+                        }
+                    }
+                    let fsck = f.run(&["fsck"]).unwrap();
+                    prop_assert!(fsck.status.success(), "after deleting {}: {}\n{}", victim,
+                        String::from_utf8_lossy(&fsck.stdout), doc);
+                }
             }
             Err(e) => {
                 drop(exec);

@@ -398,3 +398,33 @@ fn what_the_record_does_not_model_round_trips_as_written() {
         .unwrap();
     f.ok(&["fsck"]).unwrap();
 }
+
+#[test]
+fn deleting_one_of_two_snapshots_that_freeze_one_image_keeps_the_image() {
+    let f = Fixture::new(1).unwrap();
+    f.write_present(A, 0).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    f.write_present(B, 1).unwrap();
+    // s2 is s1 under another name: both freeze the base image.
+    let s2 =
+        f.ok(&["snapshot", "dumpxml", "vm", "s1"])
+            .unwrap()
+            .replacen("<name>s1</name>", "<name>s2</name>", 1);
+    let p = f.root.path().join("s2.xml");
+    std::fs::write(&p, s2).unwrap();
+    f.ok(&["snapshot", "redefine", "vm", p.to_str().unwrap()])
+        .unwrap();
+    f.ok(&["snapshot", "revert", "vm", "s2"]).unwrap();
+    // Nothing is merged: s1 still needs the base as it is.
+    let r = f.ok(&["--json", "snapshot", "delete", "vm", "s2"]).unwrap();
+    assert!(r.contains("\"merges\":[]"), "{r}");
+    f.ok(&["fsck"]).unwrap();
+    let s1 = &f.state().unwrap().domains["vm"].snapshots["s1"];
+    assert_eq!(s1.disks[0].frozen.as_ref().unwrap().path, f.base("vda"));
+    f.ok(&["snapshot", "revert", "vm", "s1"]).unwrap();
+    let active = f.state().unwrap().domains["vm"].core.disks["vda"].chain[0]
+        .path
+        .clone();
+    assert!(region_holds(&active, A, 0).unwrap() && region_holds(&active, 0, 1).unwrap());
+    f.ok(&["fsck"]).unwrap();
+}

@@ -350,6 +350,18 @@ impl Executor {
                     continue;
                 }
                 let Some(frozen) = &sd.frozen else { continue };
+                // Another snapshot that stays freezes the same image (two
+                // redefined documents may name one image): it must stay as
+                // it is, so nothing is merged on this disk.
+                let shared_freeze = dom.snapshots.values().any(|o| {
+                    !doomed_set.contains(o.name.as_str())
+                        && o.disks.iter().any(|d| {
+                            d.disk == sd.disk && d.frozen.as_ref().is_some_and(|f| f.path == frozen.path)
+                        })
+                });
+                if shared_freeze {
+                    continue;
+                }
                 let kids: Vec<&String> = graph
                     .iter()
                     .filter(|(_, b)| b.as_ref().map(|b| b.path.as_str()) == Some(frozen.path.as_str()))

@@ -53,12 +53,24 @@ fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<(Checkp
             .map(|d| (d.target.clone(), name.clone()))
             .collect();
     }
-    for (disk, _) in &disks {
-        if !hd.disks.iter().any(|d| &d.target == disk) {
+    for (disk, bitmap) in &disks {
+        if hd.disks.iter().any(|d| &d.target == disk) {
+            continue;
+        }
+        // A disk snapjournal does not manage (a block device, a cdrom):
+        // carried with checkpoint='no', as libvirt writes it.
+        if let Some(o) = hd.others.iter().find(|o| &o.target == disk) {
+            if bitmap.is_empty() {
+                continue;
+            }
             return Err(ExecError::Invalid(format!(
-                "{origin}: checkpoint {name} lists disk {disk}, which its historic domain does not have"
+                "{origin}: checkpoint {name}, disk {disk}: the disk is {}, which snapjournal keeps no bitmap on; only checkpoint='no' can be carried for it",
+                o.kind
             )));
         }
+        return Err(ExecError::Invalid(format!(
+            "{origin}: checkpoint {name} lists disk {disk}, which its historic domain does not have"
+        )));
     }
     let record = CheckpointRecord {
         name,

@@ -478,6 +478,49 @@ pub fn fsck(out: &Out, r: &recovery::FsckReport) {
     }
 }
 
+/// Who owns each image of a domain's disk chains, one line per image: the
+/// domain's own (merges may write into it; removed once unused) or shared
+/// (never modified: a template, a disk defined as shared, another domain's).
+pub fn ownership_lines(state: &State, domain: &str) -> Vec<String> {
+    let Some(d) = state.domains.get(domain) else {
+        return Vec::new();
+    };
+    let whose = |path: &str| match state.images.get(path) {
+        Some(r) if r.domain == domain => None,
+        Some(r) => Some(format!("domain {}'s", r.domain)),
+        None => Some("never modified".to_string()),
+    };
+    let mut out = Vec::new();
+    for disk in d.core.disks.values() {
+        let Some(active) = disk.chain.first() else {
+            continue;
+        };
+        let mut line = format!(
+            "{domain} {}: {} ({})",
+            disk.target,
+            active.path,
+            whose(&active.path).map_or("the domain's own".to_string(), |w| format!("shared, {w}"))
+        );
+        // A long chain is summed up: the shared images below are named.
+        let below = &disk.chain[1..];
+        if !below.is_empty() {
+            let shared: Vec<String> = below
+                .iter()
+                .filter_map(|i| whose(&i.path).map(|w| format!("{} ({w})", i.path)))
+                .collect();
+            line.push_str(&format!(
+                "; below it {} of the domain's own",
+                below.len() - shared.len()
+            ));
+            if !shared.is_empty() {
+                line.push_str(&format!(" and shared {}", shared.join(", ")));
+            }
+        }
+        out.push(line);
+    }
+    out
+}
+
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the Unix epoch.
 pub fn utc(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

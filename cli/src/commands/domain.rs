@@ -60,6 +60,13 @@ pub(super) fn run(exec: &Executor, c: &DomainCmd, inputs: &Inputs, out: &Out) ->
                 .with_state(|s| s.domains.get(domain).map(|d| d.core.xml.clone()))?
                 .ok_or_else(|| anyhow!("domain {domain} is not defined"))?;
             out.raw(&xml);
+            // Beside the XML (stderr), which stays the definition as given.
+            for line in exec
+                .journal()
+                .with_state(|s| output::ownership_lines(s, domain))?
+            {
+                out.note(&line);
+            }
         }
         DomainCmd::History { domain } => output::history(out, &exec.journal().history(domain)?),
         DomainCmd::Start { domain, paused } => {

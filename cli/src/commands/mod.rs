@@ -672,6 +672,21 @@ pub fn execute(exec: &Executor, cmd: &Cmd, inputs: &Inputs, out: &Out) -> Result
         Cmd::Fsck { domain, repair } => {
             let report = recovery::fsck(exec, domain.as_deref(), *repair)?;
             output::fsck(out, &report);
+            if !out.json {
+                let lines = exec.journal().with_state(|s| {
+                    s.domains
+                        .keys()
+                        .filter(|d| domain.as_ref().is_none_or(|x| x == *d))
+                        .flat_map(|d| output::ownership_lines(s, d))
+                        .collect::<Vec<_>>()
+                })?;
+                if !lines.is_empty() {
+                    out.line("images (who owns them):");
+                    for l in lines {
+                        out.line(&format!("  {l}"));
+                    }
+                }
+            }
             return Ok(report.exit_code());
         }
         Cmd::Journal(JournalCmd::Compact {

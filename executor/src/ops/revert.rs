@@ -15,6 +15,10 @@ use crate::engine::Executor;
 use crate::error::{ExecError, Result};
 use crate::xml::domain::{parse_domain, set_disk_sources};
 
+/// What a revert does to the checkpoints: the ones it removes, and
+/// (disk, bitmap) recording in each new overlay.
+type RevertedCheckpoints = (Vec<String>, Vec<(String, String)>);
+
 /// A revert request.
 #[derive(Debug, Clone, Default)]
 pub struct RevertRequest {
@@ -314,7 +318,7 @@ impl Executor {
         snapshot: &str,
         chains: &BTreeMap<String, Vec<ChainImage>>,
         changes: &mut Vec<StateChange>,
-    ) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    ) -> Result<RevertedCheckpoints> {
         if dom.checkpoints.is_empty() || chains.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }

@@ -186,6 +186,8 @@ fn read_trace(path: &std::path::Path) -> Vec<String> {
 
 /// The reference run: pre and post summaries and the crash points passed.
 pub struct LiveReference {
+    /// The disks of the domain the operation ran on.
+    pub disks: usize,
     pub pre: Summary,
     pub post: Summary,
     pub trace: Vec<String>,
@@ -193,9 +195,10 @@ pub struct LiveReference {
     pub millis: u64,
 }
 
-/// Runs `op` once without crashing, tracing its crash points.
-pub fn reference(op: LiveOp) -> Result<LiveReference> {
-    let f = Fixture::new(2)?;
+/// Runs `op` once on a domain with `disks` disks without crashing,
+/// tracing its crash points.
+pub fn reference(op: LiveOp, disks: usize) -> Result<LiveReference> {
+    let f = Fixture::new(disks)?;
     op.setup(&f)?;
     let pre = summary(&f)?;
     let tf = f.root.path().join("trace-live");
@@ -218,6 +221,7 @@ pub fn reference(op: LiveOp) -> Result<LiveReference> {
         bail!("reference run of {}: {}", op.name(), deaths.join("; "));
     }
     Ok(LiveReference {
+        disks,
         pre,
         post,
         trace: read_trace(&tf),
@@ -236,7 +240,7 @@ pub fn run_case(
     recovery_crash_at: Option<u64>,
 ) -> Result<Case> {
     let started = Instant::now();
-    let f = Fixture::new(2)?;
+    let f = Fixture::new(reference.disks)?;
     let case = run_case_on(&f, op, reference, crash_at, fate, recovery_crash_at, started);
     with_qemu_deaths(&f, case)
 }
@@ -286,7 +290,7 @@ fn run_case_on(
                 ""
             }
         ),
-        disks: 2,
+        disks: reference.disks,
         crash_at,
         point: if crash_at == AFTER_FINISHED {
             "after Finished (QEMU killed, as a host's OOM killer would)".into()
@@ -554,11 +558,15 @@ pub struct LiveJob {
 /// cases at the live commit points (the switch, the commit job in ready).
 /// Not `thorough` (CI's bounded mode): QEMU is killed at every third crash
 /// point only, and recovery only at the switch.
-pub fn jobs(ops: &[LiveOp], thorough: bool) -> Result<Vec<LiveJob>> {
+pub fn jobs(ops: &[LiveOp], thorough: bool, disks: usize) -> Result<Vec<LiveJob>> {
     let mut out = Vec::new();
     for &op in ops {
-        let reference = std::sync::Arc::new(reference(op)?);
-        eprintln!("{} on 2 disks: {} crash points", op.name(), reference.trace.len());
+        let reference = std::sync::Arc::new(reference(op, disks)?);
+        eprintln!(
+            "{} on {disks} disk(s): {} crash points",
+            op.name(),
+            reference.trace.len()
+        );
         out.push(LiveJob {
             op,
             reference: reference.clone(),
@@ -601,7 +609,7 @@ pub fn run_jobs(jobs: Vec<LiveJob>, parallel: usize) -> Vec<Case> {
     crate::runner::run_parallel(jobs, parallel, None, |j| {
         run_case(j.op, &j.reference, j.crash_at, j.fate, j.recovery_crash_at).unwrap_or_else(|e| Case {
             recovery_crash_at: j.recovery_crash_at,
-            ..Case::could_not_run(j.op.name().into(), 2, j.crash_at, "?".into(), &e)
+            ..Case::could_not_run(j.op.name().into(), j.reference.disks, j.crash_at, "?".into(), &e)
         })
     })
 }
@@ -610,7 +618,7 @@ pub fn run_jobs(jobs: Vec<LiveJob>, parallel: usize) -> Vec<Case> {
 /// right after QEMU ran it) during `op`. The operation must either finish
 /// or fail with a clear error; after recovery every invariant holds.
 pub fn reply_lost(op: LiveOp, command: &str) -> Result<crate::faults::FaultCase> {
-    let reference = reference(op)?;
+    let reference = reference(op, 2)?;
     let f = Fixture::new(2)?;
     op.setup(&f)?;
     let out = f

@@ -194,7 +194,7 @@ pub fn run(ops: &[LiveOp], seed: u64, cases: u64) -> Result<Vec<Case>> {
     let mut rng = Rng::new(seed);
     let mut refs: Vec<(LiveOp, LiveReference)> = Vec::new();
     for &op in ops {
-        let r = reference(op)?;
+        let r = reference(op, 2)?;
         eprintln!("{}: reference run {} ms", op.name(), r.millis);
         refs.push((op, r));
     }

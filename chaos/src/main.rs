@@ -88,6 +88,9 @@ struct Args {
     /// keep-names, random, torn); all by default.
     #[arg(long = "policy")]
     policies: Vec<String>,
+    /// Disks of the live operations' domain (live and power-cut modes).
+    #[arg(long, default_value_t = 2)]
+    live_disks: usize,
     /// Cases of the live-random mode (the bounded mode runs 6).
     #[arg(long, default_value_t = 24)]
     cases: u64,
@@ -283,10 +286,17 @@ fn main() -> Result<()> {
         };
         let points: Vec<Policy> = points.into_iter().filter(wanted).collect();
         let syncs: Vec<Policy> = syncs.into_iter().filter(wanted).collect();
-        let mut jobs = chaos::powercut::jobs(&pc_ops, &pc_disks, &[], &points, &syncs)?;
+        let mut jobs = chaos::powercut::jobs(&pc_ops, &pc_disks, &[], 2, &points, &syncs)?;
         // CI's live sample: crash points only (its time budget).
         let live_syncs: &[Policy] = if args.mode == Mode::Bounded { &[] } else { &syncs };
-        jobs.extend(chaos::powercut::jobs(&[], &[], &pc_live, &points, live_syncs)?);
+        jobs.extend(chaos::powercut::jobs(
+            &[],
+            &[],
+            &pc_live,
+            args.live_disks,
+            &points,
+            live_syncs,
+        )?);
         eprintln!("running {} power-cut cases with {} jobs", jobs.len(), args.jobs);
         report.cases.extend(chaos::powercut::run_jobs(jobs, args.jobs));
     }
@@ -380,7 +390,7 @@ fn main() -> Result<()> {
     }
 
     if matches!(args.mode, Mode::Live | Mode::Bounded | Mode::Full) && !args.no_live {
-        let jobs = livechaos::jobs(&live_ops, args.mode != Mode::Bounded)?;
+        let jobs = livechaos::jobs(&live_ops, args.mode != Mode::Bounded, args.live_disks)?;
         eprintln!("running {} live crash cases with {} jobs", jobs.len(), args.jobs);
         report.cases.extend(livechaos::run_jobs(jobs, args.jobs));
         if args.mode != Mode::One {

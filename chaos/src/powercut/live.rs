@@ -15,11 +15,11 @@ use super::{CutAt, World};
 use crate::livechaos::{check, with_qemu_deaths, LiveOp, LiveReference, QemuFate};
 use crate::runner::{Case, Outcome};
 
-/// One case: `op` on two disks of a running domain, cut at `at` under
+/// One case: `op` on the reference's disks of a running domain, cut at `at` under
 /// `policy`, recovered and checked against `reference`.
 pub fn run_case(op: LiveOp, reference: &LiveReference, at: CutAt, policy: Policy) -> Result<Case> {
     let started = Instant::now();
-    let mut w = World::empty(2, &[], true)?;
+    let mut w = World::empty(reference.disks, &[], true)?;
     op.setup(w.f())?;
     w.m().sync_all();
     let result = run_case_on(&mut w, op, reference, at, policy, started);
@@ -84,8 +84,8 @@ fn run_case_on(
 }
 
 /// How many syncs `op` makes from its starting state to its end.
-pub fn count_syncs(op: LiveOp) -> Result<u64> {
-    let w = World::empty(2, &[], true)?;
+pub fn count_syncs(op: LiveOp, disks: usize) -> Result<u64> {
+    let w = World::empty(disks, &[], true)?;
     op.setup(w.f())?;
     w.m().sync_all();
     let out = w.f().command(&op.args()).output()?;

@@ -303,7 +303,7 @@ impl Target {
     fn disks(&self) -> usize {
         match self {
             Target::Offline { disks, .. } => *disks,
-            Target::Live { .. } => 2,
+            Target::Live { reference, .. } => reference.disks,
         }
     }
 }
@@ -350,6 +350,7 @@ pub fn jobs(
     ops: &[Op],
     disks: &[usize],
     live_ops: &[crate::livechaos::LiveOp],
+    live_disks: usize,
     point_policies: &[Policy],
     sync_policies: &[Policy],
 ) -> Result<Vec<PowerJob>> {
@@ -378,10 +379,13 @@ pub fn jobs(
         }
     }
     for &op in live_ops {
-        let reference = std::sync::Arc::new(crate::livechaos::reference(op)?);
-        let syncs = live::count_syncs(op)?;
+        let reference = std::sync::Arc::new(crate::livechaos::reference(op, live_disks)?);
+        let syncs = live::count_syncs(op, live_disks)?;
         let points = reference.trace.len() as u64;
-        eprintln!("{} on 2 disks: {points} crash points, {syncs} syncs", op.name());
+        eprintln!(
+            "{} on {live_disks} disk(s): {points} crash points, {syncs} syncs",
+            op.name()
+        );
         push_cases(
             &mut out,
             || Target::Live {

@@ -342,13 +342,13 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, owner: u32, options
         let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
         shared.running.fetch_add(1, Ordering::SeqCst);
         let worker = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            handle(&worker, request, tx);
-            worker.running.fetch_sub(1, Ordering::SeqCst);
-        });
+        tokio::task::spawn_blocking(move || handle(&worker, request, tx));
         // The request runs to its end whether or not the client stays: a
-        // write that fails only stops the forwarding.
+        // write that fails only stops the forwarding. It counts as running
+        // until its last frame is written (the channel closes when it
+        // ends), so a stop never drops a reply that was on its way.
         let mut client_gone = false;
+        let mut detached = false;
         while let Some((frame, delivered)) = rx.recv().await {
             if !client_gone && send(&mut writer, &frame).await.is_err() {
                 client_gone = true;
@@ -368,18 +368,24 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, owner: u32, options
                 }
                 // The rest of its frames go nowhere; the connection takes
                 // its next request at once.
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     while let Some((_, delivered)) = rx.recv().await {
                         if let Some(ack) = delivered {
                             let _ = ack.send(());
                         }
                     }
+                    shared.running.fetch_sub(1, Ordering::SeqCst);
                 });
+                detached = true;
                 break;
             }
             if let Some(ack) = delivered {
                 let _ = ack.send(());
             }
+        }
+        if !detached {
+            shared.running.fetch_sub(1, Ordering::SeqCst);
         }
         if client_gone {
             return;

@@ -10,6 +10,7 @@ pub mod live;
 pub mod metadata;
 pub mod names;
 pub mod ops;
+pub mod qcow2;
 mod qcow2_create;
 pub mod resume;
 pub mod steps;

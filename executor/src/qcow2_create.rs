@@ -101,7 +101,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("o.qcow2");
         write_overlay(&p, 64 << 20, "/i/base.qcow2", "qcow2").unwrap();
-        let h = crate::images::read_header(p.to_str().unwrap()).unwrap();
+        let h = crate::qcow2::read_header(p.to_str().unwrap()).unwrap();
         assert_eq!(h.format, "qcow2");
         assert_eq!(h.backing.as_deref(), Some("/i/base.qcow2"));
         assert_eq!(h.backing_format.as_deref(), Some("qcow2"));

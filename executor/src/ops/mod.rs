@@ -119,7 +119,7 @@ pub(crate) fn require_domain<'a>(state: &'a State, name: &str) -> Result<&'a Dom
 pub(crate) fn check_world_chains(dom: &DomainState) -> Result<()> {
     for disk in dom.core.disks.values() {
         let Some(active) = disk.active() else { continue };
-        let chain = crate::images::header_chain(&active.path).map_err(|e| {
+        let chain = crate::qcow2::header_chain(&active.path).map_err(|e| {
             ExecError::Invalid(format!(
                 "domain {}, disk {}: cannot read the image chain: {e}",
                 dom.core.name, disk.target
@@ -343,7 +343,7 @@ fn replace_source(what: &str, xml: &str, from: &str, to: &ChainImage) -> Result<
 /// The real chain of an image (itself first, read from the headers), with
 /// a clear error.
 pub(crate) fn world_chain(domain: &str, disk: &str, path: &str) -> Result<Vec<ChainImage>> {
-    crate::images::header_chain(path)
+    crate::qcow2::header_chain(path)
         .map(|c| c.into_iter().map(|(i, _)| i).collect())
         .map_err(|e| {
             ExecError::Invalid(format!(

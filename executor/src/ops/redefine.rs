@@ -13,8 +13,8 @@ use journal::{
 use super::{now_secs, require_defined};
 use crate::engine::Executor;
 use crate::error::{ExecError, Result};
-use crate::images::read_header;
 use crate::names::{validate_image_path, validate_name};
+use crate::qcow2::read_header;
 use crate::xml::domain::parse_domain;
 use crate::xml::snapshot::{parse_snapshot, DiskExtras, SnapshotExtras};
 

@@ -12,19 +12,19 @@ impl World<'_> {
             // crashed create's overlays).
             Step::CreateOverlay { path, backing, .. } => {
                 exists(path)
-                    && crate::images::read_header(path)
+                    && crate::qcow2::read_header(path)
                         .map(|h| h.format == "qcow2" && h.backing.as_deref() == Some(backing.path.as_str()))
                         .unwrap_or(false)
                     // qemu-img writes the backing name last; the tables
                     // must read too.
-                    && matches!(crate::images::qcow2_data_bytes(path), Ok(Some(_)))
+                    && matches!(crate::qcow2::qcow2_data_bytes(path), Ok(Some(_)))
             }
             // A merge leaves no mark we can read cheaply; it counts as done
             // once its top image is gone (removed by a later step).
             Step::CommitImage { top, .. } => !exists(top),
             Step::RebaseImage { image, backing, .. } => {
                 exists(image)
-                    && crate::images::read_header(image)
+                    && crate::qcow2::read_header(image)
                         .map(|h| h.backing == backing.as_ref().map(|b| b.path.clone()))
                         .unwrap_or(false)
             }
@@ -158,7 +158,7 @@ impl World<'_> {
                 Step::RemoveImage { path }
                     if path != image
                         && exists(path)
-                        && crate::images::read_header(path)
+                        && crate::qcow2::read_header(path)
                             .map(|h| h.backing.as_deref() == new)
                             .unwrap_or(false) =>
                 {

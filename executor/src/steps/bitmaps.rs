@@ -31,64 +31,18 @@ impl World<'_> {
     pub(super) fn apply_bitmaps(&self, step: &Step) -> Result<()> {
         match step {
             Step::Bitmap { op, .. } => self.apply_bitmap_offline(op),
-            Step::LiveBitmaps { domain, ops } => {
-                let sent = self.on_qemu_or_files(
-                    domain,
-                    |q| {
-                        let graph = BlockGraph::read(q)?;
-                        if live_bitmaps::seen(&graph, ops) {
-                            return Ok(Ok(()));
-                        }
-                        let actions = match live_bitmaps::actions(&graph, ops) {
-                            Ok(a) => a,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        crash_point("live.bitmaps.before");
-                        q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
-                        crash_point("live.bitmaps.after");
-                        Ok(Ok(()))
-                    },
-                    || {
-                        for op in ops {
-                            self.apply_bitmap_offline(op)?;
-                        }
-                        Ok(Ok(()))
-                    },
-                )?;
-                sent.map_err(|e| ExecError::Live(format!("domain {domain}: {e}")))
-            }
+            // Sent only when QEMU's graph does not show it done.
+            Step::LiveBitmaps { domain, ops } => self.bitmap_transaction(domain, ops, |graph| {
+                (!live_bitmaps::seen(graph, ops)).then(|| ops.to_vec())
+            }),
+            // What is not done yet, while the folded image's node is there.
             Step::LiveBitmapCarry {
                 domain, from, ops, ..
-            } => {
-                let sent = self.on_qemu_or_files(
-                    domain,
-                    |q| {
-                        let graph = BlockGraph::read(q)?;
-                        if graph.format_node_of(from).is_none() {
-                            return Ok(Ok(()));
-                        }
-                        let pending = live_bitmaps::carry_pending(&graph, ops);
-                        let actions = match live_bitmaps::actions(&graph, &pending) {
-                            Ok(a) => a,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        if actions.is_empty() {
-                            return Ok(Ok(()));
-                        }
-                        crash_point("live.bitmaps.before");
-                        q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
-                        crash_point("live.bitmaps.after");
-                        Ok(Ok(()))
-                    },
-                    || {
-                        for op in ops {
-                            self.apply_bitmap_offline(op)?;
-                        }
-                        Ok(Ok(()))
-                    },
-                )?;
-                sent.map_err(|e| ExecError::Live(format!("domain {domain}: {e}")))
-            }
+            } => self.bitmap_transaction(domain, ops, |graph| {
+                graph
+                    .format_node_of(from)
+                    .map(|_| live_bitmaps::carry_pending(graph, ops))
+            }),
             other => Err(not_in_family(other, "bitmap")),
         }
     }
@@ -116,6 +70,41 @@ impl World<'_> {
             }
             other => Err(cannot_undo(other)),
         }
+    }
+
+    /// ONE QMP `transaction` of the bitmap changes `pending` picks from
+    /// QEMU's graph (`None` or nothing: done already); QEMU gone: every
+    /// change of `ops` on the files.
+    fn bitmap_transaction(
+        &self,
+        domain: &str,
+        ops: &[BitmapOp],
+        pending: impl FnOnce(&BlockGraph) -> Option<Vec<BitmapOp>>,
+    ) -> Result<()> {
+        let sent = self.on_qemu_or_files(
+            domain,
+            |q| {
+                let graph = BlockGraph::read(q)?;
+                let Some(todo) = pending(&graph).filter(|t| !t.is_empty()) else {
+                    return Ok(Ok(()));
+                };
+                let actions = match live_bitmaps::actions(&graph, &todo) {
+                    Ok(a) => a,
+                    Err(e) => return Ok(Err(e)),
+                };
+                crash_point("live.bitmaps.before");
+                q.execute(Cmd::Transaction, json!({ "actions": actions }))?;
+                crash_point("live.bitmaps.after");
+                Ok(Ok(()))
+            },
+            || {
+                for op in ops {
+                    self.apply_bitmap_offline(op)?;
+                }
+                Ok(Ok(()))
+            },
+        )?;
+        sent.map_err(|e| ExecError::Live(format!("domain {domain}: {e}")))
     }
 
     /// Whether the images show every change of `ops` done (for a live

@@ -407,6 +407,7 @@ impl Snapjournal {
                 domain: domain.into(),
                 items: documents,
                 current: current.map(str::to_string),
+                adopt_images: false,
             }),
             Some(domain),
         )

@@ -453,6 +453,7 @@ fn scale(snapshots: usize, rounds: usize) -> (Duration, Duration) {
         domain: "vm".into(),
         items,
         current: None,
+        adopt_images: false,
     })
     .unwrap();
     let mut c = Vec::new();

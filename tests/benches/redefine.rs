@@ -101,6 +101,7 @@ fn main() {
             domain: "vm".into(),
             items,
             current: plan.last().map(|(n, _, _)| n.clone()),
+            adopt_images: false,
         })
         .unwrap();
     let redefine = started.elapsed();

@@ -177,3 +177,76 @@ fn a_merge_that_cannot_fit_is_refused_with_the_numbers() {
         .unwrap();
     f.ok(&["fsck"]).unwrap();
 }
+
+/// A chain another tool made (as libvirt does: base ← o1 ← o2), its two
+/// snapshots' documents, and domain `lv` defined on the top overlay.
+fn imported_chain(f: &Fixture) -> (String, String, String, Vec<std::path::PathBuf>) {
+    let base = image(f, "lv.qcow2", 0);
+    write_pattern(&base, 0xa1, 0).unwrap();
+    let o1 = f.img.join("lv.s1").display().to_string();
+    let o2 = f.img.join("lv.s2").display().to_string();
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &base, &o1],
+    )
+    .unwrap();
+    write_pattern(&o1, 0xb2, 1).unwrap();
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &o1, &o2],
+    )
+    .unwrap();
+    write_pattern(&o2, 0xc3, 2).unwrap();
+    define(f, "lv", &[("vda", &o2)], &["--all-shared"]);
+    let mut docs = Vec::new();
+    for (name, parent, frozen, overlay) in [("s1", None, &base, &o1), ("s2", Some("s1"), &o1, &o2)] {
+        let historic = domain_xml("lv", &[("vda".into(), frozen.to_string())]);
+        let parent = parent
+            .map(|p| format!("<parent><name>{p}</name></parent>"))
+            .unwrap_or_default();
+        let doc = format!(
+            "<domainsnapshot><name>{name}</name><state>shutoff</state>{parent}<creationTime>1700000000</creationTime><memory snapshot='no'/><disks><disk name='vda' snapshot='external' type='file'><driver type='qcow2'/><source file='{overlay}'/></disk></disks>{}</domainsnapshot>",
+            historic.trim()
+        );
+        let p = f.root.path().join(format!("lv-{name}.xml"));
+        std::fs::write(&p, doc).unwrap();
+        docs.push(p);
+    }
+    (base, o1, o2, docs)
+}
+
+#[test]
+fn imported_snapshots_can_be_merged_once_their_overlays_are_adopted() {
+    let f = Fixture::new(1).unwrap();
+    let (base, o1, o2, docs) = imported_chain(&f);
+    let mut args = vec!["snapshot", "redefine", "lv"];
+    args.extend(docs.iter().map(|p| p.to_str().unwrap()));
+    f.ok(&args).unwrap();
+    let before = f.state().unwrap();
+    let e = f.fails(&["snapshot", "delete", "lv", "s1"]).unwrap();
+    assert!(
+        e.contains("did not create") && e.contains("--adopt-images"),
+        "{e}"
+    );
+    assert_eq!(f.state().unwrap(), before);
+    // Adopted: the overlays are the domain's; the base stays the user's.
+    args.push("--adopt-images");
+    f.ok(&args).unwrap();
+    let state = f.state().unwrap();
+    assert!(state.images.contains_key(&o1) && state.images.contains_key(&o2));
+    assert!(!state.images.contains_key(&base));
+    let base_bytes = std::fs::read(&base).unwrap();
+    f.ok(&["snapshot", "delete", "lv", "s1"]).unwrap();
+    f.ok(&["snapshot", "delete", "lv", "s2"]).unwrap();
+    f.ok(&["fsck"]).unwrap();
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the base was modified"
+    );
+    let active = f.state().unwrap().domains["lv"].core.disks["vda"].chain[0]
+        .path
+        .clone();
+    for (r, p) in [(0, 0xa1), (1, 0xb2), (2, 0xc3)] {
+        assert!(region_holds(&active, p, r).unwrap(), "region {r}");
+    }
+}

@@ -142,6 +142,7 @@ proptest! {
             domain: "vm".into(),
             items: vec![("gen.xml".into(), doc.clone())],
             current: None,
+            adopt_images: false,
         });
         match result {
             Ok(_) => {

@@ -248,6 +248,12 @@ pub enum SnapshotCmd {
         /// Make this snapshot current.
         #[arg(long)]
         current: Option<String>,
+        /// The overlays these snapshots name (made by libvirt or another
+        /// tool) become the domain's own, so deletes may merge and remove
+        /// them; the images below them stay the user's.
+        #[arg(long)]
+        #[serde(default)]
+        adopt_images: bool,
     },
     /// Delete a snapshot (merging its image).
     Delete {

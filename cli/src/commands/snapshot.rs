@@ -139,6 +139,7 @@ pub(super) fn run(exec: &Executor, c: &SnapshotCmd, inputs: &Inputs, out: &Out) 
             files,
             dir,
             current,
+            adopt_images,
         } => {
             let paths = inputs.xml_files(files, dir.as_ref())?;
             let mut items = Vec::with_capacity(paths.len());
@@ -149,6 +150,7 @@ pub(super) fn run(exec: &Executor, c: &SnapshotCmd, inputs: &Inputs, out: &Out) 
                 domain: domain.clone(),
                 items,
                 current: current.clone(),
+                adopt_images: *adopt_images,
             })?;
             redefined(out, "snapshot", &r);
         }

@@ -384,7 +384,7 @@ impl Executor {
                 let owned_top = state.images.contains_key(&top);
                 if !owned_top {
                     return Err(ExecError::Invalid(format!(
-                        "snapshot {} of domain {domain}, disk {}: merging would modify {top}, an image snapjournal did not create; use --metadata-only",
+                        "snapshot {} of domain {domain}, disk {}: merging would modify {top}, an image snapjournal did not create (redefine the snapshots with --adopt-images to make their overlays the domain's, or use --metadata-only)",
                         snap.name, sd.disk
                     )));
                 }

@@ -25,6 +25,10 @@ pub struct RedefineRequest {
     pub domain: String,
     pub items: Vec<(String, String)>,
     pub current: Option<String>,
+    /// The overlays the redefined snapshots name (the images their
+    /// snapshots created, e.g. by libvirt) become the journal's, so they
+    /// may be merged and removed; the images below them stay the user's.
+    pub adopt_images: bool,
 }
 
 /// What a redefine did.
@@ -313,6 +317,37 @@ impl Executor {
                     snapshot: r.name.clone(),
                     xml: x.to_xml(),
                 });
+            }
+        }
+        if req.adopt_images {
+            let mut adopted = BTreeSet::new();
+            // Snapshots already defined identically adopt their overlays too.
+            for (_, r) in incoming.values() {
+                for d in &r.disks {
+                    let Some(o) = &d.overlay else { continue };
+                    if adopted.contains(o) || !std::path::Path::new(o).exists() {
+                        continue;
+                    }
+                    if let Some(owner) = self
+                        .journal()
+                        .with_state(|s| s.images.get(o).map(|i| i.domain.clone()))?
+                    {
+                        if owner != *domain {
+                            return Err(ExecError::Invalid(format!(
+                                "snapshot {}, disk {}: overlay {o} is an image of domain {owner}; it cannot be adopted for domain {domain}",
+                                r.name, d.disk
+                            )));
+                        }
+                        continue;
+                    }
+                    adopted.insert(o.clone());
+                    changes.push(StateChange::ImageCreated {
+                        image: journal::ImageRecord {
+                            path: o.clone(),
+                            domain: domain.clone(),
+                        },
+                    });
+                }
             }
         }
         if let Some(c) = &req.current {

@@ -129,6 +129,7 @@ impl Executor {
                 domain,
                 items,
                 current,
+                adopt_images: false,
             },
             &checkpoints,
         )?;

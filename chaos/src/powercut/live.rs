@@ -41,7 +41,7 @@ fn run_case_on(
         .into_iter()
         .filter(|(p, _)| !active.contains(p))
         .collect();
-    let mut case = at.case(op.name(), 2, policy, &reference.trace);
+    let mut case = at.case(op.name(), reference.disks, policy, &reference.trace);
     let reached = match at {
         CutAt::CrashPoint(n) => {
             let st = w

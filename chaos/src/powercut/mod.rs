@@ -176,17 +176,35 @@ impl World {
     /// link lies on the file system, which may be frozen already.
     pub(crate) fn kill_qemus(&self) {
         let Some(run) = &self.run else { return };
+        // The agents first (found by their working directory), so that
+        // none launches a QEMU after the ones below were found.
+        kill_users(self.mountpoint.path());
+        let mut pids = Vec::new();
         for e in std::fs::read_dir(run.path()).into_iter().flatten().flatten() {
             let p = e.path();
             if p.extension().is_none_or(|x| x != "pid") {
                 continue;
             }
             self.f().witness.note(&p);
-            if let Some(pid) = executor::live::qemu::read_pidfile(&p) {
-                self.f().witness.killed_by_test(pid);
-                executor::live::qemu::signal(pid, libc::SIGKILL);
-                executor::live::qemu::wait_exit(pid, Duration::from_secs(10));
+            pids.extend(executor::live::qemu::read_pidfile(&p));
+        }
+        // And a QEMU caught between daemonizing (its working directory is
+        // `/`) and writing its pidfile: its command line names the run
+        // directory.
+        let marker = run.path().display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) && !pids.contains(&pid) {
+                pids.push(pid);
             }
+        }
+        for pid in pids {
+            self.f().witness.killed_by_test(pid);
+            executor::live::qemu::signal(pid, libc::SIGKILL);
+            executor::live::qemu::wait_exit(pid, Duration::from_secs(10));
         }
     }
 

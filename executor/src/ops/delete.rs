@@ -516,23 +516,16 @@ impl Executor {
             self.check_free_space(domain, &snap.name, &merges)?;
         }
         let commit_index = 0;
-        let gone = collect_garbage(&state, domain, &mut changes, &mut steps, req.metadata_only);
-        let unused_shared = {
-            let after = simulate(&state, &changes);
-            let still = after
-                .domains
-                .get(domain)
-                .map(|d| d.referenced_images())
-                .unwrap_or_default();
-            dom.referenced_images()
-                .into_iter()
-                .filter(|p| !still.contains(p) && !state.images.contains_key(p))
-                .map(|p| {
-                    let bytes = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                    (p, bytes)
-                })
-                .collect()
-        };
+        let garbage = collect_garbage(&state, domain, &mut changes, &mut steps, req.metadata_only);
+        let gone = garbage.removed;
+        let unused_shared = garbage
+            .shared
+            .into_iter()
+            .map(|p| {
+                let bytes = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                (p, bytes)
+            })
+            .collect();
         let (removed, released) = if req.metadata_only {
             (vec![], gone)
         } else {

@@ -234,16 +234,40 @@ pub(crate) fn unreferenced_images(after: &State, domain: &str) -> Vec<ImageRecor
         .collect()
 }
 
-/// Removal steps and changes for unreferenced images.
+/// What a transaction's changes leave unused in a domain.
+pub(crate) struct Garbage {
+    /// Images the journal owns that nothing references any more: removed
+    /// by the plan's steps (or handed to the user with `keep_files`).
+    pub removed: Vec<String>,
+    /// Shared images (not the journal's) the domain referenced and no
+    /// longer does: never touched, named to the user.
+    pub shared: Vec<String>,
+}
+
+/// Removal steps and changes for unreferenced images, from one simulation
+/// of the plan's changes.
 pub(crate) fn collect_garbage(
     state: &State,
     domain: &str,
     changes: &mut Vec<StateChange>,
     steps: &mut Vec<Step>,
     keep_files: bool,
-) -> Vec<String> {
+) -> Garbage {
     let after = simulate(state, changes);
-    let mut out = Vec::new();
+    let still = after
+        .domains
+        .get(domain)
+        .map(|d| d.referenced_images())
+        .unwrap_or_default();
+    let shared = state
+        .domains
+        .get(domain)
+        .map(|d| d.referenced_images())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !still.contains(p) && !state.images.contains_key(p))
+        .collect();
+    let mut removed = Vec::new();
     for img in unreferenced_images(&after, domain) {
         if !keep_files {
             steps.push(Step::RemoveImage {
@@ -253,9 +277,9 @@ pub(crate) fn collect_garbage(
         changes.push(StateChange::ImageRemoved {
             path: img.path.clone(),
         });
-        out.push(img.path);
+        removed.push(img.path);
     }
-    out
+    Garbage { removed, shared }
 }
 
 /// Replaces image `from` by `to` everywhere in a domain: disk chains

@@ -257,24 +257,10 @@ impl Executor {
             snapshot: Some(snap.name.clone()),
         });
         let commit_index = steps.len() as u32;
-        let removed = collect_garbage(&state, domain, &mut changes, &mut steps, false);
-        // Abandoned present images the journal did not create are kept.
-        let after = super::simulate(&state, &changes);
-        let referenced = after
-            .domains
-            .get(domain)
-            .map(|d| d.referenced_images())
-            .unwrap_or_default();
-        let kept = dom
-            .core
-            .disks
-            .values()
-            .flat_map(|d| d.chain.iter())
-            .filter(|i| !referenced.contains(&i.path) && !state.images.contains_key(&i.path))
-            .map(|i| i.path.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        // Abandoned images the journal does not own (a disk the user
+        // swapped) are kept and named.
+        let garbage = collect_garbage(&state, domain, &mut changes, &mut steps, false);
+        let (removed, kept) = (garbage.removed, garbage.shared);
         steps.push(Step::SyncXml {
             domain: domain.clone(),
         });

@@ -18,6 +18,7 @@ pub struct Executor {
     images: QemuImg,
     metadata: MetadataStore,
     live: Live,
+    libvirt: crate::libvirt::Libvirt,
     on_begin: Option<BeginFn>,
 }
 
@@ -34,6 +35,7 @@ impl Executor {
             images: QemuImg::default(),
             metadata,
             live: Live::default(),
+            libvirt: crate::libvirt::Libvirt::default(),
             on_begin: None,
         }
     }
@@ -52,6 +54,11 @@ impl Executor {
     /// The live backend (QMP connections of running domains).
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// The connections to libvirt (domains libvirt runs).
+    pub fn libvirt(&self) -> &crate::libvirt::Libvirt {
+        &self.libvirt
     }
 
     /// The journal.
@@ -76,6 +83,7 @@ impl Executor {
             images: &self.images,
             metadata: &self.metadata,
             live: &self.live,
+            libvirt: &self.libvirt,
         }
     }
 

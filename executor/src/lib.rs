@@ -6,6 +6,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod images;
+pub mod libvirt;
 pub mod live;
 pub mod metadata;
 pub mod names;

@@ -17,7 +17,8 @@ use crate::event::TxnId;
 ///   a document of its own (`StateChange::*Recorded` carry it beside); an
 ///   open transaction's progress is a record apart from its plan.
 ///   `Step::LiveBitmapCarry` was appended later within 3 (records written
-///   before it decode unchanged).
+///   before it decode unchanged), then `StateChange::LibvirtBound` and
+///   `Step::{LibvirtSnapshot, LibvirtBlockJob}`.
 pub const FORMAT_VERSION: u8 = 3;
 /// Size of the envelope header in bytes.
 pub const HEADER_LEN: usize = 6;

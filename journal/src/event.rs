@@ -97,6 +97,14 @@ pub enum Intent {
         snapshots: u32,
         checkpoints: u32,
     },
+    /// Take over a domain libvirt runs: its definition, snapshots and
+    /// checkpoints recorded, libvirt's overlays made the journal's.
+    DomainAdopt {
+        domain: String,
+        uri: String,
+        snapshots: u32,
+        checkpoints: u32,
+    },
 }
 
 impl Intent {
@@ -116,7 +124,8 @@ impl Intent {
             | Intent::CheckpointCreate { domain, .. }
             | Intent::CheckpointDelete { domain, .. }
             | Intent::CheckpointRedefine { domain, .. }
-            | Intent::SessionRedefine { domain, .. } => domain,
+            | Intent::SessionRedefine { domain, .. }
+            | Intent::DomainAdopt { domain, .. } => domain,
         }
     }
 
@@ -181,6 +190,14 @@ impl Intent {
                 checkpoints,
             } => format!(
                 "redefine {snapshots} snapshot(s) and {checkpoints} checkpoint(s) of domain {domain} (session)"
+            ),
+            Intent::DomainAdopt {
+                domain,
+                uri,
+                snapshots,
+                checkpoints,
+            } => format!(
+                "adopt domain {domain} from libvirt at {uri} with {snapshots} snapshot(s) and {checkpoints} checkpoint(s)"
             ),
         }
     }
@@ -252,6 +269,12 @@ pub enum StateChange {
         snapshot: String,
         xml: String,
     },
+    /// The domain's QEMU is run by libvirt at `uri` (`None`: no longer):
+    /// snapjournal operates it through libvirt's API and keeps libvirt's
+    /// definition and snapshot/checkpoint metadata a projection of the
+    /// journal. Kept as a document beside the projection (the libvirt
+    /// domain has the journal's domain name).
+    LibvirtBound { domain: String, uri: Option<String> },
 }
 
 impl StateChange {
@@ -270,7 +293,8 @@ impl StateChange {
             | StateChange::CheckpointRemoved { domain, .. }
             | StateChange::CurrentSnapshotSet { domain, .. }
             | StateChange::RuntimeSet { domain, .. }
-            | StateChange::SnapshotExtrasRecorded { domain, .. } => Some(domain),
+            | StateChange::SnapshotExtrasRecorded { domain, .. }
+            | StateChange::LibvirtBound { domain, .. } => Some(domain),
             StateChange::ImageCreated { image } => Some(&image.domain),
             StateChange::ImageRemoved { .. } => None,
         }

@@ -20,7 +20,7 @@ pub mod store;
 pub use asyncapi::AsyncJournal;
 pub use error::{CorruptKind, JournalError, RecordName, Result};
 pub use event::{Event, EventRecord, Intent, StateChange, TxnId};
-pub use plan::{BitmapAction, BitmapOp, LiveMerge, LiveSwitch, Plan, Step};
+pub use plan::{BitmapAction, BitmapOp, LibvirtMerge, LiveMerge, LiveSwitch, Plan, Step};
 pub use state::{
     ChainImage, CheckpointRecord, DiskSnapshotMode, DiskState, DomainCore, DomainState, ImageRecord, Runtime,
     SnapshotDisk, SnapshotRecord, State,

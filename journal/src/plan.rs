@@ -105,6 +105,61 @@ pub enum Step {
         from: String,
         ops: Vec<BitmapOp>,
     },
+    /// The commit point of a snapshot of a domain libvirt runs: ONE
+    /// `virDomainSnapshotCreateXML` (disk-only, reusing the overlays the
+    /// journal created, atomic across disks, without libvirt metadata —
+    /// that is written from the journal by `SyncXml`). `disks`: (disk,
+    /// overlay); `excluded`: the domain's other disks (`snapshot='no'`).
+    /// No undo, like [`Step::LiveSnapshot`]. When libvirt no longer runs
+    /// the domain, nothing is to be done: the overlays stand on the active
+    /// images and the definition libvirt gets names them.
+    LibvirtSnapshot {
+        domain: String,
+        uri: String,
+        disks: Vec<(String, String)>,
+        excluded: Vec<String>,
+    },
+    /// A block job that merges images of a domain libvirt runs
+    /// (post-commit): `virDomainBlockCommit` (an active commit pivoted by
+    /// `virDomainBlockJobAbort(PIVOT)`) or `virDomainBlockRebase` into the
+    /// active image. Done when the folded image has left libvirt's view of
+    /// the disk's chain; when libvirt no longer runs the domain, the same
+    /// merge runs through qemu-img.
+    LibvirtBlockJob {
+        domain: String,
+        uri: String,
+        disk: String,
+        merge: LibvirtMerge,
+    },
+}
+
+/// What a [`Step::LibvirtBlockJob`] merges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LibvirtMerge {
+    /// Commit `top` into its backing image `base`; `active`: `top` is the
+    /// disk's active image (the job is pivoted).
+    Commit {
+        top: ChainImage,
+        base: ChainImage,
+        active: bool,
+    },
+    /// Pull the data of `dropped` into the active image `top`, which then
+    /// stands on `below` (`None`: standalone).
+    Pull {
+        top: ChainImage,
+        dropped: ChainImage,
+        below: Option<ChainImage>,
+    },
+}
+
+impl LibvirtMerge {
+    /// The image the merge folds out of the disk's chain.
+    pub fn folded(&self) -> &ChainImage {
+        match self {
+            LibvirtMerge::Commit { top, .. } => top,
+            LibvirtMerge::Pull { dropped, .. } => dropped,
+        }
+    }
 }
 
 /// A change to one persistent dirty bitmap of one image.
@@ -306,6 +361,25 @@ impl Step {
                 "carry the bitmaps of {from} on disk {disk} of running domain {domain}: {} (one QMP transaction)",
                 ops.iter().map(BitmapOp::describe).collect::<Vec<_>>().join("; ")
             ),
+            Step::LibvirtSnapshot { domain, disks, .. } => format!(
+                "switch disk{} {} of domain {domain} onto their overlays through libvirt (one atomic disk-only snapshot)",
+                if disks.len() == 1 { "" } else { "s" },
+                disks.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            Step::LibvirtBlockJob {
+                domain, disk, merge, ..
+            } => match merge {
+                LibvirtMerge::Commit { top, base, active } => format!(
+                    "{}block commit of {} into {} for disk {disk} of domain {domain} through libvirt",
+                    if *active { "active " } else { "" },
+                    top.path,
+                    base.path
+                ),
+                LibvirtMerge::Pull { top, dropped, .. } => format!(
+                    "block pull of {} into {} for disk {disk} of domain {domain} through libvirt",
+                    dropped.path, top.path
+                ),
+            },
         }
     }
 

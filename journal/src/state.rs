@@ -378,6 +378,8 @@ impl State {
                     touched.insert(Touched::Image(path.clone()));
                 }
             }
+            // A document beside the projection (`Journal::libvirt_uri`).
+            StateChange::LibvirtBound { .. } => {}
             StateChange::RuntimeSet { domain, runtime } => {
                 if let Some(d) = self.domains.get_mut(domain) {
                     d.core.runtime = runtime.clone();

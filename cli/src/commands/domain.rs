@@ -1,5 +1,5 @@
 //! `domain …`: define, undefine, list, dumpxml, history, start, stop,
-//! attach, detach.
+//! attach, detach, adopt.
 
 use anyhow::{anyhow, Result};
 use executor::Executor;
@@ -101,6 +101,36 @@ pub(super) fn run(exec: &Executor, c: &DomainCmd, inputs: &Inputs, out: &Out) ->
             out.done(
                 json!({"domain": domain, "qmp": qmp, "txn": txn.to_string()}),
                 &format!("Domain '{domain}' attached to the QEMU at {qmp} ({txn})"),
+            );
+        }
+        DomainCmd::Adopt { domain, libvirt, uri } => {
+            if !libvirt {
+                return Err(anyhow!(
+                    "say where domain {domain} is adopted from: --libvirt (and --uri when not {}); nothing was changed",
+                    executor::libvirt::DEFAULT_URI
+                ));
+            }
+            let r = exec.domain_adopt_libvirt(uri, domain)?;
+            let mut text = format!(
+                "Domain '{domain}' adopted from libvirt at {uri} ({}; {}): {} snapshot(s), {} checkpoint(s)",
+                r.txn,
+                if r.running { "running" } else { "shut off" },
+                r.snapshots.len(),
+                r.checkpoints.len()
+            );
+            if let Some(c) = &r.current {
+                text.push_str(&format!("; current snapshot {c}"));
+            }
+            for (disk, image) in &r.adopted_images {
+                text.push_str(&format!(
+                    "\n{disk}: {image} (made by libvirt) is now the journal's"
+                ));
+            }
+            out.done(
+                json!({"domain": domain, "uri": uri, "txn": r.txn.to_string(), "running": r.running,
+                       "snapshots": r.snapshots, "checkpoints": r.checkpoints, "current": r.current,
+                       "adopted_images": r.adopted_images.iter().map(|(d, i)| json!({"disk": d, "image": i})).collect::<Vec<_>>()}),
+                &text,
             );
         }
         DomainCmd::Detach { domain } => {

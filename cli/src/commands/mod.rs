@@ -193,6 +193,27 @@ pub enum DomainCmd {
     },
     /// Forget a domain's QEMU without touching it.
     Detach { domain: String },
+    /// Take over a domain libvirt runs, running or shut off: its
+    /// definition, snapshots and checkpoints are recorded in one
+    /// transaction; the overlays libvirt's snapshots created become the
+    /// journal's (the base images stay yours). From then on snapjournal
+    /// operates it through libvirt's API and rewrites libvirt's snapshot
+    /// and checkpoint metadata from the journal after every change.
+    Adopt {
+        domain: String,
+        /// Adopt from libvirt (the only source there is).
+        #[arg(long)]
+        #[serde(default)]
+        libvirt: bool,
+        /// libvirt's connection URI.
+        #[arg(long, default_value = executor::libvirt::DEFAULT_URI)]
+        #[serde(default = "default_libvirt_uri")]
+        uri: String,
+    },
+}
+
+fn default_libvirt_uri() -> String {
+    executor::libvirt::DEFAULT_URI.to_string()
 }
 
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
@@ -604,7 +625,8 @@ impl Cmd {
                 | DomainCmd::Start { domain, .. }
                 | DomainCmd::Stop { domain }
                 | DomainCmd::Attach { domain, .. }
-                | DomainCmd::Detach { domain },
+                | DomainCmd::Detach { domain }
+                | DomainCmd::Adopt { domain, .. },
             ) => Access::Domain(domain.clone()),
             Cmd::Snapshot(
                 SnapshotCmd::Create { domain, .. }
@@ -633,7 +655,8 @@ impl Cmd {
                 | DomainCmd::Start { domain, .. }
                 | DomainCmd::Stop { domain }
                 | DomainCmd::Attach { domain, .. }
-                | DomainCmd::Detach { domain },
+                | DomainCmd::Detach { domain }
+                | DomainCmd::Adopt { domain, .. },
             ) => Some(domain),
             Cmd::Snapshot(
                 SnapshotCmd::Create { domain, .. }

@@ -224,6 +224,7 @@ impl Executor {
         let state = self.journal().state()?;
         let dom = require_defined(&state, &req.domain)?;
         let domain = &req.domain;
+        self.refuse_running_libvirt(domain, "a checkpoint")?;
         let (record, domain_xml) = new_checkpoint_record(dom, req, &dom.core.xml)?;
         let graph = self.graph_of(dom)?;
         if graph.is_none() {
@@ -309,6 +310,9 @@ impl Executor {
         name: &str,
         metadata_only: bool,
     ) -> Result<CheckpointReport> {
+        if !metadata_only {
+            self.refuse_running_libvirt(domain, "the deletion of a checkpoint (merging its bitmaps)")?;
+        }
         let state = self.journal().state()?;
         let dom = require_defined(&state, domain)?;
         let cp = dom

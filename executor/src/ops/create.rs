@@ -51,6 +51,11 @@ impl Executor {
         let state = self.journal().state()?;
         let dom = require_defined(&state, &req.domain)?;
         let running = dom.core.runtime.clone();
+        // A domain libvirt runs is switched through libvirt's API.
+        let libvirt = match self.libvirt_state(&req.domain)? {
+            Some((uri, true)) => Some(uri),
+            _ => None,
+        };
         // QEMU's view of each disk: the active node, checked against the
         // journal's chain.
         let live = match &running {
@@ -58,6 +63,9 @@ impl Executor {
             None => None,
         };
         let domain = &req.domain;
+        if let Some(uri) = &libvirt {
+            super::libvirt_ops::check_live_chains(self, dom, uri)?;
+        }
         if dom.snapshots.contains_key(&req.name) {
             return Err(ExecError::Invalid(format!(
                 "domain {domain} already has a snapshot called {}",
@@ -203,7 +211,20 @@ impl Executor {
             }
             overlays.push((disk.target.clone(), path));
         }
-        if live.is_some() {
+        if let Some(uri) = &libvirt {
+            if !bitmap_ops.is_empty() {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain} runs under libvirt and has checkpoints (or one was asked for): snapjournal does not yet carry bitmaps through libvirt's snapshot; shut the domain down for this snapshot"
+                )));
+            }
+            let excluded = super::libvirt_ops::excluded_disks(dom, &overlays);
+            steps.push(Step::LibvirtSnapshot {
+                domain: domain.clone(),
+                uri: uri.clone(),
+                disks: overlays.clone(),
+                excluded,
+            });
+        } else if live.is_some() {
             steps.extend(adds);
             steps.push(Step::LiveSnapshot {
                 domain: domain.clone(),
@@ -247,7 +268,7 @@ impl Executor {
                 name: req.name.clone(),
                 description: req.description.clone(),
                 creation_time: now_secs(),
-                state: if running.is_some() {
+                state: if running.is_some() || libvirt.is_some() {
                     "disk-snapshot"
                 } else {
                     "shutoff"

@@ -48,6 +48,14 @@ pub enum MergeChoice {
         top_bytes: u64,
         base_bytes: u64,
     },
+    /// Nothing merged on `disk`: `base` (an image the user owns) stays
+    /// below `top`, for `why`.
+    Kept {
+        disk: String,
+        top: String,
+        base: String,
+        why: String,
+    },
 }
 
 impl MergeChoice {
@@ -60,6 +68,9 @@ impl MergeChoice {
             MergeChoice::Pull { disk, top, base, top_bytes, base_bytes } => format!(
                 "disk {disk}: pull {base} into {top} ({base_bytes} bytes to move; a commit would move {top_bytes})"
             ),
+            MergeChoice::Kept { disk, top, base, why } => {
+                format!("disk {disk}: nothing merged, {base} stays below {top} ({why})")
+            }
         }
     }
 }
@@ -312,6 +323,19 @@ impl Executor {
             doomed.push(snap.name.clone());
         }
         let doomed_set: BTreeSet<&str> = doomed.iter().map(String::as_str).collect();
+        // A domain libvirt runs merges through libvirt's block jobs.
+        let libvirt = match self.libvirt_state(domain)? {
+            Some((uri, true)) if !req.metadata_only => Some(uri),
+            _ => None,
+        };
+        if let Some(uri) = &libvirt {
+            super::libvirt_ops::check_live_chains(self, dom, uri)?;
+            if !req.children && !dom.checkpoints.is_empty() {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain} runs under libvirt and has checkpoints: snapjournal does not yet carry bitmaps through libvirt's block jobs; shut the domain down for this delete (or delete with --metadata-only)"
+                )));
+            }
+        }
         let mut changes = Vec::new();
         let mut steps = Vec::new();
         let mut merges = Vec::new();
@@ -396,6 +420,23 @@ impl Executor {
                     .cloned()
                     .unwrap_or_else(|| dom.clone());
                 let commit = owned_base && top_bytes <= base_bytes;
+                // libvirt pulls only into a disk's active image: with the
+                // base the user's, the chain stays as it is on this disk.
+                let active = dom
+                    .core
+                    .disks
+                    .get(&sd.disk)
+                    .and_then(|d| d.active())
+                    .map(|a| a.path.as_str());
+                if libvirt.is_some() && !owned_base && active != Some(top.as_str()) {
+                    merges.push(MergeChoice::Kept {
+                        disk: sd.disk.clone(),
+                        top: top.clone(),
+                        base: frozen.path.clone(),
+                        why: "the base is yours, and libvirt cannot pull it into an image below the running domain's active one".into(),
+                    });
+                    continue;
+                }
                 if commit {
                     // block-commit: top's data into the base; top's children
                     // are re-pointed at the base, top goes away.
@@ -488,6 +529,9 @@ impl Executor {
         if let Some(rt) = &dom.core.runtime {
             steps = self.live_merge_steps(dom, rt, steps)?;
         }
+        if let Some(uri) = &libvirt {
+            steps = super::libvirt_ops::merge_steps(self, dom, uri, steps)?;
+        }
         // Metadata: remove the doomed snapshots, re-parent the survivors.
         for name in &doomed {
             changes.push(StateChange::SnapshotRemoved {
@@ -570,6 +614,7 @@ impl Executor {
             let (into, moved) = match m {
                 MergeChoice::Commit { base, top_bytes, .. } => (base, *top_bytes),
                 MergeChoice::Pull { top, base_bytes, .. } => (top, *base_bytes),
+                MergeChoice::Kept { .. } => continue,
             };
             let dir = std::path::Path::new(into)
                 .parent()

@@ -36,6 +36,15 @@ pub struct DefineReport {
     pub shared: Vec<(String, String, String)>,
 }
 
+/// A definition planned: the record and the ownership changes beside it.
+pub(crate) struct PlannedDefine {
+    pub core: DomainCore,
+    /// `ImageCreated` of the images that become the domain's own.
+    pub changes: Vec<StateChange>,
+    pub owned: Vec<(String, String)>,
+    pub shared: Vec<(String, String, String)>,
+}
+
 impl Executor {
     /// Defines a domain from its libvirt XML, or replaces the definition of
     /// a defined one (its disks' chains are read from the images). A new
@@ -53,9 +62,35 @@ impl Executor {
     /// template) are never the domain's. A redefinition changes no
     /// ownership.
     pub fn define_domain_with(&self, xml: &str, shared: &SharedDisks) -> Result<DefineReport> {
+        let state = self.journal().state()?;
+        let planned = self.plan_define(&state, xml, shared)?;
+        let existing = state.domains.get(&planned.core.name);
+        let name = planned.core.name.clone();
+        let plan = Plan {
+            steps: vec![Step::SyncXml { domain: name.clone() }],
+            commit_index: 0,
+            changes: std::iter::once(StateChange::DomainDefined { core: planned.core })
+                .chain(planned.changes)
+                .collect(),
+        };
+        let txn = self.run(Intent::DomainDefine { domain: name }, plan, existing)?;
+        Ok(DefineReport {
+            txn,
+            owned: planned.owned,
+            shared: planned.shared,
+        })
+    }
+
+    /// The record and ownership changes of a definition (see
+    /// [`Executor::define_domain_with`]), checked against `state`.
+    pub(crate) fn plan_define(
+        &self,
+        state: &journal::State,
+        xml: &str,
+        shared: &SharedDisks,
+    ) -> Result<PlannedDefine> {
         let parsed = parse_domain("domain definition", xml)?;
         validate_name("domain", &parsed.name)?;
-        let state = self.journal().state()?;
         let existing = state.domains.get(&parsed.name);
         if existing.map(|d| d.core.runtime.is_some()) == Some(true) {
             return Err(ExecError::Invalid(format!(
@@ -156,24 +191,9 @@ impl Executor {
             current_snapshot: existing.and_then(|d| d.core.current_snapshot.clone()),
             runtime: None,
         };
-        let plan = Plan {
-            steps: vec![Step::SyncXml {
-                domain: parsed.name.clone(),
-            }],
-            commit_index: 0,
-            changes: std::iter::once(StateChange::DomainDefined { core })
-                .chain(changes)
-                .collect(),
-        };
-        let txn = self.run(
-            Intent::DomainDefine {
-                domain: parsed.name.clone(),
-            },
-            plan,
-            existing,
-        )?;
-        Ok(DefineReport {
-            txn,
+        Ok(PlannedDefine {
+            core,
+            changes,
             owned,
             shared: shared_out,
         })

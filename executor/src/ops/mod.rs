@@ -2,11 +2,13 @@
 //! world, builds a complete [`journal::Plan`] and runs it through the
 //! [`crate::Executor`].
 
+pub mod adopt;
 pub mod checkpoint;
 pub mod checkpoint_redefine;
 pub mod create;
 pub mod delete;
 pub mod domain;
+pub(crate) mod libvirt_ops;
 pub mod redefine;
 pub mod revert;
 pub mod runtime;

@@ -67,6 +67,10 @@ impl Executor {
                 req.domain
             )));
         };
+        let libvirt = self.libvirt_state(&req.domain)?;
+        if let Some((uri, true)) = &libvirt {
+            return self.snapshot_revert_libvirt(req, &dom, uri);
+        }
         let Some(rt) = dom.core.runtime.clone() else {
             return self.snapshot_revert_stopped(req);
         };
@@ -119,6 +123,58 @@ impl Executor {
         };
         report.restarted = Some(was_running);
         Ok(report)
+    }
+
+    /// A revert of a running domain libvirt runs: stopped through libvirt
+    /// (QEMU quits, flushing its images), reverted like a stopped domain
+    /// (the projection defines the reverted disks in libvirt), started
+    /// again through libvirt as it ran. A durable note lets recovery start
+    /// it again if a crash falls in between.
+    fn snapshot_revert_libvirt(
+        &self,
+        req: &RevertRequest,
+        dom: &journal::DomainState,
+        uri: &str,
+    ) -> Result<RevertReport> {
+        if !dom.snapshots.contains_key(&req.snapshot) {
+            return Err(ExecError::Invalid(format!(
+                "domain {} has no snapshot called {}",
+                req.domain, req.snapshot
+            )));
+        }
+        let lv = |e: crate::libvirt::LibvirtError| ExecError::Invalid(e.to_string());
+        let was_running = self.libvirt().vcpus_running(uri, &req.domain).map_err(lv)?;
+        let note = crate::resume::ResumeNote {
+            domain: req.domain.clone(),
+            running: was_running,
+            snapshot: req.snapshot.clone(),
+        };
+        note.write(self.journal().dir())?;
+        if let Err(e) = self.libvirt().stop(uri, &req.domain) {
+            crate::resume::ResumeNote::remove(self.journal().dir(), &req.domain)?;
+            return Err(ExecError::Invalid(e.to_string()));
+        }
+        let reverted = self.snapshot_revert_stopped(req);
+        let started = self.libvirt().start(uri, &req.domain, !was_running);
+        crate::resume::ResumeNote::remove(self.journal().dir(), &req.domain)?;
+        match (reverted, started) {
+            (Ok(mut r), Ok(())) => {
+                r.restarted = Some(was_running);
+                Ok(r)
+            }
+            (Err(e), Ok(())) => Err(ExecError::Live(format!(
+                "domain {}: the revert to {} failed ({e}); libvirt started the domain again on its disks as they were",
+                req.domain, req.snapshot
+            ))),
+            (Err(e), Err(s)) => Err(ExecError::Live(format!(
+                "domain {}: the revert to {} failed ({e}) and libvirt could not start the domain again ({s}); it stays shut off: `virsh -c {uri} start {}`",
+                req.domain, req.snapshot, req.domain
+            ))),
+            (Ok(_), Err(s)) => Err(ExecError::Live(format!(
+                "domain {} was reverted to {} but libvirt could not start it again ({s}); it stays shut off: `virsh -c {uri} start {}`",
+                req.domain, req.snapshot, req.domain
+            ))),
+        }
     }
 
     fn snapshot_revert_stopped(&self, req: &RevertRequest) -> Result<RevertReport> {

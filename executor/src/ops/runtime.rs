@@ -48,6 +48,7 @@ impl Executor {
     /// Starts QEMU for a stopped domain (vCPUs running unless `paused`).
     pub fn domain_start(&self, domain: &str, paused: bool) -> Result<Runtime> {
         let dom = self.defined(domain)?;
+        self.refuse_libvirt_runtime(domain, "start")?;
         if let Some(rt) = &dom.core.runtime {
             return Err(ExecError::Invalid(format!(
                 "domain {domain} is already running (QMP socket {})",
@@ -113,6 +114,7 @@ impl Executor {
     /// Stops the domain's QEMU (`quit`: QEMU flushes and closes its images).
     pub fn domain_stop(&self, domain: &str) -> Result<TxnId> {
         let dom = self.defined(domain)?;
+        self.refuse_libvirt_runtime(domain, "shutdown")?;
         let Some(rt) = dom.core.runtime.clone() else {
             return Err(ExecError::Invalid(format!("domain {domain} is not running")));
         };
@@ -257,7 +259,12 @@ impl Executor {
                 ));
                 continue;
             };
-            if dom.core.runtime.is_some() {
+            let libvirt = self.journal().libvirt_uri(d)?;
+            let runs = match &libvirt {
+                Some(uri) => self.libvirt().is_active(uri, d).unwrap_or(false),
+                None => dom.core.runtime.is_some(),
+            };
+            if runs {
                 if !dry_run {
                     crate::resume::ResumeNote::remove(self.journal().dir(), d)?;
                 }
@@ -273,8 +280,15 @@ impl Executor {
                 ));
                 continue;
             }
-            let line = match self.domain_start(d, !note.running) {
-                Ok(_) => format!(
+            let started = match &libvirt {
+                Some(uri) => self
+                    .libvirt()
+                    .start(uri, d, !note.running)
+                    .map_err(|e| ExecError::Live(e.to_string())),
+                None => self.domain_start(d, !note.running).map(drop),
+            };
+            let line = match started {
+                Ok(()) => format!(
                     "domain {d}: stopped for its revert to {} when the agent died; started it again {how}",
                     note.snapshot
                 ),

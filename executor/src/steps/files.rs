@@ -32,6 +32,7 @@ impl World<'_> {
             Step::SyncXml { domain } => {
                 let state = self.journal.state()?;
                 self.metadata.in_sync(self.journal, &state, domain)?
+                    && self.libvirt_drift(domain)?.is_none_or(|d| d.findings.is_empty())
             }
             other => return Err(not_in_family(other, "file")),
         })
@@ -55,16 +56,20 @@ impl World<'_> {
 
     /// [`Step::SyncXml`] for a transaction whose state `changes` are known:
     /// only the files they touch are rendered and compared.
+    /// For a domain libvirt runs, libvirt's metadata too.
     pub fn sync_xml(&self, domain: &str, changes: &[journal::StateChange]) -> Result<()> {
-        match crate::metadata::touched_items(changes, domain) {
+        let touched = crate::metadata::touched_items(changes, domain);
+        match &touched {
             Some((snapshots, checkpoints)) => {
                 self.metadata
-                    .sync_items(self.journal, domain, &snapshots, &checkpoints)
+                    .sync_items(self.journal, domain, snapshots, checkpoints)?;
             }
-            None => self.apply_plain(&Step::SyncXml {
-                domain: domain.to_string(),
-            }),
+            None => {
+                let state = self.journal.state()?;
+                self.metadata.sync_domain(self.journal, &state, domain)?;
+            }
         }
+        self.sync_libvirt(domain, touched)
     }
 
     /// The steps that touch only files.
@@ -104,6 +109,7 @@ impl World<'_> {
             Step::SyncXml { domain } => {
                 let state = self.journal.state()?;
                 self.metadata.sync_domain(self.journal, &state, domain)?;
+                self.sync_libvirt(domain, None)?;
             }
             other => {
                 return Err(ExecError::Invalid(format!(

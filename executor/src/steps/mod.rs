@@ -19,6 +19,7 @@ use crate::metadata::MetadataStore;
 mod bitmaps;
 mod block;
 mod files;
+mod libvirt;
 mod process;
 
 /// What steps act on.
@@ -27,6 +28,7 @@ pub struct World<'a> {
     pub images: &'a QemuImg,
     pub metadata: &'a MetadataStore,
     pub live: &'a Live,
+    pub libvirt: &'a crate::libvirt::Libvirt,
 }
 
 /// Which step of which transaction is running (block job ids derive from it).
@@ -70,6 +72,7 @@ enum Family {
     Bitmaps,
     Block,
     Process,
+    Libvirt,
 }
 
 fn family(step: &Step) -> Family {
@@ -85,6 +88,7 @@ fn family(step: &Step) -> Family {
         | Step::BlockJob { .. }
         | Step::BlockdevDel { .. } => Family::Block,
         Step::LaunchQemu { .. } | Step::ResumeGuest { .. } | Step::StopQemu { .. } => Family::Process,
+        Step::LibvirtSnapshot { .. } | Step::LibvirtBlockJob { .. } => Family::Libvirt,
     }
 }
 
@@ -109,6 +113,7 @@ impl World<'_> {
             Family::Bitmaps => self.probe_bitmaps(step),
             Family::Block => self.probe_block(step),
             Family::Process => self.probe_process(step),
+            Family::Libvirt => self.probe_libvirt(step),
         }
     }
 
@@ -120,6 +125,7 @@ impl World<'_> {
             Family::Bitmaps => self.apply_bitmaps(step),
             Family::Block => self.apply_block(ctx, step),
             Family::Process => self.apply_process(step),
+            Family::Libvirt => self.apply_libvirt(step),
         }
     }
 
@@ -131,6 +137,7 @@ impl World<'_> {
             Family::Bitmaps => self.undo_bitmaps(step),
             Family::Block => self.undo_block(step),
             Family::Process => self.undo_process(step),
+            Family::Libvirt => self.undo_libvirt(step),
         }
     }
 

@@ -160,6 +160,11 @@ pub fn set_disk_sources(
         let Some(img) = sources.get(target) else {
             continue;
         };
+        // A `<backingStore>` (libvirt writes one) describes the old chain:
+        // the chain is in the image headers.
+        for b in d.children_named("backingStore") {
+            edits.push((b.start, b.end, String::new()));
+        }
         match d.child("source") {
             Some(s) => {
                 let mut attrs = s.attrs.clone();
@@ -193,6 +198,18 @@ pub fn set_disk_sources(
             edits.push((d.tag_end, d.tag_end, tag));
         }
     }
+    Ok(splice(xml, edits))
+}
+
+/// Returns `xml` without the `<backingStore>` elements of its managed
+/// disks: libvirt lists a disk's chain there, the journal reads it from
+/// the image headers (and keeps no copy that could go stale).
+pub fn strip_backing_stores(what: &str, xml: &str) -> Result<String, XmlError> {
+    let root = parse(what, xml)?;
+    let edits = file_disks(&root)
+        .flat_map(|d| d.children_named("backingStore"))
+        .map(|b| (b.start, b.end, String::new()))
+        .collect();
     Ok(splice(xml, edits))
 }
 

@@ -52,6 +52,12 @@ pub(super) const DOC_CHECKPOINT: char = 'c';
 
 pub(super) const DOC_SNAPSHOT_EXTRAS: char = 'e';
 
+/// The libvirt binding of a domain (`x\0l\0dom\0uri`).
+pub(super) const DOC_LIBVIRT: char = 'l';
+
+/// The one document name under [`DOC_LIBVIRT`].
+pub(super) const LIBVIRT_URI: &str = "uri";
+
 pub(super) fn document_key(kind: char, domain: &str, name: &str) -> Vec<u8> {
     format!("{DOC_PREFIX}\0{kind}\0{domain}\0{name}").into_bytes()
 }

@@ -159,8 +159,15 @@ impl Journal {
             StateChange::CheckpointRemoved { domain, checkpoint } => {
                 batch.delete_cf(cf, document_key(DOC_CHECKPOINT, domain, checkpoint));
             }
+            StateChange::LibvirtBound { domain, uri } if state.domains.contains_key(domain) => match uri {
+                Some(uri) => {
+                    let value = encode(RecordKind::Document, uri)?;
+                    batch.put_cf(cf, document_key(DOC_LIBVIRT, domain, LIBVIRT_URI), value);
+                }
+                None => batch.delete_cf(cf, document_key(DOC_LIBVIRT, domain, LIBVIRT_URI)),
+            },
             StateChange::DomainUndefined { domain } => {
-                for kind in [DOC_SNAPSHOT, DOC_CHECKPOINT, DOC_SNAPSHOT_EXTRAS] {
+                for kind in [DOC_SNAPSHOT, DOC_CHECKPOINT, DOC_SNAPSHOT_EXTRAS, DOC_LIBVIRT] {
                     let (from, to) = document_range(kind, domain);
                     batch.delete_range_cf(cf, from, to);
                 }
@@ -235,6 +242,12 @@ impl Journal {
     /// The historic `<domain>` of every checkpoint of `domain`, by name.
     pub fn checkpoint_domain_xmls(&self, domain: &str) -> Result<BTreeMap<String, String>> {
         self.documents(DOC_CHECKPOINT, domain)
+    }
+
+    /// The libvirt connection URI of `domain` when libvirt runs it
+    /// (`None`: snapjournal runs its QEMU itself, or nobody does).
+    pub fn libvirt_uri(&self, domain: &str) -> Result<Option<String>> {
+        self.document(DOC_LIBVIRT, domain, LIBVIRT_URI)
     }
 
     /// Runs `f` on the current state projection.

@@ -1,0 +1,181 @@
+//! libvirt's metadata as a projection of the journal: the persistent
+//! definition, the snapshot and checkpoint metadata and the current
+//! snapshot of a domain libvirt runs are rewritten from the journal after
+//! every commit (`REDEFINE`, metadata-only deletes), the way the XML files
+//! of the state directory are. Idempotent; libvirt's own snapshot
+//! metadata is never the truth.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::view::disks;
+use super::{checkpoints, Libvirt, LibvirtError, LvResult};
+
+/// What libvirt must show for one domain, rendered from the journal.
+#[derive(Debug, Clone, Default)]
+pub struct Projection {
+    /// The persistent definition.
+    pub domain_xml: String,
+    /// (disk, active image) of every managed disk.
+    pub active: BTreeMap<String, String>,
+    /// (name, `<domainsnapshot>`), parents first.
+    pub snapshots: Vec<(String, String)>,
+    pub current: Option<String>,
+    /// (name, `<domaincheckpoint>`), parents first.
+    pub checkpoints: Vec<(String, String)>,
+    /// Snapshots and checkpoints whose metadata changed (`None`: any may
+    /// have; all are rewritten).
+    pub touched: Option<(BTreeSet<String>, BTreeSet<String>)>,
+}
+
+/// How libvirt's view differs from the journal's, for fsck and the probe
+/// (empty: in sync).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub findings: Vec<String>,
+}
+
+impl Libvirt {
+    fn snapshot_names(&self, uri: &str, name: &str, d: &virt::domain::Domain) -> LvResult<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for s in d
+            .list_all_snapshots(0)
+            .map_err(|e| LibvirtError::from_virt(uri, Some(name), "list snapshots", e))?
+        {
+            out.insert(
+                s.name()
+                    .map_err(|e| LibvirtError::from_virt(uri, Some(name), "read a snapshot's name", e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn current_name(&self, uri: &str, name: &str, d: &virt::domain::Domain) -> LvResult<Option<String>> {
+        match d.current_snapshot(0) {
+            Ok(s) => Ok(s.name().ok()),
+            Err(e) if e.code().to_raw() == virt_sys::VIR_ERR_NO_DOMAIN_SNAPSHOT => Ok(None),
+            Err(e) => Err(LibvirtError::from_virt(
+                uri,
+                Some(name),
+                "read the current snapshot",
+                e,
+            )),
+        }
+    }
+
+    /// How libvirt's view of domain `name` differs from `p`: the
+    /// persistent definition's disk sources, the snapshot and checkpoint
+    /// names, the current snapshot.
+    pub fn drift(&self, uri: &str, name: &str, p: &Projection) -> LvResult<Drift> {
+        let d = self.domain(uri, name)?;
+        let mut findings = Vec::new();
+        let inactive = self.xml(uri, name, true)?;
+        let view = disks(&format!("persistent definition of {name}"), &inactive).map_err(|e| {
+            LibvirtError::new(uri, Some(name), "read the persistent definition", e.to_string())
+        })?;
+        for (disk, image) in &p.active {
+            let seen = view.get(disk).and_then(|v| v.active());
+            if seen != Some(image.as_str()) {
+                findings.push(format!(
+                    "libvirt's definition gives disk {disk} the source {}, the journal {image}",
+                    seen.unwrap_or("(none)")
+                ));
+            }
+        }
+        let have = self.snapshot_names(uri, name, &d)?;
+        let want: BTreeSet<String> = p.snapshots.iter().map(|(n, _)| n.clone()).collect();
+        for n in have.difference(&want) {
+            findings.push(format!("libvirt has snapshot {n}, which the journal does not"));
+        }
+        for n in want.difference(&have) {
+            findings.push(format!("libvirt lacks snapshot {n}"));
+        }
+        if !want.is_empty() {
+            let cur = self.current_name(uri, name, &d)?;
+            if cur != p.current && p.current.is_some() {
+                findings.push(format!(
+                    "libvirt's current snapshot is {}, the journal's {}",
+                    cur.as_deref().unwrap_or("(none)"),
+                    p.current.as_deref().unwrap_or("(none)")
+                ));
+            }
+        }
+        let have: BTreeSet<String> = checkpoints::list(uri, name, &d)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let want: BTreeSet<String> = p.checkpoints.iter().map(|(n, _)| n.clone()).collect();
+        for n in have.difference(&want) {
+            findings.push(format!("libvirt has checkpoint {n}, which the journal does not"));
+        }
+        for n in want.difference(&have) {
+            findings.push(format!("libvirt lacks checkpoint {n}"));
+        }
+        Ok(Drift { findings })
+    }
+
+    /// Makes libvirt's view of domain `name` equal `p`.
+    pub fn project(&self, uri: &str, name: &str, p: &Projection) -> LvResult<()> {
+        let c = self.connect(uri)?;
+        c.define_domain_xml(&p.domain_xml)
+            .map_err(|e| LibvirtError::from_virt(uri, Some(name), "define the domain from the journal", e))?;
+        let d = self.domain(uri, name)?;
+        // Snapshots: the ones the journal lacks go (metadata only), the
+        // missing and changed ones are redefined parents first.
+        let have = self.snapshot_names(uri, name, &d)?;
+        let want: BTreeSet<&str> = p.snapshots.iter().map(|(n, _)| n.as_str()).collect();
+        for n in have.iter().filter(|n| !want.contains(n.as_str())) {
+            match virt::domain::Domain::lookup_snapshot_by_name(&d, n, 0) {
+                Ok(s) => s
+                    .delete(virt_sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+                    .map_err(|e| {
+                        LibvirtError::from_virt(
+                            uri,
+                            Some(name),
+                            format!("remove the metadata of snapshot {n}"),
+                            e,
+                        )
+                    })?,
+                Err(e) if e.code().to_raw() == virt_sys::VIR_ERR_NO_DOMAIN_SNAPSHOT => {}
+                Err(e) => {
+                    return Err(LibvirtError::from_virt(
+                        uri,
+                        Some(name),
+                        format!("look up snapshot {n}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        let current_now = self.current_name(uri, name, &d)?;
+        for (n, xml) in &p.snapshots {
+            let is_current = p.current.as_deref() == Some(n.as_str());
+            let rewrite = !have.contains(n)
+                || p.touched.as_ref().is_none_or(|(s, _)| s.contains(n))
+                || (is_current && current_now.as_deref() != Some(n.as_str()));
+            if !rewrite {
+                continue;
+            }
+            let mut flags = virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
+            if is_current {
+                flags |= virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
+            }
+            d.create_snapshot_xml(xml, flags)
+                .map_err(|e| LibvirtError::from_virt(uri, Some(name), format!("redefine snapshot {n}"), e))?;
+        }
+        let have: BTreeSet<String> = checkpoints::list(uri, name, &d)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let want: BTreeSet<&str> = p.checkpoints.iter().map(|(n, _)| n.as_str()).collect();
+        for n in have.iter().filter(|n| !want.contains(n.as_str())) {
+            checkpoints::forget(uri, name, &d, n)?;
+        }
+        for (n, xml) in &p.checkpoints {
+            let rewrite = !have.contains(n) || p.touched.as_ref().is_none_or(|(_, c)| c.contains(n));
+            if rewrite {
+                checkpoints::redefine(uri, name, &d, n, xml)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -4,6 +4,7 @@
 pub mod faults;
 pub mod fixture;
 pub mod invariants;
+pub mod libvirt;
 pub mod live;
 pub mod livechaos;
 pub mod livekill;

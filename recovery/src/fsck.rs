@@ -287,6 +287,9 @@ fn check_domain(
             )),
         }
     }
+    if let Some(uri) = exec.libvirt_uri(dom)? {
+        check_libvirt(exec, d, &uri, busy, repair, report);
+    }
     if let Some(rt) = &d.core.runtime {
         check_running(exec, d, rt, busy, report);
     } else if !busy && !d.checkpoints.is_empty() {
@@ -402,6 +405,122 @@ fn check_domain(
         }
     }
     Ok(())
+}
+
+/// A domain libvirt runs: libvirt's metadata equals the journal's
+/// rendering (I1: its definition's disk sources, snapshots, checkpoints,
+/// current snapshot; `--repair` rewrites it from the journal), and while
+/// it runs, libvirt's chains equal the journal's (I2) and no block job is
+/// left on a disk (I7).
+fn check_libvirt(
+    exec: &Executor,
+    d: &journal::DomainState,
+    uri: &str,
+    busy: bool,
+    repair: bool,
+    report: &mut FsckReport,
+) {
+    let dom = &d.core.name;
+    let world = exec.world();
+    let drift = match world.libvirt_drift(dom) {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(e) => {
+            report
+                .could_not_check
+                .push(format!("domain {dom}: libvirt's view: {e}"));
+            return;
+        }
+    };
+    let mut found: Vec<Finding> = drift
+        .findings
+        .iter()
+        .map(|m| {
+            finding(
+                "I1",
+                "libvirt-metadata-differs",
+                dom.clone(),
+                format!("domain {dom}: {m}"),
+                "rewrite libvirt's definition and metadata from the journal",
+            )
+        })
+        .collect();
+    if !found.is_empty() && repair && !busy {
+        match world.sync_libvirt(dom, None) {
+            Ok(()) => found.iter_mut().for_each(|f| f.repaired = true),
+            Err(e) => report
+                .could_not_check
+                .push(format!("domain {dom}: rewriting libvirt's metadata failed: {e}")),
+        }
+    }
+    report.findings.extend(found);
+    let lv = exec.libvirt();
+    match lv.is_active(uri, dom) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            report.could_not_check.push(format!("domain {dom}: {e}"));
+            return;
+        }
+    }
+    let live = match lv
+        .xml(uri, dom, false)
+        .map(|x| executor::libvirt::view::disks("live definition", &x))
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            report
+                .could_not_check
+                .push(format!("domain {dom}: libvirt's live XML: {e}"));
+            return;
+        }
+        Err(e) => {
+            report.could_not_check.push(format!("domain {dom}: {e}"));
+            return;
+        }
+    };
+    for disk in d.core.disks.values() {
+        let ours: Vec<&str> = disk.chain.iter().map(|c| c.path.as_str()).collect();
+        let real: Vec<&str> = live
+            .get(&disk.target)
+            .map(|v| v.chain.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        if real != ours && !busy {
+            report.findings.push(finding(
+                "I2",
+                "libvirt-chain-mismatch",
+                format!("{dom}/{}", disk.target),
+                format!(
+                    "domain {dom}, disk {}: libvirt's chain is {} but the journal says {}",
+                    disk.target,
+                    if real.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        real.join(" -> ")
+                    },
+                    ours.join(" -> ")
+                ),
+                NO_REPAIR,
+            ));
+        }
+        if busy {
+            continue;
+        }
+        match lv.job(uri, dom, &disk.target) {
+            Ok(Some(j)) => report.findings.push(finding(
+                "I7",
+                "libvirt-stray-job",
+                format!("{dom}/{}", disk.target),
+                format!(
+                    "domain {dom}, disk {}: a block job (type {}, {}/{}) runs in libvirt with no transaction open",
+                    disk.target, j.kind, j.cur, j.end
+                ),
+                NO_REPAIR,
+            )),
+            Ok(None) => {}
+            Err(e) => report.could_not_check.push(format!("domain {dom}: {e}")),
+        }
+    }
 }
 
 /// A running domain: QEMU's chains equal the journal's (I2), no node of an

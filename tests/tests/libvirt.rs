@@ -1,0 +1,239 @@
+//! The libvirt backend against a real libvirtd (started by `scripts/test`,
+//! or `bash scripts/libvirtd start`): domains adopted from libvirt, running
+//! and shut off, snapshotted, merged and reverted through libvirt's API,
+//! libvirt's metadata kept a projection of the journal, bad input refused
+//! with nothing changed, a crash at the commit point finished by recovery.
+
+use chaos::libvirt::{virsh, LibvirtFixture};
+use snapjournal_tests::*;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The journal's chain of `disk`, active image first.
+fn journal_chain(f: &LibvirtFixture, disk: &str) -> Vec<String> {
+    let exec = recovery::open_without_recovery(&f.state).unwrap();
+    let state = exec.journal().state().unwrap();
+    state.domains[&f.domain].core.disks[disk]
+        .chain
+        .iter()
+        .map(|c| c.path.clone())
+        .collect()
+}
+
+/// libvirt's live (or persistent) chains equal the journal's; libvirt lists
+/// exactly `snapshots`; fsck is clean (it compares libvirt's metadata too).
+fn assert_agree(f: &LibvirtFixture, snapshots: &[&str], current: Option<&str>) {
+    let running = f.running().unwrap();
+    for (disk, chain) in f.chains(!running).unwrap() {
+        let ours = journal_chain(f, &disk);
+        if running {
+            assert_eq!(chain, ours, "libvirt's live chain of {disk}");
+        } else {
+            assert_eq!(
+                chain.first(),
+                ours.first(),
+                "libvirt's persistent source of {disk}"
+            );
+        }
+    }
+    let mut want: Vec<String> = snapshots.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(f.libvirt_snapshots().unwrap(), want);
+    if let Some(c) = current {
+        assert_eq!(f.libvirt_current().unwrap().as_deref(), Some(c));
+    }
+    f.ok(&["fsck"]).unwrap();
+}
+
+/// The guest's view of every disk (read through its active chain).
+fn assert_data(f: &LibvirtFixture, want: &[(u64, u8)]) {
+    for disk in &f.disks {
+        let active = journal_chain(f, disk)[0].clone();
+        assert_view(&active, want);
+    }
+}
+
+#[test]
+fn a_running_libvirt_domain_is_adopted_snapshotted_merged_and_reverted() {
+    let f = LibvirtFixture::new(2, true).unwrap();
+    // libvirt's own snapshot, with its overlays, before snapjournal.
+    virsh(&["snapshot-create-as", &f.domain, "s1", "--disk-only", "--atomic"]).unwrap();
+    f.guest_write(A, 0).unwrap();
+    let r = json(
+        &f.ok(&["--json", "domain", "adopt", &f.domain, "--libvirt"])
+            .unwrap(),
+    );
+    assert_eq!(r["running"], true, "{r}");
+    assert_eq!(r["snapshots"], serde_json::json!(["s1"]), "{r}");
+    assert_eq!(r["adopted_images"].as_array().unwrap().len(), 2, "{r}");
+    assert_agree(&f, &["s1"], Some("s1"));
+
+    // Create: one atomic switch through libvirt; libvirt's metadata
+    // written from the journal.
+    let r = json(&f.ok(&["--json", "snapshot", "create", &f.domain, "s2"]).unwrap());
+    let overlay = r["overlays"][0]["file"].as_str().unwrap().to_string();
+    assert_eq!(f.chains(false).unwrap()[0].1[0], overlay);
+    assert_agree(&f, &["s1", "s2"], Some("s2"));
+    f.guest_write(B, 1).unwrap();
+    f.ok(&["snapshot", "create", &f.domain, "s3"]).unwrap();
+    f.guest_write(C, 2).unwrap();
+    assert_agree(&f, &["s1", "s2", "s3"], Some("s3"));
+
+    // Delete a middle snapshot: a block commit below the active image.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", &f.domain, "s2"]).unwrap());
+    assert!(r["merges"][0].as_str().unwrap().contains("commit"), "{r}");
+    assert_agree(&f, &["s1", "s3"], Some("s3"));
+    assert_data(&f, &[(0, A), (1, B), (2, C)]);
+    // Delete the leaf: an active commit, pivoted.
+    f.ok(&["snapshot", "delete", &f.domain, "s3"]).unwrap();
+    assert_agree(&f, &["s1"], Some("s1"));
+    assert_data(&f, &[(0, A), (1, B), (2, C)]);
+    assert!(f.running().unwrap());
+
+    // Revert: stopped, reverted, started again through libvirt.
+    let r = json(&f.ok(&["--json", "snapshot", "revert", &f.domain, "s1"]).unwrap());
+    assert_eq!(r["restarted_running"], true, "{r}");
+    assert!(f.running().unwrap());
+    assert_agree(&f, &["s1"], Some("s1"));
+    assert_data(&f, &[]);
+}
+
+#[test]
+fn a_snapshot_with_several_children_goes_with_children_which_libvirt_refuses() {
+    let f = LibvirtFixture::new(1, true).unwrap();
+    f.ok(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    f.guest_write(A, 0).unwrap();
+    f.ok(&["snapshot", "create", &f.domain, "s1"]).unwrap();
+    f.guest_write(B, 1).unwrap();
+    f.ok(&["snapshot", "create", &f.domain, "s2"]).unwrap();
+    f.ok(&["snapshot", "revert", &f.domain, "s1"]).unwrap();
+    f.guest_write(C, 2).unwrap();
+    f.ok(&["snapshot", "create", &f.domain, "s3"]).unwrap();
+    assert_agree(&f, &["s1", "s2", "s3"], Some("s3"));
+    // libvirt itself refuses to delete an external snapshot with children.
+    let own = virsh(&["snapshot-delete", &f.domain, "s1"]);
+    assert!(own.is_err(), "libvirt deleted s1: {own:?}");
+    assert_agree(&f, &["s1", "s2", "s3"], Some("s3"));
+    let e = f.fails(&["snapshot", "delete", &f.domain, "s1"]).unwrap();
+    assert!(
+        e.contains("--children") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    f.ok(&["snapshot", "delete", &f.domain, "s1", "--children"])
+        .unwrap();
+    assert!(f.running().unwrap());
+    assert_agree(&f, &[], None);
+    assert_data(&f, &[(0, A), (2, C)]);
+}
+
+#[test]
+fn a_shut_off_libvirt_domain_is_operated_on_its_files_and_libvirt_follows() {
+    let f = LibvirtFixture::new(2, false).unwrap();
+    virsh(&["snapshot-create-as", &f.domain, "s1", "--disk-only", "--atomic"]).unwrap();
+    let r = json(
+        &f.ok(&["--json", "domain", "adopt", &f.domain, "--libvirt"])
+            .unwrap(),
+    );
+    assert_eq!(r["running"], false, "{r}");
+    for disk in &f.disks {
+        write_pattern(&journal_chain(&f, disk)[0], A, 0).unwrap();
+    }
+    f.ok(&["snapshot", "create", &f.domain, "s2"]).unwrap();
+    assert_agree(&f, &["s1", "s2"], Some("s2"));
+    f.ok(&["snapshot", "delete", &f.domain, "s1"]).unwrap();
+    assert_agree(&f, &["s2"], Some("s2"));
+    f.ok(&["snapshot", "revert", &f.domain, "s2"]).unwrap();
+    assert_agree(&f, &["s2"], Some("s2"));
+    assert_data(&f, &[(0, A)]);
+    // libvirt starts the domain on the chain the journal made.
+    virsh(&["start", &f.domain]).unwrap();
+    assert_agree(&f, &["s2"], Some("s2"));
+    virsh(&["destroy", &f.domain]).unwrap();
+}
+
+#[test]
+fn adoption_refuses_what_it_cannot_take_and_changes_nothing() {
+    let f = LibvirtFixture::new(1, false).unwrap();
+    let e = f
+        .fails(&["domain", "adopt", "sjt-no-such-domain", "--libvirt"])
+        .unwrap();
+    assert!(
+        e.contains("qemu:///system") && e.contains("sjt-no-such-domain") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    let bad = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+    let e = f
+        .fails(&["domain", "adopt", &f.domain, "--libvirt", "--uri", bad])
+        .unwrap();
+    assert!(e.contains(bad) && e.contains("nothing was changed"), "{e}");
+    let e = f.fails(&["domain", "adopt", &f.domain]).unwrap();
+    assert!(e.contains("--libvirt"), "{e}");
+    // A writable disk that is not a file.
+    let xml = f.dir.join("block.xml");
+    let name = format!("{}-blk", f.domain);
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os><devices><disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/null'/><target dev='vda' bus='virtio'/></disk></devices></domain>"
+        ),
+    )
+    .unwrap();
+    virsh(&["define", &xml.to_string_lossy()]).unwrap();
+    let e = f.fails(&["domain", "adopt", &name, "--libvirt"]);
+    let _ = virsh(&["undefine", &name]);
+    let e = e.unwrap();
+    assert!(e.contains("block") && e.contains("nothing was changed"), "{e}");
+    let list = f.ok(&["--json", "domain", "list"]).unwrap();
+    assert!(!list.contains("sjt-"), "{list}");
+    // Adopted once; a second adoption is refused.
+    f.ok(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    let e = f.fails(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    assert!(e.contains("already defined"), "{e}");
+}
+
+#[test]
+fn fsck_sees_libvirt_changed_behind_the_journal_and_repairs_it() {
+    let f = LibvirtFixture::new(1, true).unwrap();
+    f.ok(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    f.ok(&["snapshot", "create", &f.domain, "s1"]).unwrap();
+    f.ok(&["snapshot", "create", &f.domain, "s2"]).unwrap();
+    virsh(&["snapshot-delete", &f.domain, "s2", "--metadata"]).unwrap();
+    let out = f.run(&["fsck"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("libvirt lacks snapshot s2"), "{text}");
+    f.ok(&["fsck", "--repair"]).unwrap();
+    assert_agree(&f, &["s1", "s2"], Some("s2"));
+}
+
+#[test]
+fn a_crash_after_libvirt_switched_the_disks_rolls_forward() {
+    let f = LibvirtFixture::new(2, true).unwrap();
+    f.ok(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    // Killed right after libvirt switched the disks (before the commit).
+    let out = f
+        .command(&["snapshot", "create", &f.domain, "s1"])
+        .env("SNAPJOURNAL_CRASH_NAME", "libvirt.snapshot.after")
+        .env("SNAPJOURNAL_CRASH_AT", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let r = f.ok(&["recover"]).unwrap();
+    assert!(r.contains("roll FORWARD"), "{r}");
+    assert_agree(&f, &["s1"], Some("s1"));
+    // Killed before libvirt was asked: rolled back, the overlays gone.
+    let before = f.chains(false).unwrap();
+    let out = f
+        .command(&["snapshot", "create", &f.domain, "s2"])
+        .env("SNAPJOURNAL_CRASH_NAME", "libvirt.snapshot.before")
+        .env("SNAPJOURNAL_CRASH_AT", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let r = f.ok(&["recover"]).unwrap();
+    assert!(r.contains("roll BACK"), "{r}");
+    assert_eq!(f.chains(false).unwrap(), before);
+    assert_agree(&f, &["s1"], Some("s1"));
+}

@@ -5,6 +5,7 @@ pub mod faults;
 pub mod fixture;
 pub mod invariants;
 pub mod libvirt;
+pub mod libvirtchaos;
 pub mod live;
 pub mod livechaos;
 pub mod livekill;

@@ -39,6 +39,12 @@ enum Mode {
     /// The operations (--op) sent through `snapjournal serve`, the server
     /// killed at every crash point, restarted, checked.
     Served,
+    /// The libvirt backend: a domain libvirt runs, adopted; each operation
+    /// (--libvirt-op) crashed at every crash point, also with libvirtd
+    /// SIGKILLed and restarted or QEMU killed at the points around the
+    /// libvirt calls; running and shut off. Needs a libvirtd
+    /// (`bash scripts/libvirtd start`).
+    Libvirt,
 }
 
 #[derive(Parser)]
@@ -94,6 +100,13 @@ struct Args {
     /// Cases of the live-random mode (the bounded mode runs 6).
     #[arg(long, default_value_t = 24)]
     cases: u64,
+    /// Only these operations of the libvirt mode (create, delete-middle,
+    /// delete-leaf, delete-root, revert).
+    #[arg(long = "libvirt-op")]
+    libvirt_ops: Vec<String>,
+    /// Leave out the libvirt backend's sample (bounded mode).
+    #[arg(long)]
+    no_libvirt: bool,
 }
 
 struct Job {
@@ -195,6 +208,7 @@ fn main() -> Result<()> {
             Mode::LiveRandom => "live-random",
             Mode::PowerCut => "power-cut",
             Mode::Served => "served",
+            Mode::Libvirt => "libvirt",
         }
         .into(),
         ..Default::default()
@@ -312,10 +326,38 @@ fn main() -> Result<()> {
         report.cases.extend(chaos::served::run(&served_ops, args.jobs)?);
     }
 
+    if args.mode == Mode::Libvirt || (matches!(args.mode, Mode::Bounded | Mode::Full) && !args.no_libvirt) {
+        use chaos::libvirtchaos::{Kill, LvOp};
+        let all = args.mode != Mode::Bounded;
+        let mut lv_ops: Vec<LvOp> = if all {
+            LvOp::ALL.to_vec()
+        } else {
+            // CI's sample: the live commit point and an active commit.
+            vec![LvOp::Create, LvOp::DeleteLeaf]
+        };
+        if !args.libvirt_ops.is_empty() {
+            lv_ops.retain(|o| args.libvirt_ops.iter().any(|n| n == o.name()));
+            if lv_ops.is_empty() {
+                anyhow::bail!("no libvirt operation matches --libvirt-op {:?}", args.libvirt_ops);
+            }
+        }
+        let running: &[bool] = if all { &[true, false] } else { &[true] };
+        let kills: &[Kill] = if all {
+            &[Kill::Agent, Kill::Libvirtd, Kill::Qemu]
+        } else {
+            &[Kill::Agent, Kill::Libvirtd]
+        };
+        let d = if args.disks.is_empty() { 2 } else { args.disks[0] };
+        eprintln!("running the libvirt backend's crash cases");
+        report
+            .cases
+            .extend(chaos::libvirtchaos::run(&lv_ops, d, running, args.jobs, kills)?);
+    }
+
     let mut jobs = Vec::new();
     let offline_ops: &[Op] = if matches!(
         args.mode,
-        Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served
+        Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served | Mode::Libvirt
     ) {
         &[]
     } else {
@@ -416,7 +458,7 @@ fn main() -> Result<()> {
 
     if !matches!(
         args.mode,
-        Mode::One | Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served
+        Mode::One | Mode::Live | Mode::LiveRandom | Mode::PowerCut | Mode::Served | Mode::Libvirt
     ) {
         eprintln!("running fault cases");
         report.faults.push(faults::storage_fault("readonly")?);

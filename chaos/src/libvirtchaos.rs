@@ -49,7 +49,13 @@ pub enum Kill {
 
 impl LvOp {
     /// Every operation.
-    pub const ALL: [LvOp; 5] = [LvOp::Create, LvOp::DeleteMiddle, LvOp::DeleteLeaf, LvOp::DeleteRoot, LvOp::Revert];
+    pub const ALL: [LvOp; 5] = [
+        LvOp::Create,
+        LvOp::DeleteMiddle,
+        LvOp::DeleteLeaf,
+        LvOp::DeleteRoot,
+        LvOp::Revert,
+    ];
 
     /// The operation's name (`--libvirt-op`).
     pub fn name(self) -> &'static str {
@@ -135,10 +141,18 @@ fn journal_view(f: &LibvirtFixture) -> Result<(Vec<String>, Vec<String>)> {
     Ok((snaps, active))
 }
 
-/// The libvirtd the suite talks to: its pidfile (as `scripts/libvirtd`
-/// writes it, or `$SNAPJOURNAL_LIBVIRTD_PIDFILE`).
+/// The libvirtd the suite talks to: its pidfile —
+/// `$SNAPJOURNAL_LIBVIRTD_PIDFILE`, else the one `scripts/libvirtd`
+/// writes, else libvirtd's default.
 fn libvirtd_pidfile() -> String {
-    std::env::var("SNAPJOURNAL_LIBVIRTD_PIDFILE").unwrap_or_else(|_| "/var/tmp/snapjournal-libvirtd/libvirtd.pid".into())
+    if let Ok(p) = std::env::var("SNAPJOURNAL_LIBVIRTD_PIDFILE") {
+        return p;
+    }
+    ["/var/tmp/snapjournal-libvirtd/libvirtd.pid", "/run/libvirtd.pid"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("/var/tmp/snapjournal-libvirtd/libvirtd.pid")
+        .to_string()
 }
 
 /// SIGKILLs libvirtd and starts it again with the same pidfile; returns
@@ -311,7 +325,10 @@ fn judge_case(op: LvOp, disks: usize, running: bool, kill: Kill, crash_at: u64) 
         }
     } else if names == post {
         if !reads(&data_post)? {
-            violations.push(format!("after {}: the disks do not read what the guest wrote", op.name()));
+            violations.push(format!(
+                "after {}: the disks do not read what the guest wrote",
+                op.name()
+            ));
         }
         true
     } else if names == pre {
@@ -355,7 +372,9 @@ pub fn run(ops: &[LvOp], disks: usize, running: &[bool], jobs: usize, kills: &[K
                     .iter()
                     .enumerate()
                     .map(|(i, p)| (i as u64 + 1, p.clone()))
-                    .filter(|(_, p)| kill == Kill::Agent || (live && (p.starts_with("libvirt.") || p.starts_with("step."))))
+                    .filter(|(_, p)| {
+                        kill == Kill::Agent || (live && (p.starts_with("libvirt.") || p.starts_with("step.")))
+                    })
                     .collect();
                 let par = if kill == Kill::Libvirtd { 1 } else { jobs };
                 let label = case_name(op, live, kill);

@@ -6,6 +6,7 @@
 use std::ffi::CString;
 use std::time::Duration;
 
+use journal::crashpoint::crash_point;
 use journal::LibvirtMerge;
 
 use super::view::disks;
@@ -164,6 +165,7 @@ impl Libvirt {
                     let active = matches!(merge, LibvirtMerge::Commit { active: true, .. });
                     if active && j.ready() {
                         progress("ready", j.cur, j.end);
+                        crash_point("libvirt.job.ready");
                         let c = CString::new(disk).unwrap_or_default();
                         // SAFETY: live handle, NUL-terminated disk name.
                         let r = unsafe {
@@ -208,6 +210,7 @@ impl Libvirt {
                         ));
                     }
                     self.start_merge(uri, name, &d, disk, merge)?;
+                    crash_point("libvirt.job.started");
                     started = true;
                 }
             }

@@ -282,8 +282,9 @@ fn judge_case(op: LvOp, disks: usize, running: bool, kill: Kill, crash_at: u64) 
     let rec = f.run(&["recover"])?;
     if !rec.status.success() {
         violations.push(format!(
-            "recover failed ({}): {}",
+            "recover failed ({}): {}{}",
             rec.status,
+            String::from_utf8_lossy(&rec.stdout),
             String::from_utf8_lossy(&rec.stderr)
         ));
         return Ok(Outcome::Violation(violations));

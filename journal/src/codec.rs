@@ -18,7 +18,8 @@ use crate::event::TxnId;
 ///   open transaction's progress is a record apart from its plan.
 ///   `Step::LiveBitmapCarry` was appended later within 3 (records written
 ///   before it decode unchanged), then `StateChange::LibvirtBound` and
-///   `Step::{LibvirtSnapshot, LibvirtBlockJob}`.
+///   `Step::{LibvirtSnapshot, LibvirtBlockJob, LibvirtCheckpoint,
+///   LibvirtCheckpointDelete}`.
 pub const FORMAT_VERSION: u8 = 3;
 /// Size of the envelope header in bytes.
 pub const HEADER_LEN: usize = 6;

@@ -131,6 +131,24 @@ pub enum Step {
         disk: String,
         merge: LibvirtMerge,
     },
+    /// The commit point of a checkpoint of a domain libvirt runs: ONE
+    /// `virDomainCheckpointCreateXML` (libvirt adds the bitmaps in one QEMU
+    /// transaction). Undone by `virDomainCheckpointDelete`.
+    LibvirtCheckpoint {
+        domain: String,
+        uri: String,
+        name: String,
+        xml: String,
+    },
+    /// After a checkpoint's removal from the journal: `virDomainCheckpointDelete`
+    /// removes its bitmaps from a domain libvirt runs (planned only when
+    /// the parent's bitmaps record, so they cover what it held). Done when
+    /// libvirt no longer lists it.
+    LibvirtCheckpointDelete {
+        domain: String,
+        uri: String,
+        name: String,
+    },
 }
 
 /// What a [`Step::LibvirtBlockJob`] merges.
@@ -380,6 +398,12 @@ impl Step {
                     dropped.path, top.path
                 ),
             },
+            Step::LibvirtCheckpoint { domain, name, .. } => {
+                format!("take checkpoint {name} of domain {domain} through libvirt (its bitmaps in one transaction)")
+            }
+            Step::LibvirtCheckpointDelete { domain, name, .. } => {
+                format!("remove the bitmaps of checkpoint {name} of domain {domain} through libvirt")
+            }
         }
     }
 

@@ -237,3 +237,79 @@ fn a_crash_after_libvirt_switched_the_disks_rolls_forward() {
     assert_eq!(f.chains(false).unwrap(), before);
     assert_agree(&f, &["s1"], Some("s1"));
 }
+
+/// libvirt's checkpoint names.
+fn libvirt_checkpoints(f: &LibvirtFixture) -> Vec<String> {
+    let mut v: Vec<String> = virsh(&["checkpoint-list", &f.domain, "--name"])
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The dirty bytes QEMU counts in bitmap `name`, summed over the images
+/// of the chain that hold one (a snapshot starts the bitmap anew in the
+/// overlay; the changes since the checkpoint are the union along the
+/// chain, and the test writes disjoint regions). Read by the harness.
+fn dirty_bytes(f: &LibvirtFixture, name: &str) -> u64 {
+    let reply = virsh(&[
+        "qemu-monitor-command",
+        &f.domain,
+        r#"{"execute":"query-named-block-nodes","arguments":{"flat":true}}"#,
+    ])
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    v["return"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["drv"] == "qcow2")
+        .flat_map(|n| n["dirty-bitmaps"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["name"] == name)
+        .filter_map(|b| b["count"].as_u64())
+        .sum()
+}
+
+#[test]
+fn checkpoints_of_a_running_libvirt_domain_go_through_libvirt() {
+    let f = LibvirtFixture::new(1, true).unwrap();
+    // One of libvirt's own, adopted with the domain.
+    virsh(&["checkpoint-create-as", &f.domain, "c1"]).unwrap();
+    f.guest_write(A, 0).unwrap();
+    let r = json(
+        &f.ok(&["--json", "domain", "adopt", &f.domain, "--libvirt"])
+            .unwrap(),
+    );
+    assert_eq!(r["checkpoints"], serde_json::json!(["c1"]), "{r}");
+    f.ok(&["fsck"]).unwrap();
+    f.ok(&["checkpoint", "create", &f.domain, "c2"]).unwrap();
+    assert_eq!(libvirt_checkpoints(&f), vec!["c1", "c2"]);
+    f.guest_write(B, 1).unwrap();
+    assert_eq!(dirty_bytes(&f, "c2"), REGION);
+    f.ok(&["fsck"]).unwrap();
+    // A snapshot and the active commit of its delete keep the bitmaps.
+    f.ok(&["snapshot", "create", &f.domain, "s1"]).unwrap();
+    f.guest_write(C, 2).unwrap();
+    f.ok(&["snapshot", "create", &f.domain, "s2"]).unwrap();
+    f.ok(&["fsck"]).unwrap();
+    f.ok(&["snapshot", "delete", &f.domain, "s2"]).unwrap();
+    f.ok(&["fsck"]).unwrap();
+    // Pulling the user's base into the active image would drop the
+    // bitmaps: refused, nothing changed.
+    let e = f.fails(&["snapshot", "delete", &f.domain, "s1"]).unwrap();
+    assert!(
+        e.contains("block pull") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert!(dirty_bytes(&f, "c2") >= 2 * REGION, "c2 lost the writes after it");
+    assert!(dirty_bytes(&f, "c1") >= 3 * REGION, "c1 lost the writes after it");
+    // c2 goes: c1 still records everything it held.
+    f.ok(&["checkpoint", "delete", &f.domain, "c2"]).unwrap();
+    assert_eq!(libvirt_checkpoints(&f), vec!["c1"]);
+    f.ok(&["fsck"]).unwrap();
+    assert_agree(&f, &["s1"], Some("s1"));
+}

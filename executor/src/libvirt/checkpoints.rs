@@ -107,3 +107,56 @@ pub fn forget(uri: &str, name: &str, d: &Domain, cp: &str) -> LvResult<()> {
     }
     Ok(())
 }
+
+/// Whether libvirt lists checkpoint `cp` of `d`.
+pub fn exists(uri: &str, name: &str, d: &Domain, cp: &str) -> LvResult<bool> {
+    let what = format!("look up checkpoint {cp}");
+    let c = cstring(uri, name, &what, cp)?;
+    // SAFETY: live handle, NUL-terminated name.
+    let h = unsafe { virt_sys::virDomainCheckpointLookupByName(d.as_ptr(), c.as_ptr(), 0) };
+    if h.is_null() {
+        let e = LibvirtError::last(uri, Some(name), what);
+        if e.code as u32 == virt_sys::VIR_ERR_NO_DOMAIN_CHECKPOINT {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    drop(Handle(h));
+    Ok(true)
+}
+
+/// Takes checkpoint `cp` from `xml` (libvirt adds its bitmaps to the
+/// running domain's active images in one QEMU transaction).
+pub fn create(uri: &str, name: &str, d: &Domain, cp: &str, xml: &str) -> LvResult<()> {
+    let what = format!("take checkpoint {cp}");
+    let c = cstring(uri, name, &what, xml)?;
+    // SAFETY: live handle, NUL-terminated document.
+    let h = unsafe { virt_sys::virDomainCheckpointCreateXML(d.as_ptr(), c.as_ptr(), 0) };
+    if h.is_null() {
+        return Err(LibvirtError::last(uri, Some(name), what));
+    }
+    drop(Handle(h));
+    Ok(())
+}
+
+/// Deletes checkpoint `cp` with its bitmaps (a running domain); nothing to
+/// do when libvirt has no such checkpoint.
+pub fn delete(uri: &str, name: &str, d: &Domain, cp: &str) -> LvResult<()> {
+    let what = format!("delete checkpoint {cp}");
+    let c = cstring(uri, name, &what, cp)?;
+    // SAFETY: live handle, NUL-terminated name.
+    let h = unsafe { virt_sys::virDomainCheckpointLookupByName(d.as_ptr(), c.as_ptr(), 0) };
+    if h.is_null() {
+        let e = LibvirtError::last(uri, Some(name), what);
+        if e.code as u32 == virt_sys::VIR_ERR_NO_DOMAIN_CHECKPOINT {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    let h = Handle(h);
+    // SAFETY: live checkpoint handle.
+    if unsafe { virt_sys::virDomainCheckpointDelete(h.0, 0) } < 0 {
+        return Err(LibvirtError::last(uri, Some(name), what));
+    }
+    Ok(())
+}

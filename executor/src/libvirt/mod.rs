@@ -156,6 +156,33 @@ impl Libvirt {
             .map_err(|e| LibvirtError::from_virt(uri, Some(name), "read the domain's XML", e))
     }
 
+    /// QEMU's block graph of running domain `name`, read through libvirt
+    /// with the two read-only queries libvirt has no API for
+    /// (`query-named-block-nodes`, `query-block`): the dirty bitmaps of a
+    /// running domain's images (their state in the files is stale while
+    /// QEMU holds them). Never called while a block job runs on the
+    /// domain: QEMU 7.2 can crash on a graph read while a job finishes.
+    pub fn block_graph(&self, uri: &str, name: &str) -> LvResult<crate::live::graph::BlockGraph> {
+        let d = self.domain(uri, name)?;
+        let ask = |cmd: &str| -> LvResult<serde_json::Value> {
+            let reply = d
+                .qemu_monitor_command(cmd, 0)
+                .map_err(|e| LibvirtError::from_virt(uri, Some(name), "read QEMU's block graph", e))?;
+            let v: serde_json::Value = serde_json::from_str(&reply).map_err(|e| {
+                LibvirtError::new(
+                    uri,
+                    Some(name),
+                    "read QEMU's block graph",
+                    format!("unreadable reply: {e}"),
+                )
+            })?;
+            Ok(v.get("return").cloned().unwrap_or(serde_json::Value::Null))
+        };
+        let nodes = ask(r#"{"execute":"query-named-block-nodes","arguments":{"flat":true}}"#)?;
+        let block = ask(r#"{"execute":"query-block"}"#)?;
+        Ok(crate::live::graph::BlockGraph::from_replies(&nodes, &block))
+    }
+
     /// Stops a running domain the way a power button held down would not:
     /// QEMU is asked to quit (SIGTERM), flushes and closes its images.
     /// Returns once libvirt reports the domain inactive.

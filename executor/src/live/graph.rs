@@ -90,6 +90,13 @@ impl BlockGraph {
     #[doc(hidden)]
     pub fn read_unsettled(qmp: &mut Qmp) -> Result<BlockGraph, QmpError> {
         let nodes_v = qmp.execute(Cmd::QueryNamedBlockNodes, json!({ "flat": true }))?;
+        let block_v = qmp.execute(Cmd::QueryBlock, json!({}))?;
+        Ok(Self::from_replies(&nodes_v, &block_v))
+    }
+
+    /// The graph from the replies of `query-named-block-nodes` (flat) and
+    /// `query-block` (also as read through libvirt, for a domain it runs).
+    pub fn from_replies(nodes_v: &Value, block_v: &Value) -> BlockGraph {
         let mut nodes = BTreeMap::new();
         let mut bitmaps = BTreeMap::new();
         for n in nodes_v.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -127,7 +134,6 @@ impl BlockGraph {
                 by_file.entry(file.as_str()).or_insert(name.as_str());
             }
         }
-        let block_v = qmp.execute(Cmd::QueryBlock, json!({}))?;
         let mut devices = Vec::new();
         for b in block_v.as_array().map(Vec::as_slice).unwrap_or_default() {
             let qdev = b.get("qdev").and_then(Value::as_str).unwrap_or_default();
@@ -158,11 +164,11 @@ impl BlockGraph {
                 chain,
             });
         }
-        Ok(BlockGraph {
+        BlockGraph {
             devices,
             nodes,
             bitmaps,
-        })
+        }
     }
 
     /// The format node reading the image at `path` (snapjournal's name for

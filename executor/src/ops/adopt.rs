@@ -121,7 +121,12 @@ impl Executor {
                 .iter()
                 .map(|(n, x)| (format!("libvirt checkpoint {n}"), x.clone()))
                 .collect();
-            let (c, report) = self.plan_checkpoint_redefine(&dom, &items)?;
+            // A running domain's bitmaps are in QEMU, not yet in the files.
+            let live = match lv.live_xml {
+                Some(_) => Some(self.libvirt().block_graph(uri, name).map_err(refused)?),
+                None => None,
+            };
+            let (c, report) = self.plan_checkpoint_redefine_with(&dom, &items, live.as_ref(), true)?;
             changes.extend(c);
             checkpoints = report.defined;
         }
@@ -169,16 +174,6 @@ impl Executor {
         if let Some(uri) = self.libvirt_uri(domain)? {
             return Err(ExecError::Invalid(format!(
                 "domain {domain} runs under libvirt at {uri}, which starts and stops its QEMU: `virsh -c {uri} {verb} {domain}`"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Refuses `what` on a domain libvirt runs while it is running.
-    pub(crate) fn refuse_running_libvirt(&self, domain: &str, what: &str) -> Result<()> {
-        if let Some((uri, true)) = self.libvirt_state(domain)? {
-            return Err(ExecError::Invalid(format!(
-                "domain {domain} runs under libvirt at {uri}: snapjournal does not yet take {what} of it while it runs; shut it down first"
             )));
         }
         Ok(())

@@ -23,6 +23,7 @@ use crate::error::{ExecError, Result};
 use crate::live::graph::BlockGraph;
 use crate::names::validate_name;
 use crate::xml::domain::domain_element_text;
+use crate::xml::tree::escape;
 
 /// A checkpoint-create request.
 #[derive(Debug, Clone, Default)]
@@ -224,7 +225,9 @@ impl Executor {
         let state = self.journal().state()?;
         let dom = require_defined(&state, &req.domain)?;
         let domain = &req.domain;
-        self.refuse_running_libvirt(domain, "a checkpoint")?;
+        if let Some((uri, true)) = self.libvirt_state(domain)? {
+            return self.checkpoint_create_libvirt(req, dom, &uri);
+        }
         let (record, domain_xml) = new_checkpoint_record(dom, req, &dom.core.xml)?;
         let graph = self.graph_of(dom)?;
         if graph.is_none() {
@@ -310,9 +313,10 @@ impl Executor {
         name: &str,
         metadata_only: bool,
     ) -> Result<CheckpointReport> {
-        if !metadata_only {
-            self.refuse_running_libvirt(domain, "the deletion of a checkpoint (merging its bitmaps)")?;
-        }
+        let libvirt = match self.libvirt_state(domain)? {
+            Some((uri, true)) if !metadata_only => Some(uri),
+            _ => None,
+        };
         let state = self.journal().state()?;
         let dom = require_defined(&state, domain)?;
         let cp = dom
@@ -336,6 +340,9 @@ impl Executor {
                 checkpoint: moved,
                 domain_xml,
             });
+        }
+        if let Some(uri) = &libvirt {
+            return self.checkpoint_delete_libvirt(dom, cp, uri, changes);
         }
         let mut ops = Vec::new();
         let graph = if metadata_only { None } else { self.graph_of(dom)? };
@@ -421,6 +428,170 @@ impl Executor {
         Ok(CheckpointReport {
             txn,
             bitmap_changes: ops.iter().map(BitmapOp::describe).collect(),
+        })
+    }
+
+    /// A checkpoint of a running domain libvirt runs, taken through
+    /// libvirt's checkpoint API (the commit point). libvirt names each
+    /// bitmap after the checkpoint and leaves the older bitmaps recording.
+    fn checkpoint_create_libvirt(
+        &self,
+        req: &CheckpointRequest,
+        dom: &DomainState,
+        uri: &str,
+    ) -> Result<CheckpointReport> {
+        let domain = &req.domain;
+        super::libvirt_ops::check_live_chains(self, dom, uri)?;
+        let (record, domain_xml) = new_checkpoint_record(dom, req, &dom.core.xml)?;
+        let mut xml = format!("<domaincheckpoint>\n  <name>{}</name>\n", escape(&record.name));
+        if let Some(d) = &record.description {
+            xml.push_str(&format!("  <description>{}</description>\n", escape(d)));
+        }
+        xml.push_str("  <disks>\n");
+        let mut covered = Vec::new();
+        for (disk, bitmap) in &record.disks {
+            covered.push((disk.clone(), String::new()));
+            if bitmap.is_empty() {
+                xml.push_str(&format!("    <disk name='{}' checkpoint='no'/>\n", escape(disk)));
+            } else if *bitmap != record.name {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain}, disk {disk}: libvirt names a checkpoint's bitmap after the checkpoint ({}), not {bitmap}",
+                    record.name
+                )));
+            } else {
+                xml.push_str(&format!(
+                    "    <disk name='{}' checkpoint='bitmap' bitmap='{}'/>\n",
+                    escape(disk),
+                    escape(bitmap)
+                ));
+            }
+        }
+        for other in super::libvirt_ops::excluded_disks(dom, &covered) {
+            xml.push_str(&format!(
+                "    <disk name='{}' checkpoint='no'/>\n",
+                escape(&other)
+            ));
+        }
+        xml.push_str("  </disks>\n</domaincheckpoint>\n");
+        let changes: Vec<String> = record
+            .bitmaps()
+            .map(|(d, b)| format!("add bitmap {b} (recording) on disk {d} through libvirt"))
+            .collect();
+        let plan = Plan {
+            steps: vec![
+                Step::LibvirtCheckpoint {
+                    domain: domain.clone(),
+                    uri: uri.to_string(),
+                    name: record.name.clone(),
+                    xml,
+                },
+                Step::SyncXml {
+                    domain: domain.clone(),
+                },
+            ],
+            commit_index: 1,
+            changes: vec![StateChange::CheckpointRecorded {
+                domain: domain.clone(),
+                checkpoint: record,
+                domain_xml,
+            }],
+        };
+        let txn = self.run(
+            Intent::CheckpointCreate {
+                domain: domain.clone(),
+                checkpoint: req.name.clone(),
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(CheckpointReport {
+            txn,
+            bitmap_changes: changes,
+        })
+    }
+
+    /// Deletes a checkpoint of a running domain libvirt runs through
+    /// libvirt, which removes its bitmaps without merging them: allowed
+    /// only where the nearest older checkpoint's bitmap on each disk still
+    /// records (it then holds every change the deleted one held, as
+    /// libvirt's own checkpoints do); otherwise refused.
+    fn checkpoint_delete_libvirt(
+        &self,
+        dom: &DomainState,
+        cp: &CheckpointRecord,
+        uri: &str,
+        changes: Vec<StateChange>,
+    ) -> Result<CheckpointReport> {
+        let domain = &dom.core.name;
+        let name = &cp.name;
+        if dom
+            .core
+            .disks
+            .keys()
+            .any(|t| !matches!(self.libvirt().job(uri, domain, t), Ok(None)))
+        {
+            return Err(ExecError::Invalid(format!(
+                "domain {domain}: a block job runs in libvirt; delete checkpoint {name} once it ended"
+            )));
+        }
+        let graph = self
+            .libvirt()
+            .block_graph(uri, domain)
+            .map_err(|e| ExecError::Invalid(e.to_string()))?;
+        for (disk, _) in cp.bitmaps() {
+            let Some(ancestor) = dom
+                .checkpoint_ancestor_on(name, disk)
+                .and_then(|a| a.bitmap_on(disk))
+            else {
+                continue;
+            };
+            let chain = dom
+                .core
+                .disks
+                .get(disk)
+                .map(|d| d.chain.as_slice())
+                .unwrap_or_default();
+            let recording = chain.iter().any(|img| {
+                graph
+                    .format_node_of(&img.path)
+                    .and_then(|n| graph.bitmaps.get(n))
+                    .is_some_and(|l| l.iter().any(|b| b.name == ancestor && b.recording))
+            });
+            if !recording {
+                return Err(ExecError::Invalid(format!(
+                    "domain {domain}, disk {disk}: deleting checkpoint {name} means merging its bitmap into {ancestor}'s, which no longer records; libvirt cannot merge bitmaps of a running domain: shut it down to delete the checkpoint (or use --metadata-only)"
+                )));
+            }
+        }
+        let plan = Plan {
+            steps: vec![
+                Step::LibvirtCheckpointDelete {
+                    domain: domain.clone(),
+                    uri: uri.to_string(),
+                    name: name.clone(),
+                },
+                Step::SyncXml {
+                    domain: domain.clone(),
+                },
+            ],
+            commit_index: 0,
+            changes,
+        };
+        let txn = self.run(
+            Intent::CheckpointDelete {
+                domain: domain.clone(),
+                checkpoint: name.clone(),
+                metadata_only: false,
+            },
+            plan,
+            Some(dom),
+        )?;
+        Ok(CheckpointReport {
+            txn,
+            bitmap_changes: cp
+                .bitmaps()
+                .map(|(d, b)| format!("remove bitmap {b} on disk {d} through libvirt"))
+                .collect(),
         })
     }
 }

@@ -119,6 +119,36 @@ impl Executor {
         dom: &DomainState,
         items: &[(String, String)],
     ) -> Result<(Vec<StateChange>, RedefineReport)> {
+        // A domain libvirt runs: its checkpoints all record (libvirt's
+        // way), and while it runs its bitmaps are read from QEMU.
+        let (live, all_may_record) = match self.libvirt_state(&dom.core.name)? {
+            Some((uri, active)) => (
+                if active {
+                    Some(
+                        self.libvirt()
+                            .block_graph(&uri, &dom.core.name)
+                            .map_err(|e| ExecError::Invalid(e.to_string()))?,
+                    )
+                } else {
+                    None
+                },
+                true,
+            ),
+            None => (None, false),
+        };
+        self.plan_checkpoint_redefine_with(dom, items, live.as_ref(), all_may_record)
+    }
+
+    /// [`Executor::plan_checkpoint_redefine`] with the bitmaps of a running
+    /// QEMU (`live`: read there, not from the files) and libvirt's rule
+    /// that older checkpoints' bitmaps may record too (`all_may_record`).
+    pub(crate) fn plan_checkpoint_redefine_with(
+        &self,
+        dom: &DomainState,
+        items: &[(String, String)],
+        live: Option<&crate::live::graph::BlockGraph>,
+        all_may_record: bool,
+    ) -> Result<(Vec<StateChange>, RedefineReport)> {
         let domain = &dom.core.name;
         let mut incoming: BTreeMap<String, Incoming> = BTreeMap::new();
         for (origin, xml) in items {
@@ -212,6 +242,18 @@ impl Executor {
         // Every bitmap a new checkpoint names is in an image of the disk's
         // present chain (each image read once).
         let mut in_image: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+        if let Some(g) = live {
+            for disk in dom.core.disks.values() {
+                for image in &disk.chain {
+                    let list = g
+                        .format_node_of(&image.path)
+                        .and_then(|n| g.bitmaps.get(n))
+                        .map(|l| l.iter().map(|b| (b.name.clone(), b.recording)).collect())
+                        .unwrap_or_default();
+                    in_image.insert(image.path.clone(), list);
+                }
+            }
+        }
         for (
             name,
             Incoming {
@@ -252,7 +294,7 @@ impl Executor {
                 }
             }
         }
-        self.check_recording_bitmaps(dom, &incoming, &unchanged)?;
+        self.check_recording_bitmaps(dom, &incoming, &unchanged, &in_image, all_may_record)?;
         let defined: Vec<String> = incoming
             .keys()
             .filter(|n| !unchanged.contains(n))
@@ -287,6 +329,8 @@ impl Executor {
         dom: &DomainState,
         incoming: &BTreeMap<String, Incoming>,
         unchanged: &[String],
+        read: &BTreeMap<String, Vec<(String, bool)>>,
+        all_may_record: bool,
     ) -> Result<()> {
         let new: Vec<&Incoming> = incoming
             .iter()
@@ -308,10 +352,20 @@ impl Executor {
             let Some(active) = disk.chain.first().filter(|a| a.format == "qcow2") else {
                 continue;
             };
-            let present = self
-                .images()
-                .bitmaps(&active.path)
-                .map_err(|e| ExecError::Invalid(format!("domain {domain}, disk {}: {e}", disk.target)))?;
+            let present: Vec<crate::images::BitmapInfo> = match read.get(&active.path) {
+                Some(l) => l
+                    .iter()
+                    .map(|(name, enabled)| crate::images::BitmapInfo {
+                        name: name.clone(),
+                        enabled: *enabled,
+                        in_use: false,
+                    })
+                    .collect(),
+                None => self
+                    .images()
+                    .bitmaps(&active.path)
+                    .map_err(|e| ExecError::Invalid(format!("domain {domain}, disk {}: {e}", disk.target)))?,
+            };
             let newest = after.newest_checkpoint(Some(&disk.target));
             for c in after.checkpoints.values() {
                 let Some(b) = c.bitmap_on(&disk.target) else {
@@ -324,7 +378,7 @@ impl Executor {
                     .map(|i| format!("{}: ", i.origin))
                     .unwrap_or_default();
                 match (is_newest, here) {
-                    (false, Some(x)) if x.enabled => {
+                    (false, Some(x)) if x.enabled && !all_may_record => {
                         return Err(ExecError::Invalid(format!(
                             "{origin}checkpoint {}, disk {}: bitmap {b} in {} records writes although the newer checkpoint {} does; snapjournal keeps only the newest checkpoint's bitmap recording (libvirt keeps them all enabled). Disable it first, with the domain stopped: qemu-img bitmap --disable {} {b}",
                             c.name,

@@ -212,9 +212,11 @@ impl Executor {
             overlays.push((disk.target.clone(), path));
         }
         if let Some(uri) = &libvirt {
-            if !bitmap_ops.is_empty() {
+            // libvirt carries the recording bitmaps into the overlays
+            // itself; a checkpoint in the same transaction it cannot take.
+            if req.checkpoint.is_some() {
                 return Err(ExecError::Invalid(format!(
-                    "domain {domain} runs under libvirt and has checkpoints (or one was asked for): snapjournal does not yet carry bitmaps through libvirt's snapshot; shut the domain down for this snapshot"
+                    "domain {domain} runs under libvirt, whose snapshot cannot take a checkpoint in the same step; take the snapshot, then `checkpoint create`"
                 )));
             }
             let excluded = super::libvirt_ops::excluded_disks(dom, &overlays);

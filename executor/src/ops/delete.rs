@@ -330,11 +330,6 @@ impl Executor {
         };
         if let Some(uri) = &libvirt {
             super::libvirt_ops::check_live_chains(self, dom, uri)?;
-            if !req.children && !dom.checkpoints.is_empty() {
-                return Err(ExecError::Invalid(format!(
-                    "domain {domain} runs under libvirt and has checkpoints: snapjournal does not yet carry bitmaps through libvirt's block jobs; shut the domain down for this delete (or delete with --metadata-only)"
-                )));
-            }
         }
         let mut changes = Vec::new();
         let mut steps = Vec::new();
@@ -357,7 +352,8 @@ impl Executor {
             // track changes (reading them costs a qemu-img call per image).
             // A running QEMU's images are carried through QMP instead
             // (`live_merge_steps`): the files do not show what it holds.
-            let running_images: BTreeSet<&str> = if dom.core.runtime.is_some() {
+            // libvirt carries the bitmaps through its own block commits.
+            let running_images: BTreeSet<&str> = if dom.core.runtime.is_some() || libvirt.is_some() {
                 dom.core
                     .disks
                     .values()

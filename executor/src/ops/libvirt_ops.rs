@@ -118,6 +118,11 @@ pub(crate) fn merge_steps(
                             "domain {name}, disk {disk}: this delete pulls data into {image}, an image below the active one, which libvirt cannot do on a running domain (it pulls only into the active image); shut the domain down for this delete, or delete with --metadata-only"
                         )));
                     }
+                    if !dom.checkpoints.is_empty() {
+                        return Err(ExecError::Invalid(format!(
+                            "domain {name}, disk {disk}: this delete pulls data into the active image {image} of a domain with checkpoints; snapjournal does not carry bitmaps through libvirt's block pull: shut the domain down for this delete, or delete with --metadata-only"
+                        )));
+                    }
                     let chain = chain_of(disk);
                     let (Some(top_img), Some(dropped)) = (chain.first(), chain.get(1)) else {
                         return Err(ExecError::Invalid(format!(

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use journal::{DomainState, LibvirtMerge};
 
 use crate::libvirt::project::{Drift, Projection};
-use crate::libvirt::LibvirtError;
+use crate::libvirt::{checkpoints, LibvirtError};
 use crate::live::JobProgress;
 use crate::xml::checkpoint::render_checkpoint;
 
@@ -166,6 +166,16 @@ impl World<'_> {
                     self.offline_merge_done(&as_offline(merge))
                 }
             }
+            Step::LibvirtCheckpoint {
+                domain, uri, name, ..
+            } => {
+                let d = self.libvirt.domain(uri, domain).map_err(lv_err)?;
+                checkpoints::exists(uri, domain, &d, name).map_err(lv_err)
+            }
+            Step::LibvirtCheckpointDelete { domain, uri, name } => {
+                let d = self.libvirt.domain(uri, domain).map_err(lv_err)?;
+                Ok(!checkpoints::exists(uri, domain, &d, name).map_err(lv_err)?)
+            }
             other => Err(not_in_family(other, "libvirt")),
         }
     }
@@ -224,6 +234,35 @@ impl World<'_> {
                     }
                 }
             }
+            Step::LibvirtCheckpoint {
+                domain,
+                uri,
+                name,
+                xml,
+            } => {
+                let d = self.libvirt.domain(uri, domain).map_err(lv_err)?;
+                if !checkpoints::exists(uri, domain, &d, name).map_err(lv_err)? {
+                    if !self.libvirt.is_active(uri, domain).map_err(lv_err)? {
+                        return Err(ExecError::Live(format!(
+                            "domain {domain} stopped running before checkpoint {name} was taken through libvirt"
+                        )));
+                    }
+                    crash_point("libvirt.checkpoint.before");
+                    checkpoints::create(uri, domain, &d, name, xml).map_err(lv_err)?;
+                }
+                Ok(())
+            }
+            Step::LibvirtCheckpointDelete { domain, uri, name } => {
+                if !self.libvirt.is_active(uri, domain).map_err(lv_err)? {
+                    // Shut off, libvirt cannot remove bitmaps: only the
+                    // metadata goes (the bitmap stays in the image, named
+                    // by no checkpoint; fsck ignores such bitmaps).
+                    let d = self.libvirt.domain(uri, domain).map_err(lv_err)?;
+                    return checkpoints::forget(uri, domain, &d, name).map_err(lv_err);
+                }
+                let d = self.libvirt.domain(uri, domain).map_err(lv_err)?;
+                checkpoints::delete(uri, domain, &d, name).map_err(lv_err)
+            }
             other => Err(not_in_family(other, "libvirt")),
         }
     }
@@ -248,6 +287,16 @@ impl World<'_> {
                     )));
                 }
                 Ok(())
+            }
+            Step::LibvirtCheckpoint {
+                domain, uri, name, ..
+            } => {
+                let d = self.libvirt.domain(uri, domain).map_err(lv_err)?;
+                if self.libvirt.is_active(uri, domain).map_err(lv_err)? {
+                    checkpoints::delete(uri, domain, &d, name).map_err(lv_err)
+                } else {
+                    checkpoints::forget(uri, domain, &d, name).map_err(lv_err)
+                }
             }
             other => Err(cannot_undo(other)),
         }

@@ -88,7 +88,10 @@ fn family(step: &Step) -> Family {
         | Step::BlockJob { .. }
         | Step::BlockdevDel { .. } => Family::Block,
         Step::LaunchQemu { .. } | Step::ResumeGuest { .. } | Step::StopQemu { .. } => Family::Process,
-        Step::LibvirtSnapshot { .. } | Step::LibvirtBlockJob { .. } => Family::Libvirt,
+        Step::LibvirtSnapshot { .. }
+        | Step::LibvirtBlockJob { .. }
+        | Step::LibvirtCheckpoint { .. }
+        | Step::LibvirtCheckpointDelete { .. } => Family::Libvirt,
     }
 }
 

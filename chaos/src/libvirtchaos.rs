@@ -355,7 +355,15 @@ fn judge_case(op: LvOp, disks: usize, running: bool, kill: Kill, crash_at: u64) 
 /// parallel), then those inside libvirt calls (points named `libvirt.*`
 /// and the steps around them) with libvirtd or QEMU killed too (libvirtd
 /// cases one at a time: the daemon is shared).
-pub fn run(ops: &[LvOp], disks: usize, running: &[bool], jobs: usize, kills: &[Kill]) -> Result<Vec<Case>> {
+/// `only`: just that crash point (reproduction).
+pub fn run(
+    ops: &[LvOp],
+    disks: usize,
+    running: &[bool],
+    jobs: usize,
+    kills: &[Kill],
+    only: Option<u64>,
+) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for &live in running {
         for &op in ops {
@@ -376,6 +384,7 @@ pub fn run(ops: &[LvOp], disks: usize, running: &[bool], jobs: usize, kills: &[K
                     .filter(|(_, p)| {
                         kill == Kill::Agent || (live && (p.starts_with("libvirt.") || p.starts_with("step.")))
                     })
+                    .filter(|(n, _)| only.is_none_or(|o| o == *n))
                     .collect();
                 let par = if kill == Kill::Libvirtd { 1 } else { jobs };
                 let label = case_name(op, live, kill);

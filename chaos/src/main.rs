@@ -107,6 +107,15 @@ struct Args {
     /// Leave out the libvirt backend's sample (bounded mode).
     #[arg(long)]
     no_libvirt: bool,
+    /// Libvirt mode: only the running domain's cases.
+    #[arg(long)]
+    libvirt_live: bool,
+    /// Libvirt mode: only the shut-off domain's cases.
+    #[arg(long, conflicts_with = "libvirt_live")]
+    libvirt_offline: bool,
+    /// Libvirt mode: only this kind of kill (agent, libvirtd, qemu).
+    #[arg(long)]
+    libvirt_kill: Option<String>,
 }
 
 struct Job {
@@ -341,17 +350,35 @@ fn main() -> Result<()> {
                 anyhow::bail!("no libvirt operation matches --libvirt-op {:?}", args.libvirt_ops);
             }
         }
-        let running: &[bool] = if all { &[true, false] } else { &[true] };
-        let kills: &[Kill] = if all {
+        let running: &[bool] = if args.libvirt_offline {
+            &[false]
+        } else if args.libvirt_live || !all {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        let kills: &[Kill] = if let Some(k) = &args.libvirt_kill {
+            match k.as_str() {
+                "agent" => &[Kill::Agent],
+                "libvirtd" => &[Kill::Libvirtd],
+                "qemu" => &[Kill::Qemu],
+                other => anyhow::bail!("--libvirt-kill {other}: agent, libvirtd or qemu"),
+            }
+        } else if all {
             &[Kill::Agent, Kill::Libvirtd, Kill::Qemu]
         } else {
             &[Kill::Agent, Kill::Libvirtd]
         };
         let d = if args.disks.is_empty() { 2 } else { args.disks[0] };
         eprintln!("running the libvirt backend's crash cases");
-        report
-            .cases
-            .extend(chaos::libvirtchaos::run(&lv_ops, d, running, args.jobs, kills)?);
+        report.cases.extend(chaos::libvirtchaos::run(
+            &lv_ops,
+            d,
+            running,
+            args.jobs,
+            kills,
+            args.crash_at,
+        )?);
     }
 
     let mut jobs = Vec::new();

@@ -157,6 +157,7 @@ impl Libvirt {
         let d = self.domain(uri, name)?;
         let mut started = false;
         let mut gone_once = false;
+        let mut not_ready = 0u32;
         loop {
             match self.job(uri, name, disk)? {
                 Some(j) => {
@@ -183,6 +184,13 @@ impl Libvirt {
                             );
                             if self.merge_done(uri, name, disk, merge)? {
                                 return Ok(());
+                            }
+                            // libvirt reports the copy done a moment before
+                            // its job state turns ready: asked again.
+                            if e.code as u32 == virt_sys::VIR_ERR_BLOCK_COPY_ACTIVE && not_ready < 500 {
+                                not_ready += 1;
+                                std::thread::sleep(POLL);
+                                continue;
                             }
                             return Err(e);
                         }

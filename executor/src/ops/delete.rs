@@ -10,7 +10,7 @@ use journal::{
 };
 
 use super::{
-    check_world_chains, collect_garbage, device_chains, live_graph, replace_image, require_defined, simulate,
+    check_world_chains, collect_garbage, device_chains, live_graph, replace_image, require_defined,
     world_chain,
 };
 use crate::engine::Executor;
@@ -344,7 +344,13 @@ impl Executor {
         }
         if !req.metadata_only && !req.children {
             let graph = self.image_graph(dom)?;
-            let mut working: State = state.clone();
+            // The domain as the merges planned so far change it (only this
+            // domain: planning never copies the rest of the state).
+            let mut working = State {
+                domains: std::iter::once((domain.clone(), dom.clone())).collect(),
+                images: Default::default(),
+            };
+            let mut touched = BTreeSet::new();
             // The snapshots' historic definitions, as the merges planned so
             // far rewrite them.
             let mut historic = self.journal().snapshot_domain_xmls(domain)?;
@@ -410,11 +416,6 @@ impl Executor {
                 }
                 let top_bytes = self.images().allocated_bytes(&top, "qcow2")?;
                 let base_bytes = self.images().allocated_bytes(&frozen.path, &frozen.format)?;
-                let dom_now = working
-                    .domains
-                    .get(domain)
-                    .cloned()
-                    .unwrap_or_else(|| dom.clone());
                 let commit = owned_base && top_bytes <= base_bytes;
                 // libvirt pulls only into a disk's active image: with the
                 // base the user's, the chain stays as it is on this disk.
@@ -454,8 +455,13 @@ impl Executor {
                     if tracked_offline(&top, &frozen.path) {
                         steps.extend(self.carry_bitmaps(domain, &sd.disk, &top, &frozen.path, true)?);
                     }
-                    let c = replace_image(&dom_now, &mut historic, &top, frozen)?;
-                    working = simulate(&working, &c);
+                    let c = replace_image(
+                        working.domains.get(domain).unwrap_or(dom),
+                        &mut historic,
+                        &top,
+                        frozen,
+                    )?;
+                    c.iter().for_each(|x| working.apply(x, &mut touched));
                     changes.extend(c);
                     merges.push(MergeChoice::Commit {
                         disk: sd.disk.clone(),
@@ -505,12 +511,12 @@ impl Executor {
                         steps.extend(self.carry_bitmaps(domain, &sd.disk, &frozen.path, &top, false)?);
                     }
                     let c = replace_image(
-                        &dom_now,
+                        working.domains.get(domain).unwrap_or(dom),
                         &mut historic,
                         &frozen.path,
                         &ChainImage::qcow2(top.clone()),
                     )?;
-                    working = simulate(&working, &c);
+                    c.iter().for_each(|x| working.apply(x, &mut touched));
                     changes.extend(c);
                     merges.push(MergeChoice::Pull {
                         disk: sd.disk.clone(),

@@ -122,6 +122,14 @@ impl Report {
                         "  reproduce: snapjournal-chaos --mode live-random with the same --seed and --live-op, --cases {} (this is its last case)\n",
                         c.crash_at
                     ));
+                } else if let Some(rest) = c.op.strip_prefix("libvirt-") {
+                    // libvirt-{live|offline}-{op}[+libvirtd|+qemu]
+                    let (side, rest) = rest.split_once('-').unwrap_or(("live", rest));
+                    let (op, kill) = rest.split_once('+').unwrap_or((rest, "agent"));
+                    out.push_str(&format!(
+                        "  reproduce: snapjournal-chaos --mode libvirt --libvirt-op {op} --libvirt-{side} --libvirt-kill {kill} --disks {} --crash-at {}\n",
+                        c.disks, c.crash_at
+                    ));
                 } else if c.op.starts_with("live-") {
                     // Live cases are run per operation, every crash point.
                     let op = c.op.trim_end_matches("+qemu-killed");

@@ -122,13 +122,17 @@ impl Libvirt {
         // again (~20 ms in libvirtd) is skipped when they agree.
         let sources_agree = || -> LvResult<bool> {
             let inactive = self.xml(uri, name, true)?;
-            let view = disks(&format!("persistent definition of {name}"), &inactive)
-                .map_err(|e| LibvirtError::new(uri, Some(name), "read the persistent definition", e.to_string()))?;
-            Ok(p.active.iter().all(|(d, img)| view.get(d).and_then(|v| v.active()) == Some(img.as_str())))
+            let view = disks(&format!("persistent definition of {name}"), &inactive).map_err(|e| {
+                LibvirtError::new(uri, Some(name), "read the persistent definition", e.to_string())
+            })?;
+            Ok(p.active
+                .iter()
+                .all(|(d, img)| view.get(d).and_then(|v| v.active()) == Some(img.as_str())))
         };
         if p.touched.is_none() || !sources_agree()? {
-            c.define_domain_xml(&p.domain_xml)
-                .map_err(|e| LibvirtError::from_virt(uri, Some(name), "define the domain from the journal", e))?;
+            c.define_domain_xml(&p.domain_xml).map_err(|e| {
+                LibvirtError::from_virt(uri, Some(name), "define the domain from the journal", e)
+            })?;
         }
         let d = self.domain(uri, name)?;
         // Snapshots: the ones the journal lacks go (metadata only), the

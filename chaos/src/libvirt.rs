@@ -192,7 +192,17 @@ impl LibvirtFixture {
 
     /// The snapshot names libvirt lists.
     pub fn libvirt_snapshots(&self) -> Result<Vec<String>> {
-        let mut v: Vec<String> = virsh(&["snapshot-list", &self.domain, "--name"])?
+        self.names("snapshot-list")
+    }
+
+    /// The checkpoint names libvirt lists.
+    pub fn libvirt_checkpoints(&self) -> Result<Vec<String>> {
+        self.names("checkpoint-list")
+    }
+
+    /// The names `virsh LIST DOMAIN --name` prints, sorted.
+    fn names(&self, list: &str) -> Result<Vec<String>> {
+        let mut v: Vec<String> = virsh(&[list, &self.domain, "--name"])?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())

@@ -238,19 +238,6 @@ fn a_crash_after_libvirt_switched_the_disks_rolls_forward() {
     assert_agree(&f, &["s1"], Some("s1"));
 }
 
-/// libvirt's checkpoint names.
-fn libvirt_checkpoints(f: &LibvirtFixture) -> Vec<String> {
-    let mut v: Vec<String> = virsh(&["checkpoint-list", &f.domain, "--name"])
-        .unwrap()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    v.sort();
-    v
-}
-
 /// The dirty bytes QEMU counts in bitmap `name`, summed over the images
 /// of the chain that hold one (a snapshot starts the bitmap anew in the
 /// overlay; the changes since the checkpoint are the union along the
@@ -287,7 +274,7 @@ fn checkpoints_of_a_running_libvirt_domain_go_through_libvirt() {
     assert_eq!(r["checkpoints"], serde_json::json!(["c1"]), "{r}");
     f.ok(&["fsck"]).unwrap();
     f.ok(&["checkpoint", "create", &f.domain, "c2"]).unwrap();
-    assert_eq!(libvirt_checkpoints(&f), vec!["c1", "c2"]);
+    assert_eq!(f.libvirt_checkpoints().unwrap(), vec!["c1", "c2"]);
     f.guest_write(B, 1).unwrap();
     assert_eq!(dirty_bytes(&f, "c2"), REGION);
     f.ok(&["fsck"]).unwrap();
@@ -309,7 +296,7 @@ fn checkpoints_of_a_running_libvirt_domain_go_through_libvirt() {
     assert!(dirty_bytes(&f, "c1") >= 3 * REGION, "c1 lost the writes after it");
     // c2 goes: c1 still records everything it held.
     f.ok(&["checkpoint", "delete", &f.domain, "c2"]).unwrap();
-    assert_eq!(libvirt_checkpoints(&f), vec!["c1"]);
+    assert_eq!(f.libvirt_checkpoints().unwrap(), vec!["c1"]);
     f.ok(&["fsck"]).unwrap();
     assert_agree(&f, &["s1"], Some("s1"));
 }

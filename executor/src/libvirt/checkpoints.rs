@@ -83,46 +83,51 @@ pub fn redefine(uri: &str, name: &str, d: &Domain, cp: &str, xml: &str) -> LvRes
     Ok(())
 }
 
-/// Removes checkpoint `cp`'s metadata only (its bitmaps stay: the journal
-/// manages them); nothing to do when libvirt has no such checkpoint.
-pub fn forget(uri: &str, name: &str, d: &Domain, cp: &str) -> LvResult<()> {
-    let what = format!("remove the metadata of checkpoint {cp}");
-    let c = cstring(uri, name, &what, cp)?;
+/// Checkpoint `cp` of `d` (`None`: libvirt has no such checkpoint).
+fn lookup(uri: &str, name: &str, d: &Domain, cp: &str, what: &str) -> LvResult<Option<Handle>> {
+    let c = cstring(uri, name, what, cp)?;
     // SAFETY: live handle, NUL-terminated name.
     let h = unsafe { virt_sys::virDomainCheckpointLookupByName(d.as_ptr(), c.as_ptr(), 0) };
-    if h.is_null() {
-        let e = LibvirtError::last(uri, Some(name), what);
-        if e.code as u32 == virt_sys::VIR_ERR_NO_DOMAIN_CHECKPOINT {
-            return Ok(());
-        }
-        return Err(e);
+    if !h.is_null() {
+        return Ok(Some(Handle(h)));
     }
-    let h = Handle(h);
-    // SAFETY: live checkpoint handle.
-    let r = unsafe {
-        virt_sys::virDomainCheckpointDelete(h.0, virt_sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    let e = LibvirtError::last(uri, Some(name), what);
+    if e.code as u32 == virt_sys::VIR_ERR_NO_DOMAIN_CHECKPOINT {
+        return Ok(None);
+    }
+    Err(e)
+}
+
+/// `virDomainCheckpointDelete` with `flags` on checkpoint `cp`, when
+/// libvirt has it.
+fn remove(uri: &str, name: &str, d: &Domain, cp: &str, what: &str, flags: u32) -> LvResult<()> {
+    let Some(h) = lookup(uri, name, d, cp, what)? else {
+        return Ok(());
     };
-    if r < 0 {
+    // SAFETY: live checkpoint handle.
+    if unsafe { virt_sys::virDomainCheckpointDelete(h.0, flags) } < 0 {
         return Err(LibvirtError::last(uri, Some(name), what));
     }
     Ok(())
 }
 
+/// Removes checkpoint `cp`'s metadata only (its bitmaps stay: the journal
+/// manages them); nothing to do when libvirt has no such checkpoint.
+pub fn forget(uri: &str, name: &str, d: &Domain, cp: &str) -> LvResult<()> {
+    let what = format!("remove the metadata of checkpoint {cp}");
+    remove(
+        uri,
+        name,
+        d,
+        cp,
+        &what,
+        virt_sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY,
+    )
+}
+
 /// Whether libvirt lists checkpoint `cp` of `d`.
 pub fn exists(uri: &str, name: &str, d: &Domain, cp: &str) -> LvResult<bool> {
-    let what = format!("look up checkpoint {cp}");
-    let c = cstring(uri, name, &what, cp)?;
-    // SAFETY: live handle, NUL-terminated name.
-    let h = unsafe { virt_sys::virDomainCheckpointLookupByName(d.as_ptr(), c.as_ptr(), 0) };
-    if h.is_null() {
-        let e = LibvirtError::last(uri, Some(name), what);
-        if e.code as u32 == virt_sys::VIR_ERR_NO_DOMAIN_CHECKPOINT {
-            return Ok(false);
-        }
-        return Err(e);
-    }
-    drop(Handle(h));
-    Ok(true)
+    Ok(lookup(uri, name, d, cp, &format!("look up checkpoint {cp}"))?.is_some())
 }
 
 /// Takes checkpoint `cp` from `xml` (libvirt adds its bitmaps to the
@@ -142,21 +147,5 @@ pub fn create(uri: &str, name: &str, d: &Domain, cp: &str, xml: &str) -> LvResul
 /// Deletes checkpoint `cp` with its bitmaps (a running domain); nothing to
 /// do when libvirt has no such checkpoint.
 pub fn delete(uri: &str, name: &str, d: &Domain, cp: &str) -> LvResult<()> {
-    let what = format!("delete checkpoint {cp}");
-    let c = cstring(uri, name, &what, cp)?;
-    // SAFETY: live handle, NUL-terminated name.
-    let h = unsafe { virt_sys::virDomainCheckpointLookupByName(d.as_ptr(), c.as_ptr(), 0) };
-    if h.is_null() {
-        let e = LibvirtError::last(uri, Some(name), what);
-        if e.code as u32 == virt_sys::VIR_ERR_NO_DOMAIN_CHECKPOINT {
-            return Ok(());
-        }
-        return Err(e);
-    }
-    let h = Handle(h);
-    // SAFETY: live checkpoint handle.
-    if unsafe { virt_sys::virDomainCheckpointDelete(h.0, 0) } < 0 {
-        return Err(LibvirtError::last(uri, Some(name), what));
-    }
-    Ok(())
+    remove(uri, name, d, cp, &format!("delete checkpoint {cp}"), 0)
 }

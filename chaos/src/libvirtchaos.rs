@@ -166,10 +166,21 @@ pub fn kill_and_restart_libvirtd() -> Result<()> {
         .context("libvirtd's pidfile")?;
     // SAFETY: kill(2) on the daemon's pid.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Gone, or a zombie (a libvirtd this suite restarted is its child
+    // until reaped): either way it no longer serves.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+    while alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Reap it if it is ours.
+    // SAFETY: waitpid(2) with WNOHANG on a pid; harmless if not our child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     let _ = std::fs::remove_file(&pidfile);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -355,7 +366,8 @@ fn judge_case(op: LvOp, disks: usize, running: bool, kill: Kill, crash_at: u64) 
 /// parallel), then those inside libvirt calls (points named `libvirt.*`
 /// and the steps around them) with libvirtd or QEMU killed too (libvirtd
 /// cases one at a time: the daemon is shared).
-/// `only`: just that crash point (reproduction).
+/// `only`: just that crash point (reproduction); `wide`: libvirtd and
+/// QEMU are killed at the `step.*` points too, not only at `libvirt.*`.
 pub fn run(
     ops: &[LvOp],
     disks: usize,
@@ -363,6 +375,7 @@ pub fn run(
     jobs: usize,
     kills: &[Kill],
     only: Option<u64>,
+    wide: bool,
 ) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for &live in running {
@@ -382,7 +395,8 @@ pub fn run(
                     .enumerate()
                     .map(|(i, p)| (i as u64 + 1, p.clone()))
                     .filter(|(_, p)| {
-                        kill == Kill::Agent || (live && (p.starts_with("libvirt.") || p.starts_with("step.")))
+                        kill == Kill::Agent
+                            || (live && (p.starts_with("libvirt.") || (wide && p.starts_with("step."))))
                     })
                     .filter(|(n, _)| only.is_none_or(|o| o == *n))
                     .collect();

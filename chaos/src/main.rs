@@ -378,6 +378,7 @@ fn main() -> Result<()> {
             args.jobs,
             kills,
             args.crash_at,
+            all,
         )?);
     }
 

@@ -300,3 +300,29 @@ fn checkpoints_of_a_running_libvirt_domain_go_through_libvirt() {
     f.ok(&["fsck"]).unwrap();
     assert_agree(&f, &["s1"], Some("s1"));
 }
+
+#[test]
+fn checkpoints_of_a_shut_off_libvirt_domain_and_internal_snapshots() {
+    let f = LibvirtFixture::new(1, false).unwrap();
+    f.ok(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    f.ok(&["checkpoint", "create", &f.domain, "c1"]).unwrap();
+    write_pattern(&journal_chain(&f, "vda")[0], A, 0).unwrap();
+    f.ok(&["checkpoint", "create", &f.domain, "c2"]).unwrap();
+    assert_eq!(f.libvirt_checkpoints().unwrap(), vec!["c1", "c2"]);
+    f.ok(&["fsck"]).unwrap();
+    f.ok(&["checkpoint", "delete", &f.domain, "c2"]).unwrap();
+    assert_eq!(f.libvirt_checkpoints().unwrap(), vec!["c1"]);
+    f.ok(&["fsck"]).unwrap();
+    // libvirt starts the domain with the bitmap the journal left.
+    virsh(&["start", "--paused", &f.domain]).unwrap();
+    f.ok(&["fsck"]).unwrap();
+    virsh(&["destroy", "--graceful", &f.domain]).unwrap();
+
+    // A domain with an internal snapshot is refused, nothing changed.
+    let g = LibvirtFixture::new(1, false).unwrap();
+    virsh(&["snapshot-create-as", &g.domain, "internal1"]).unwrap();
+    let e = g.fails(&["domain", "adopt", &g.domain, "--libvirt"]).unwrap();
+    assert!(e.contains("internal") && e.contains("nothing was changed"), "{e}");
+    let list = g.ok(&["--json", "domain", "list"]).unwrap();
+    assert!(!list.contains(&g.domain), "{list}");
+}

@@ -182,15 +182,24 @@ pub fn kill_and_restart_libvirtd() -> Result<()> {
     // SAFETY: waitpid(2) with WNOHANG on a pid; harmless if not our child.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     let _ = std::fs::remove_file(&pidfile);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(format!("{pidfile}.log"))?;
-    std::process::Command::new("setsid")
-        .args(["libvirtd", "--pid-file", &pidfile])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    // Started through a shell that exits at once, with this process not a
+    // subreaper meanwhile, so libvirtd ends up init's child, as a daemon
+    // should: as the suite's child (a subreaper), every QEMU it starts
+    // would end as the suite's zombie, and libvirtd then answered slowly.
+    let mut was: libc::c_int = 0;
+    // SAFETY: prctl(2) reading and setting this process's subreaper flag.
+    unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut was as *mut libc::c_int) };
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+    let started = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "setsid libvirtd --pid-file '{pidfile}' >>'{pidfile}.log' 2>&1 < /dev/null &"
+        ))
+        .status();
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, was as libc::c_ulong, 0, 0, 0) };
+    if !started?.success() {
+        bail!("could not start libvirtd again");
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while virsh(&["version"]).is_err() {
         if Instant::now() > deadline {

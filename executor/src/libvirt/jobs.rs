@@ -217,12 +217,50 @@ impl Libvirt {
                             format!("the job ended but {} is still in the disk's chain (the job failed or was cancelled)", merge.folded().path),
                         ));
                     }
-                    self.start_merge(uri, name, &d, disk, merge)?;
+                    if let Err(e) = self.start_merge(uri, name, &d, disk, merge) {
+                        // A libvirtd killed while the job ran, and started
+                        // again, can show the chain as it was while QEMU
+                        // already finished the merge: QEMU then refuses the
+                        // job. libvirt catches up once it has processed the
+                        // job it finds concluded; waited for, never redone.
+                        if e.message.contains("not in this backing file chain") {
+                            return self.wait_caught_up(uri, name, disk, merge, e);
+                        }
+                        return Err(e);
+                    }
                     crash_point("libvirt.job.started");
                     started = true;
                 }
             }
         }
+    }
+
+    /// Waits (up to a minute) until libvirt's view shows `merge` done.
+    fn wait_caught_up(
+        &self,
+        uri: &str,
+        name: &str,
+        disk: &str,
+        merge: &LibvirtMerge,
+        refused: LibvirtError,
+    ) -> LvResult<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if self.merge_done(uri, name, disk, merge)? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(LibvirtError::new(
+            uri,
+            Some(name),
+            format!("merge on disk {disk}"),
+            format!(
+                "QEMU refused the job ({}) while libvirt still lists {} in the disk's chain: libvirt's view is behind QEMU's (was libvirtd restarted?); nothing was redone",
+                refused.message,
+                merge.folded().path
+            ),
+        ))
     }
 
     fn start_merge(

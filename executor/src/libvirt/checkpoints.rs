@@ -37,6 +37,26 @@ fn cstring(uri: &str, dom: &str, what: &str, s: &str) -> LvResult<CString> {
 
 /// Every checkpoint of `d`: (name, XML with its `<domain>`).
 pub fn list(uri: &str, name: &str, d: &Domain) -> LvResult<Vec<(String, String)>> {
+    with_handles(uri, name, d, |cp_name, h| {
+        // SAFETY: a live checkpoint handle; the string is ours to free.
+        let xml = take_string(unsafe { virt_sys::virDomainCheckpointGetXMLDesc(h, 0) })
+            .ok_or_else(|| LibvirtError::last(uri, Some(name), format!("read checkpoint {cp_name}")))?;
+        Ok((cp_name.to_string(), xml))
+    })
+}
+
+/// The names of `d`'s checkpoints (no document read).
+pub fn names(uri: &str, name: &str, d: &Domain) -> LvResult<Vec<String>> {
+    with_handles(uri, name, d, |cp_name, _| Ok(cp_name.to_string()))
+}
+
+/// `f` on (name, handle) of every checkpoint of `d`.
+fn with_handles<T>(
+    uri: &str,
+    name: &str,
+    d: &Domain,
+    mut f: impl FnMut(&str, virt_sys::virDomainCheckpointPtr) -> LvResult<T>,
+) -> LvResult<Vec<T>> {
     let mut arr: *mut virt_sys::virDomainCheckpointPtr = std::ptr::null_mut();
     // SAFETY: `d` is a live handle; libvirt fills `arr` with `n` handles.
     let n = unsafe { virt_sys::virDomainListAllCheckpoints(d.as_ptr(), &mut arr, 0) };
@@ -56,9 +76,7 @@ pub fn list(uri: &str, name: &str, d: &Domain) -> LvResult<Vec<(String, String)>
             return Err(LibvirtError::last(uri, Some(name), "read a checkpoint's name"));
         }
         let cp_name = unsafe { CStr::from_ptr(cp_name) }.to_string_lossy().into_owned();
-        let xml = take_string(unsafe { virt_sys::virDomainCheckpointGetXMLDesc(h.0, 0) })
-            .ok_or_else(|| LibvirtError::last(uri, Some(name), format!("read checkpoint {cp_name}")))?;
-        out.push((cp_name, xml));
+        out.push(f(&cp_name, h.0)?);
     }
     Ok(out)
 }

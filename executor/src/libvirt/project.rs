@@ -17,14 +17,22 @@ pub struct Projection {
     pub domain_xml: String,
     /// (disk, active image) of every managed disk.
     pub active: BTreeMap<String, String>,
-    /// (name, `<domainsnapshot>`), parents first.
-    pub snapshots: Vec<(String, String)>,
+    /// The snapshots' names, parents first (their documents are rendered
+    /// only for those rewritten: [`Moment`]).
+    pub snapshots: Vec<String>,
     pub current: Option<String>,
-    /// (name, `<domaincheckpoint>`), parents first.
-    pub checkpoints: Vec<(String, String)>,
+    /// The checkpoints' names, parents first.
+    pub checkpoints: Vec<String>,
     /// Snapshots and checkpoints whose metadata changed (`None`: any may
     /// have; all are rewritten).
     pub touched: Option<(BTreeSet<String>, BTreeSet<String>)>,
+}
+
+/// A snapshot or checkpoint whose document [`Libvirt::project`] asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum Moment<'a> {
+    Snapshot(&'a str),
+    Checkpoint(&'a str),
 }
 
 /// How libvirt's view differs from the journal's, for fsck and the probe
@@ -82,7 +90,7 @@ impl Libvirt {
             }
         }
         let have = self.snapshot_names(uri, name, &d)?;
-        let want: BTreeSet<String> = p.snapshots.iter().map(|(n, _)| n.clone()).collect();
+        let want: BTreeSet<String> = p.snapshots.iter().cloned().collect();
         for n in have.difference(&want) {
             findings.push(format!("libvirt has snapshot {n}, which the journal does not"));
         }
@@ -99,11 +107,8 @@ impl Libvirt {
                 ));
             }
         }
-        let have: BTreeSet<String> = checkpoints::list(uri, name, &d)?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        let want: BTreeSet<String> = p.checkpoints.iter().map(|(n, _)| n.clone()).collect();
+        let have: BTreeSet<String> = checkpoints::names(uri, name, &d)?.into_iter().collect();
+        let want: BTreeSet<String> = p.checkpoints.iter().cloned().collect();
         for n in have.difference(&want) {
             findings.push(format!("libvirt has checkpoint {n}, which the journal does not"));
         }
@@ -113,8 +118,18 @@ impl Libvirt {
         Ok(Drift { findings })
     }
 
-    /// Makes libvirt's view of domain `name` equal `p`.
-    pub fn project(&self, uri: &str, name: &str, p: &Projection) -> LvResult<()> {
+    /// Makes libvirt's view of domain `name` equal `p`; `render` gives the
+    /// document of a snapshot or checkpoint that must be (re)defined.
+    pub fn project(
+        &self,
+        uri: &str,
+        name: &str,
+        p: &Projection,
+        render: &dyn Fn(Moment) -> Result<String, String>,
+    ) -> LvResult<()> {
+        let rendered = |m: Moment| {
+            render(m).map_err(|e| LibvirtError::new(uri, Some(name), "render a document from the journal", e))
+        };
         let c = self.connect(uri)?;
         // A transaction that did not (re)define the domain changed at most
         // its disk sources, and libvirt's own snapshot already wrote those
@@ -138,7 +153,7 @@ impl Libvirt {
         // Snapshots: the ones the journal lacks go (metadata only), the
         // missing and changed ones are redefined parents first.
         let have = self.snapshot_names(uri, name, &d)?;
-        let want: BTreeSet<&str> = p.snapshots.iter().map(|(n, _)| n.as_str()).collect();
+        let want: BTreeSet<&str> = p.snapshots.iter().map(String::as_str).collect();
         for n in have.iter().filter(|n| !want.contains(n.as_str())) {
             match virt::domain::Domain::lookup_snapshot_by_name(&d, n, 0) {
                 Ok(s) => s
@@ -163,7 +178,7 @@ impl Libvirt {
             }
         }
         let current_now = self.current_name(uri, name, &d)?;
-        for (n, xml) in &p.snapshots {
+        for n in &p.snapshots {
             let is_current = p.current.as_deref() == Some(n.as_str());
             let rewrite = !have.contains(n)
                 || p.touched.as_ref().is_none_or(|(s, _)| s.contains(n))
@@ -175,21 +190,18 @@ impl Libvirt {
             if is_current {
                 flags |= virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
             }
-            d.create_snapshot_xml(xml, flags)
+            d.create_snapshot_xml(&rendered(Moment::Snapshot(n))?, flags)
                 .map_err(|e| LibvirtError::from_virt(uri, Some(name), format!("redefine snapshot {n}"), e))?;
         }
-        let have: BTreeSet<String> = checkpoints::list(uri, name, &d)?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        let want: BTreeSet<&str> = p.checkpoints.iter().map(|(n, _)| n.as_str()).collect();
+        let have: BTreeSet<String> = checkpoints::names(uri, name, &d)?.into_iter().collect();
+        let want: BTreeSet<&str> = p.checkpoints.iter().map(String::as_str).collect();
         for n in have.iter().filter(|n| !want.contains(n.as_str())) {
             checkpoints::forget(uri, name, &d, n)?;
         }
-        for (n, xml) in &p.checkpoints {
+        for n in &p.checkpoints {
             let rewrite = !have.contains(n) || p.touched.as_ref().is_none_or(|(_, c)| c.contains(n));
             if rewrite {
-                checkpoints::redefine(uri, name, &d, n, xml)?;
+                checkpoints::redefine(uri, name, &d, n, &rendered(Moment::Checkpoint(n))?)?;
             }
         }
         Ok(())

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use journal::{DomainState, LibvirtMerge};
 
-use crate::libvirt::project::{Drift, Projection};
+use crate::libvirt::project::{Drift, Moment, Projection};
 use crate::libvirt::{checkpoints, LibvirtError};
 use crate::live::JobProgress;
 use crate::xml::checkpoint::render_checkpoint;
@@ -65,33 +65,14 @@ impl World<'_> {
         Ok(self.journal.libvirt_uri(domain)?)
     }
 
-    /// What libvirt must show for `dom`, rendered from the journal.
+    /// What libvirt must show for `dom` (the documents are rendered from
+    /// the journal only for what [`crate::libvirt::Libvirt::project`] rewrites).
     pub fn libvirt_projection(
         &self,
         dom: &DomainState,
         touched: Option<(BTreeSet<String>, BTreeSet<String>)>,
-    ) -> Result<Projection> {
-        let name = &dom.core.name;
-        let mut snapshots = Vec::new();
-        for n in parents_first(
-            dom.snapshots
-                .values()
-                .map(|s| (s.name.as_str(), s.parent.as_deref())),
-        ) {
-            let rec = &dom.snapshots[&n];
-            snapshots.push((n, crate::metadata::render_snapshot_of(self.journal, name, rec)?));
-        }
-        let mut checkpoints = Vec::new();
-        for n in parents_first(
-            dom.checkpoints
-                .values()
-                .map(|c| (c.name.as_str(), c.parent.as_deref())),
-        ) {
-            let rec = &dom.checkpoints[&n];
-            let historic = crate::metadata::checkpoint_historic(self.journal, name, &n)?;
-            checkpoints.push((n, render_checkpoint(rec, &historic)?));
-        }
-        Ok(Projection {
+    ) -> Projection {
+        Projection {
             domain_xml: dom.core.xml.clone(),
             active: dom
                 .core
@@ -99,11 +80,41 @@ impl World<'_> {
                 .values()
                 .filter_map(|d| Some((d.target.clone(), d.active()?.path.clone())))
                 .collect(),
-            snapshots,
+            snapshots: parents_first(
+                dom.snapshots
+                    .values()
+                    .map(|s| (s.name.as_str(), s.parent.as_deref())),
+            ),
             current: dom.core.current_snapshot.clone(),
-            checkpoints,
+            checkpoints: parents_first(
+                dom.checkpoints
+                    .values()
+                    .map(|c| (c.name.as_str(), c.parent.as_deref())),
+            ),
             touched,
-        })
+        }
+    }
+
+    /// The `<domainsnapshot>` or `<domaincheckpoint>` of `m`, rendered
+    /// from the journal.
+    fn render_moment(&self, dom: &DomainState, m: Moment) -> Result<String> {
+        let name = &dom.core.name;
+        match m {
+            Moment::Snapshot(n) => {
+                let rec = dom
+                    .snapshots
+                    .get(n)
+                    .ok_or_else(|| ExecError::Invalid(format!("domain {name} has no snapshot called {n}")))?;
+                crate::metadata::render_snapshot_of(self.journal, name, rec)
+            }
+            Moment::Checkpoint(n) => {
+                let rec = dom.checkpoints.get(n).ok_or_else(|| {
+                    ExecError::Invalid(format!("domain {name} has no checkpoint called {n}"))
+                })?;
+                let historic = crate::metadata::checkpoint_historic(self.journal, name, n)?;
+                Ok(render_checkpoint(rec, &historic)?)
+            }
+        }
     }
 
     /// Rewrites libvirt's view of `domain` from the journal (nothing to do
@@ -120,8 +131,9 @@ impl World<'_> {
         let Some(dom) = self.journal.domain(domain)? else {
             return Ok(());
         };
-        let p = self.libvirt_projection(&dom, touched)?;
-        self.libvirt.project(&uri, domain, &p).map_err(|e| {
+        let p = self.libvirt_projection(&dom, touched);
+        let render = |m: Moment| self.render_moment(&dom, m).map_err(|e| e.to_string());
+        self.libvirt.project(&uri, domain, &p, &render).map_err(|e| {
             ExecError::Live(format!(
                 "{e} (libvirt's metadata is rewritten from the journal after every commit)"
             ))
@@ -137,7 +149,7 @@ impl World<'_> {
         let Some(dom) = self.journal.domain(domain)? else {
             return Ok(None);
         };
-        let p = self.libvirt_projection(&dom, None)?;
+        let p = self.libvirt_projection(&dom, None);
         Ok(Some(self.libvirt.drift(&uri, domain, &p).map_err(lv_err)?))
     }
 

@@ -78,6 +78,27 @@ pub fn region_holds(image: &str, pattern: u8, region: u64) -> Result<bool> {
     Ok(out.status.success() && !text.contains("Pattern verification failed"))
 }
 
+/// The stdout of a `snapjournal {args}` run that must have succeeded.
+pub fn expect_success(args: &[&str], out: Output) -> Result<String> {
+    if !out.status.success() {
+        return Err(anyhow!(
+            "snapjournal {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The stderr of a `snapjournal {args}` run that must have failed.
+pub fn expect_failure(args: &[&str], out: Output) -> Result<String> {
+    if out.status.success() {
+        bail!("snapjournal {args:?} succeeded but should have failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// A domain XML with one file disk per target.
 pub fn domain_xml(name: &str, disks: &[(String, String)]) -> String {
     let mut s = format!(
@@ -193,25 +214,12 @@ impl Fixture {
 
     /// Runs `snapjournal`, failing unless it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        if !out.status.success() {
-            return Err(anyhow!(
-                "snapjournal {args:?} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        expect_success(args, self.run(args)?)
     }
 
     /// Runs `snapjournal`, expecting it to fail; returns stderr.
     pub fn fails(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        if out.status.success() {
-            bail!("snapjournal {args:?} succeeded but should have failed");
-        }
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+        expect_failure(args, self.run(args)?)
     }
 
     /// The journal's state, read through the library (the directory must

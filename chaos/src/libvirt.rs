@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::fixture::{snapjournal_bin, tool, REGION};
+use crate::fixture::{expect_failure, expect_success, snapjournal_bin, tool, REGION};
 
 /// The URI the tests use.
 pub const URI: &str = "qemu:///system";
@@ -130,25 +130,12 @@ impl LibvirtFixture {
 
     /// Runs `snapjournal`, failing unless it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        if !out.status.success() {
-            bail!(
-                "snapjournal {args:?} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        expect_success(args, self.run(args)?)
     }
 
     /// Runs `snapjournal`, expecting it to fail; returns stderr.
     pub fn fails(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        if out.status.success() {
-            bail!("snapjournal {args:?} succeeded but should have failed");
-        }
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+        expect_failure(args, self.run(args)?)
     }
 
     /// Writes byte `pattern` over region `region` of every disk through

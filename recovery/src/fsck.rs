@@ -474,8 +474,38 @@ fn check_libvirt(
             )
         })
         .collect();
+    let lv = exec.libvirt();
+    // Markers libvirt leaves on a snapshot whose delete it did not complete:
+    // libvirt refuses to delete that snapshot until a redefinition clears it.
+    let mut marked = std::collections::BTreeSet::new();
+    match lv.delete_markers(uri, dom) {
+        Ok(m) => {
+            for (snapshot, disks) in m.into_iter().filter(|(s, _)| d.snapshots.contains_key(s)) {
+                found.push(finding(
+                    "I1",
+                    "libvirt-delete-marker",
+                    dom.clone(),
+                    format!(
+                        "domain {dom}: libvirt marks disk(s) {} of snapshot {snapshot} as the target of a snapshot delete that did not complete (<snapshotDeleteInProgress/>); libvirt refuses to delete it",
+                        disks.join(", ")
+                    ),
+                    "redefine the snapshot in libvirt from the journal",
+                ));
+                marked.insert(snapshot);
+            }
+        }
+        Err(e) => report
+            .could_not_check
+            .push(format!("domain {dom}: libvirt's snapshot documents: {e}")),
+    }
     if !found.is_empty() && repair && !busy {
-        match world.sync_libvirt(dom, None) {
+        // Markers alone: only those snapshots are redefined.
+        let touched = if drift.findings.is_empty() {
+            Some((marked, Default::default()))
+        } else {
+            None
+        };
+        match world.sync_libvirt(dom, touched) {
             Ok(()) => found.iter_mut().for_each(|f| f.repaired = true),
             Err(e) => report
                 .could_not_check
@@ -483,7 +513,6 @@ fn check_libvirt(
         }
     }
     report.findings.extend(found);
-    let lv = exec.libvirt();
     match lv.is_active(uri, dom) {
         Ok(true) => {}
         Ok(false) => return,

@@ -326,3 +326,60 @@ fn checkpoints_of_a_shut_off_libvirt_domain_and_internal_snapshots() {
     let list = g.ok(&["--json", "domain", "list"]).unwrap();
     assert!(!list.contains(&g.domain), "{list}");
 }
+
+/// Adds `<snapshotDeleteInProgress/>` to every disk of libvirt's snapshot
+/// `name` (what libvirt leaves when its own delete of a child stops part
+/// way), through libvirt's redefinition, which is how libvirt reads it.
+fn mark_delete_in_progress(f: &LibvirtFixture, name: &str) {
+    let xml = virsh(&["snapshot-dumpxml", &f.domain, name]).unwrap();
+    let (head, rest) = xml.split_once("<disks>").expect("snapshot has <disks>");
+    let (disks, tail) = rest.split_once("</disks>").unwrap();
+    let marked = disks.replace("snapshot='external' type='file'>", "snapshot='external' type='file'><snapshotDeleteInProgress/>");
+    assert_ne!(marked, disks, "no external disk in {xml}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{head}<disks>{marked}</disks>{tail}")).unwrap();
+    virsh(&["snapshot-create", &f.domain, "--redefine", file.path().to_str().unwrap()]).unwrap();
+}
+
+fn marked(f: &LibvirtFixture, name: &str) -> bool {
+    virsh(&["snapshot-dumpxml", &f.domain, name])
+        .unwrap()
+        .contains("snapshotDeleteInProgress")
+}
+
+#[test]
+fn a_delete_marker_libvirt_left_is_cleared_and_the_snapshot_deletes() {
+    let f = LibvirtFixture::new(1, true).unwrap();
+    virsh(&["snapshot-create-as", &f.domain, "s1", "--disk-only", "--atomic"]).unwrap();
+    f.guest_write(A, 0).unwrap();
+    virsh(&["snapshot-create-as", &f.domain, "s2", "--disk-only", "--atomic"]).unwrap();
+    f.guest_write(B, 1).unwrap();
+    mark_delete_in_progress(&f, "s1");
+    assert!(marked(&f, "s1"));
+    let e = virsh(&["snapshot-delete", &f.domain, "s1"]).unwrap_err().to_string();
+    assert!(e.contains("not completed snapshot delete"), "libvirt: {e}");
+
+    // Adoption redefines libvirt's metadata from the journal: the marker
+    // is gone and the snapshot deletes.
+    f.ok(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    assert!(!marked(&f, "s1"));
+    assert_agree(&f, &["s1", "s2"], Some("s2"));
+
+    // Left again behind the journal's back: fsck names it, repair clears it.
+    mark_delete_in_progress(&f, "s1");
+    assert!(marked(&f, "s1"));
+    let out = f.run(&["--json", "fsck"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("libvirt-delete-marker") && text.contains("snapshot s1"),
+        "{text}"
+    );
+    f.ok(&["fsck", "--repair"]).unwrap();
+    assert!(!marked(&f, "s1"));
+    assert_agree(&f, &["s1", "s2"], Some("s2"));
+
+    f.ok(&["snapshot", "delete", &f.domain, "s1"]).unwrap();
+    assert_agree(&f, &["s2"], Some("s2"));
+    assert_data(&f, &[(0, A), (1, B)]);
+}

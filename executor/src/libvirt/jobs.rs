@@ -218,15 +218,12 @@ impl Libvirt {
                         ));
                     }
                     if let Err(e) = self.start_merge(uri, name, &d, disk, merge) {
-                        // A libvirtd killed while the job ran, and started
+                        // A libvirtd killed as the job ended, and started
                         // again, can show the chain as it was while QEMU
                         // already finished the merge: QEMU then refuses the
-                        // job. libvirt catches up once it has processed the
-                        // job it finds concluded; waited for, never redone.
-                        if e.message.contains("not in this backing file chain") {
-                            return self.wait_caught_up(uri, name, disk, merge, e);
-                        }
-                        return Err(e);
+                        // job (it names a node QEMU no longer has). Judged
+                        // from QEMU's graph, never redone.
+                        return self.finished_behind_libvirt(uri, name, disk, merge, e);
                     }
                     crash_point("libvirt.job.started");
                     started = true;
@@ -235,8 +232,15 @@ impl Libvirt {
         }
     }
 
-    /// Waits (up to a minute) until libvirt's view shows `merge` done.
-    fn wait_caught_up(
+    /// QEMU refused to start `merge` (it names an image QEMU no longer has)
+    /// while libvirt's live view still lists the folded image: libvirtd was
+    /// killed after it ended and dismissed the job in QEMU and before it
+    /// saved the new chain, so the restarted libvirtd dropped the job and
+    /// keeps the old chain for as long as the domain runs. QEMU's graph
+    /// (read-only queries) is then the truth: the merge is done when the
+    /// folded image left it. libvirt's view is brought back in line where a
+    /// job that copies nothing can do it ([`Libvirt::resync_view`]).
+    fn finished_behind_libvirt(
         &self,
         uri: &str,
         name: &str,
@@ -244,22 +248,102 @@ impl Libvirt {
         merge: &LibvirtMerge,
         refused: LibvirtError,
     ) -> LvResult<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            if self.merge_done(uri, name, disk, merge)? {
+        // QEMU still holding the folded image (or showing no such device)
+        // means the job was refused for a reason of its own: reported as is.
+        let Some(chain) = self.qemu_chain(uri, name, disk, merge)? else {
+            return Err(refused);
+        };
+        if chain.iter().any(|p| *p == merge.folded().path) {
+            return Err(refused);
+        }
+        self.resync_view(uri, name, disk, &chain)
+    }
+
+    /// The chain QEMU runs `disk` on (active image first), read with the
+    /// read-only queries once no job of QEMU's is in flight; `None` when no
+    /// device shows libvirt's active image or the merge's result.
+    pub fn qemu_chain(
+        &self,
+        uri: &str,
+        name: &str,
+        disk: &str,
+        merge: &LibvirtMerge,
+    ) -> LvResult<Option<Vec<String>>> {
+        let d = self.domain(uri, name)?;
+        // A graph read while a job finishes can crash QEMU 7.2: none may run.
+        for _ in 0..500 {
+            let reply = d
+                .qemu_monitor_command(r#"{"execute":"query-jobs"}"#, 0)
+                .map_err(|e| LibvirtError::from_virt(uri, Some(name), "read QEMU's jobs", e))?;
+            let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+            let running = v["return"].as_array().is_some_and(|jobs| {
+                jobs.iter()
+                    .any(|j| !matches!(j["status"].as_str(), Some("concluded" | "null")))
+            });
+            if !running {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        let graph = self.block_graph(uri, name)?;
+        let xml = self.xml(uri, name, false)?;
+        let view = disks(&format!("live definition of {name}"), &xml)
+            .map_err(|e| LibvirtError::new(uri, Some(name), "read the live definition", e.to_string()))?;
+        let libvirt_active = view.get(disk).and_then(|v| v.active()).unwrap_or_default();
+        let result = match merge {
+            LibvirtMerge::Commit { base, active: true, .. } => base.path.as_str(),
+            _ => libvirt_active,
+        };
+        let dev = graph
+            .devices
+            .iter()
+            .find(|dv| matches!(dv.chain.first(), Some(l) if l.path == libvirt_active || l.path == result));
+        Ok(dev.map(|dv| dv.chain.iter().map(|l| l.path.clone()).collect()))
+    }
+
+    /// Brings libvirt's stale live view of `disk` in line with QEMU's
+    /// `chain` where a job that copies nothing can: a pull into the active
+    /// image from its own backing image, through libvirt, whose end makes
+    /// libvirt drop what it listed between them. Where the stale image is
+    /// deeper no such job exists; libvirt's view then stays behind until
+    /// the domain next starts (fsck reports it), the data is not affected.
+    pub fn resync_view(&self, uri: &str, name: &str, disk: &str, chain: &[String]) -> LvResult<()> {
+        let xml = self.xml(uri, name, false)?;
+        let view = disks(&format!("live definition of {name}"), &xml)
+            .map_err(|e| LibvirtError::new(uri, Some(name), "read the live definition", e.to_string()))?;
+        let listed = view.get(disk).map(|v| v.chain.clone()).unwrap_or_default();
+        if listed == chain || chain.len() < 2 || listed.first() != chain.first() {
+            return Ok(());
+        }
+        let below = &chain[1];
+        if listed.len() < 2 || listed.iter().skip(2).all(|p| p != below) {
+            return Ok(());
+        }
+        let d = self.domain(uri, name)?;
+        let cstr = |s: &str| {
+            CString::new(s).map_err(|_| LibvirtError::new(uri, Some(name), "resync", "a path holds a NUL byte"))
+        };
+        let (c_disk, c_below) = (cstr(disk)?, cstr(below)?);
+        // SAFETY: live handle, NUL-terminated strings.
+        let r = unsafe { virt_sys::virDomainBlockRebase(d.as_ptr(), c_disk.as_ptr(), c_below.as_ptr(), 0, 0) };
+        if r < 0 {
+            return Err(LibvirtError::last(
+                uri,
+                Some(name),
+                format!("refresh libvirt's view of disk {disk} (a pull that copies nothing, from {below})"),
+            ));
+        }
+        for _ in 0..1500 {
+            if self.job(uri, name, disk)?.is_none() {
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL);
         }
         Err(LibvirtError::new(
             uri,
             Some(name),
-            format!("merge on disk {disk}"),
-            format!(
-                "QEMU refused the job ({}) while libvirt still lists {} in the disk's chain: libvirt's view is behind QEMU's (was libvirtd restarted?); nothing was redone",
-                refused.message,
-                merge.folded().path
-            ),
+            format!("refresh libvirt's view of disk {disk}"),
+            "the pull that copies nothing did not end within 30 s",
         ))
     }
 

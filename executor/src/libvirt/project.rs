@@ -118,6 +118,33 @@ impl Libvirt {
         Ok(Drift { findings })
     }
 
+    /// The snapshots of domain `name` whose disks libvirt marked
+    /// `<snapshotDeleteInProgress/>` (a libvirt delete that did not
+    /// complete; libvirt refuses to delete them), with the marked disks.
+    /// Reads every snapshot's document: fsck's check, not the probe's.
+    pub fn delete_markers(&self, uri: &str, name: &str) -> LvResult<Vec<(String, Vec<String>)>> {
+        let d = self.domain(uri, name)?;
+        let mut out = Vec::new();
+        for s in d
+            .list_all_snapshots(0)
+            .map_err(|e| LibvirtError::from_virt(uri, Some(name), "list snapshots", e))?
+        {
+            let sname = s
+                .name()
+                .map_err(|e| LibvirtError::from_virt(uri, Some(name), "read a snapshot's name", e))?;
+            let xml = s
+                .xml_desc(0)
+                .map_err(|e| LibvirtError::from_virt(uri, Some(name), format!("read snapshot {sname}"), e))?;
+            let marked = super::view::delete_markers(&format!("snapshot {sname}"), &xml).map_err(|e| {
+                LibvirtError::new(uri, Some(name), format!("read snapshot {sname}"), e.to_string())
+            })?;
+            if !marked.is_empty() {
+                out.push((sname, marked));
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes libvirt's view of domain `name` equal `p`; `render` gives the
     /// document of a snapshot or checkpoint that must be (re)defined.
     pub fn project(

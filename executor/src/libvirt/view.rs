@@ -70,6 +70,22 @@ pub fn disks(what: &str, xml: &str) -> Result<BTreeMap<String, DiskView>, XmlErr
     Ok(out)
 }
 
+/// The disks of a `<domainsnapshot>` libvirt marked
+/// `<snapshotDeleteInProgress/>`: the target of a libvirt snapshot delete
+/// that did not complete, which libvirt refuses to delete until the marker
+/// is gone (only a redefinition clears it).
+pub fn delete_markers(what: &str, xml: &str) -> Result<Vec<String>, XmlError> {
+    let root = parse(what, xml)?;
+    let Some(disks) = root.child("disks") else {
+        return Ok(Vec::new());
+    };
+    Ok(disks
+        .children_named("disk")
+        .filter(|d| d.child("snapshotDeleteInProgress").is_some())
+        .map(|d| d.attr("name").unwrap_or("?").to_string())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +105,17 @@ mod tests {
         assert_eq!(d["vda"].chain, vec!["/i/top", "/i/mid", "/i/base"]);
         assert_eq!(d["vda"].active(), Some("/i/top"));
         assert!(d["hdc"].chain.is_empty() && d["hdc"].readonly && d["hdc"].device == "cdrom");
+    }
+
+    #[test]
+    fn a_delete_in_progress_marker_is_found_on_the_snapshots_disks_only() {
+        let xml = r#"<domainsnapshot><name>s1</name><disks>
+          <disk name='vda' snapshot='external' type='file'><snapshotDeleteInProgress/><source file='/i/a'/></disk>
+          <disk name='vdb' snapshot='external' type='file'><source file='/i/b'/></disk>
+        </disks><domain><devices><disk><snapshotDeleteInProgress/></disk></devices></domain></domainsnapshot>"#;
+        assert_eq!(delete_markers("x", xml).unwrap(), vec!["vda"]);
+        assert!(delete_markers("x", "<domainsnapshot><name>s</name></domainsnapshot>")
+            .unwrap()
+            .is_empty());
     }
 }

@@ -38,6 +38,28 @@ fn refused(e: LibvirtError) -> ExecError {
     ExecError::Invalid(e.to_string())
 }
 
+/// A refused adoption of snapshots libvirt marked
+/// `<snapshotDeleteInProgress/>` says so: libvirt's own delete of a child
+/// stopped part way, which is why its metadata and the images disagree.
+/// (An adoption that succeeds clears the markers: libvirt's metadata is
+/// redefined from the journal.)
+fn with_delete_markers(e: ExecError, uri: &str, name: &str, snapshots: &[(String, String)]) -> ExecError {
+    let marked: Vec<String> = snapshots
+        .iter()
+        .filter_map(|(n, x)| {
+            let disks = crate::libvirt::view::delete_markers(n, x).ok()?;
+            (!disks.is_empty()).then(|| format!("{n} ({})", disks.join(", ")))
+        })
+        .collect();
+    match e {
+        ExecError::Invalid(m) if !marked.is_empty() => ExecError::Invalid(format!(
+            "{m}; libvirt at {uri} marks snapshot(s) {} of domain {name} as the target of a snapshot delete that did not complete (<snapshotDeleteInProgress/>): libvirt's delete stopped part way, so its metadata and the images may disagree",
+            marked.join(", ")
+        )),
+        other => other,
+    }
+}
+
 impl Executor {
     /// Adopts domain `name` from libvirt at `uri`.
     pub fn domain_adopt_libvirt(&self, uri: &str, name: &str) -> Result<AdoptReport> {
@@ -98,7 +120,9 @@ impl Executor {
                 current: lv.current.clone(),
                 adopt_images: true,
             };
-            let (c, report) = self.plan_snapshot_redefine(&dom, &req)?;
+            let (c, report) = self
+                .plan_snapshot_redefine(&dom, &req)
+                .map_err(|e| with_delete_markers(e, uri, name, &lv.snapshots))?;
             for ch in &c {
                 if let StateChange::ImageCreated { image } = ch {
                     let disk = dom

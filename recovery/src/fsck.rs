@@ -544,22 +544,59 @@ fn check_libvirt(
             .map(|v| v.chain.iter().map(String::as_str).collect())
             .unwrap_or_default();
         if real != ours && !busy {
-            report.findings.push(finding(
-                "I2",
-                "libvirt-chain-mismatch",
-                format!("{dom}/{}", disk.target),
-                format!(
-                    "domain {dom}, disk {}: libvirt's chain is {} but the journal says {}",
-                    disk.target,
-                    if real.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        real.join(" -> ")
-                    },
-                    ours.join(" -> ")
-                ),
-                NO_REPAIR,
-            ));
+            // libvirtd killed as a block job ended can keep the chain as it
+            // was while QEMU runs the journal's: libvirt's view is stale,
+            // the runtime is right.
+            let qemu = lv
+                .qemu_chain_of(uri, dom, &[ours.first().copied().unwrap_or_default()])
+                .ok()
+                .flatten();
+            if qemu
+                .as_ref()
+                .is_some_and(|q| q.iter().map(String::as_str).eq(ours.iter().copied()))
+            {
+                let mut f = finding(
+                    "I1",
+                    "libvirt-live-view-stale",
+                    format!("{dom}/{}", disk.target),
+                    format!(
+                        "domain {dom}, disk {}: libvirt's live view lists {} while QEMU runs the journal's chain {} (libvirtd lost the end of a block job); the data is right, libvirt's view is not",
+                        disk.target,
+                        real.join(" -> "),
+                        ours.join(" -> ")
+                    ),
+                    "refresh libvirt's view with a pull that copies nothing (possible when the stale image sat right below the active one; otherwise libvirt's view corrects itself when the domain next starts)",
+                );
+                if repair {
+                    let q = qemu.unwrap_or_default();
+                    let refreshed = lv.resync_view(uri, dom, &disk.target, &q).is_ok()
+                        && lv
+                            .xml(uri, dom, false)
+                            .ok()
+                            .and_then(|x| executor::libvirt::view::disks("live definition", &x).ok())
+                            .and_then(|v| v.get(&disk.target).map(|v| v.chain == q))
+                            .unwrap_or(false);
+                    f.repaired = refreshed;
+                }
+                report.findings.push(f);
+            } else {
+                report.findings.push(finding(
+                    "I2",
+                    "libvirt-chain-mismatch",
+                    format!("{dom}/{}", disk.target),
+                    format!(
+                        "domain {dom}, disk {}: libvirt's chain is {} but the journal says {}",
+                        disk.target,
+                        if real.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            real.join(" -> ")
+                        },
+                        ours.join(" -> ")
+                    ),
+                    NO_REPAIR,
+                ));
+            }
         }
         if busy {
             continue;

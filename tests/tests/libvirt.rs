@@ -334,11 +334,20 @@ fn mark_delete_in_progress(f: &LibvirtFixture, name: &str) {
     let xml = virsh(&["snapshot-dumpxml", &f.domain, name]).unwrap();
     let (head, rest) = xml.split_once("<disks>").expect("snapshot has <disks>");
     let (disks, tail) = rest.split_once("</disks>").unwrap();
-    let marked = disks.replace("snapshot='external' type='file'>", "snapshot='external' type='file'><snapshotDeleteInProgress/>");
+    let marked = disks.replace(
+        "snapshot='external' type='file'>",
+        "snapshot='external' type='file'><snapshotDeleteInProgress/>",
+    );
     assert_ne!(marked, disks, "no external disk in {xml}");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), format!("{head}<disks>{marked}</disks>{tail}")).unwrap();
-    virsh(&["snapshot-create", &f.domain, "--redefine", file.path().to_str().unwrap()]).unwrap();
+    virsh(&[
+        "snapshot-create",
+        &f.domain,
+        "--redefine",
+        file.path().to_str().unwrap(),
+    ])
+    .unwrap();
 }
 
 fn marked(f: &LibvirtFixture, name: &str) -> bool {
@@ -356,7 +365,9 @@ fn a_delete_marker_libvirt_left_is_cleared_and_the_snapshot_deletes() {
     f.guest_write(B, 1).unwrap();
     mark_delete_in_progress(&f, "s1");
     assert!(marked(&f, "s1"));
-    let e = virsh(&["snapshot-delete", &f.domain, "s1"]).unwrap_err().to_string();
+    let e = virsh(&["snapshot-delete", &f.domain, "s1"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not completed snapshot delete"), "libvirt: {e}");
 
     // Adoption redefines libvirt's metadata from the journal: the marker
@@ -382,4 +393,107 @@ fn a_delete_marker_libvirt_left_is_cleared_and_the_snapshot_deletes() {
     f.ok(&["snapshot", "delete", &f.domain, "s1"]).unwrap();
     assert_agree(&f, &["s2"], Some("s2"));
     assert_data(&f, &[(0, A), (1, B)]);
+}
+
+/// A QMP command sent through libvirt's monitor passthrough.
+fn qmp(f: &LibvirtFixture, cmd: serde_json::Value) -> serde_json::Value {
+    let out = virsh(&["qemu-monitor-command", &f.domain, &cmd.to_string()]).unwrap();
+    json(&out)["return"].clone()
+}
+
+/// Commits the image at `top` into `base` on the first disk behind
+/// libvirt's back (QEMU dismisses the job itself): the state libvirtd
+/// leaves when it is killed after ending a block job and before saving
+/// the new chain — QEMU runs the merged chain, libvirt lists the old one.
+fn commit_behind_libvirt(f: &LibvirtFixture, top: &str, base: &str) {
+    let nodes = qmp(
+        f,
+        serde_json::json!({"execute": "query-named-block-nodes", "arguments": {"flat": true}}),
+    );
+    let node = |path: &str| -> String {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["drv"] == "qcow2" && n["file"] == path)
+            .unwrap_or_else(|| panic!("no node for {path}: {nodes}"))["node-name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let active = journal_chain(f, &f.disks[0])[0].clone();
+    qmp(
+        f,
+        serde_json::json!({"execute": "block-commit", "arguments": {
+            "job-id": "behind-libvirt", "device": node(&active),
+            "top-node": node(top), "base-node": node(base)}}),
+    );
+    for _ in 0..500 {
+        let jobs = qmp(f, serde_json::json!({"execute": "query-jobs"}));
+        if jobs.as_array().unwrap().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the commit behind libvirt's back did not end");
+}
+
+/// Deletes `snapshot`, killed right after the commit point (before any
+/// merge ran).
+fn crash_after_commit(f: &LibvirtFixture, snapshot: &str) {
+    let out = f
+        .command(&["snapshot", "delete", &f.domain, snapshot])
+        .env("SNAPJOURNAL_CRASH_NAME", "commit.after")
+        .env("SNAPJOURNAL_CRASH_AT", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !err.contains("nothing was changed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_merge_libvirt_lost_track_of_is_judged_from_qemus_graph() {
+    let f = LibvirtFixture::new(1, true).unwrap();
+    let disk = f.disks[0].clone();
+    f.ok(&["domain", "adopt", &f.domain, "--libvirt"]).unwrap();
+    for (i, s) in ["s1", "s2", "s3", "s4"].iter().enumerate() {
+        f.guest_write(A + i as u8, i as u64).unwrap();
+        f.ok(&["snapshot", "create", &f.domain, s]).unwrap();
+    }
+    // Chain: o4 -> o3 -> o2 -> o1 -> base. Deleting s3 commits o3 (right
+    // below the active image) into o2; QEMU already did, libvirt missed it.
+    let chain = journal_chain(&f, &disk);
+    crash_after_commit(&f, "s3");
+    commit_behind_libvirt(&f, &chain[1], &chain[2]);
+    let stale = f.chains(false).unwrap()[0].1.clone();
+    assert_eq!(stale, chain, "libvirt should not have noticed");
+    // The delete was committed and killed before its merge: recovery
+    // finds the merge not done by libvirt's view, QEMU refuses it.
+    let r = f.ok(&["recover"]).unwrap();
+    assert!(r.contains("roll FORWARD"), "{r}");
+    // A pull that copies nothing brought libvirt's view in line.
+    assert_agree(&f, &["s1", "s2", "s4"], Some("s4"));
+    assert_data(&f, &[(0, A), (1, A + 1), (2, A + 2), (3, A + 3)]);
+
+    // Deeper (o2 below o4 below the active o5): no job copies nothing
+    // there, so libvirt's view stays behind; fsck says so and that the
+    // data is right, and libvirt reads the chain again at the next start.
+    f.ok(&["snapshot", "create", &f.domain, "s5"]).unwrap();
+    let chain = journal_chain(&f, &disk);
+    crash_after_commit(&f, "s2");
+    commit_behind_libvirt(&f, &chain[2], &chain[3]);
+    let r = f.ok(&["recover"]).unwrap();
+    assert!(r.contains("roll FORWARD"), "{r}");
+    let out = f.run(&["--json", "fsck", "--repair"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("libvirt-live-view-stale"), "{text}");
+    assert!(!text.contains("\"I2\""), "QEMU runs the journal's chain: {text}");
+    virsh(&["destroy", &f.domain]).unwrap();
+    virsh(&["start", &f.domain]).unwrap();
+    assert_agree(&f, &["s1", "s4", "s5"], Some("s5"));
+    assert_data(&f, &[(0, A), (1, A + 1), (2, A + 2), (3, A + 3)]);
 }

@@ -269,8 +269,24 @@ impl Libvirt {
         disk: &str,
         merge: &LibvirtMerge,
     ) -> LvResult<Option<Vec<String>>> {
+        let xml = self.xml(uri, name, false)?;
+        let view = disks(&format!("live definition of {name}"), &xml)
+            .map_err(|e| LibvirtError::new(uri, Some(name), "read the live definition", e.to_string()))?;
+        let libvirt_active = view.get(disk).and_then(|v| v.active()).unwrap_or_default();
+        let result = match merge {
+            LibvirtMerge::Commit {
+                base, active: true, ..
+            } => base.path.as_str(),
+            _ => libvirt_active,
+        };
+        self.qemu_chain_of(uri, name, &[libvirt_active, result])
+    }
+
+    /// The chain (active image first) of the device QEMU runs on one of
+    /// `actives`, read with the read-only queries once no job of QEMU's is
+    /// in flight (a graph read while a job finishes can crash QEMU 7.2).
+    pub fn qemu_chain_of(&self, uri: &str, name: &str, actives: &[&str]) -> LvResult<Option<Vec<String>>> {
         let d = self.domain(uri, name)?;
-        // A graph read while a job finishes can crash QEMU 7.2: none may run.
         for _ in 0..500 {
             let reply = d
                 .qemu_monitor_command(r#"{"execute":"query-jobs"}"#, 0)
@@ -286,18 +302,10 @@ impl Libvirt {
             std::thread::sleep(POLL);
         }
         let graph = self.block_graph(uri, name)?;
-        let xml = self.xml(uri, name, false)?;
-        let view = disks(&format!("live definition of {name}"), &xml)
-            .map_err(|e| LibvirtError::new(uri, Some(name), "read the live definition", e.to_string()))?;
-        let libvirt_active = view.get(disk).and_then(|v| v.active()).unwrap_or_default();
-        let result = match merge {
-            LibvirtMerge::Commit { base, active: true, .. } => base.path.as_str(),
-            _ => libvirt_active,
-        };
         let dev = graph
             .devices
             .iter()
-            .find(|dv| matches!(dv.chain.first(), Some(l) if l.path == libvirt_active || l.path == result));
+            .find(|dv| matches!(dv.chain.first(), Some(l) if actives.contains(&l.path.as_str())));
         Ok(dev.map(|dv| dv.chain.iter().map(|l| l.path.clone()).collect()))
     }
 
@@ -321,11 +329,13 @@ impl Libvirt {
         }
         let d = self.domain(uri, name)?;
         let cstr = |s: &str| {
-            CString::new(s).map_err(|_| LibvirtError::new(uri, Some(name), "resync", "a path holds a NUL byte"))
+            CString::new(s)
+                .map_err(|_| LibvirtError::new(uri, Some(name), "resync", "a path holds a NUL byte"))
         };
         let (c_disk, c_below) = (cstr(disk)?, cstr(below)?);
         // SAFETY: live handle, NUL-terminated strings.
-        let r = unsafe { virt_sys::virDomainBlockRebase(d.as_ptr(), c_disk.as_ptr(), c_below.as_ptr(), 0, 0) };
+        let r =
+            unsafe { virt_sys::virDomainBlockRebase(d.as_ptr(), c_disk.as_ptr(), c_below.as_ptr(), 0, 0) };
         if r < 0 {
             return Err(LibvirtError::last(
                 uri,

@@ -17,6 +17,11 @@ pub struct Projection {
     pub domain_xml: String,
     /// (disk, active image) of every managed disk.
     pub active: BTreeMap<String, String>,
+    /// (disk, chain: active image first) of every managed disk. A
+    /// persistent definition may list no `<backingStore>` (libvirt reads
+    /// the chain from the headers at start) or exactly this chain; a stale
+    /// one (libvirtd lost the end of a block job) stops the next start.
+    pub chains: BTreeMap<String, Vec<String>>,
     /// The snapshots' names, parents first (their documents are rendered
     /// only for those rewritten: [`Moment`]).
     pub snapshots: Vec<String>,
@@ -40,6 +45,35 @@ pub enum Moment<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drift {
     pub findings: Vec<String>,
+}
+
+/// Whether a persistent definition's disks agree with `p`: each managed
+/// disk on its active image, with no `<backingStore>` listed or exactly the
+/// journal's chain.
+fn persistent_agrees(
+    view: &BTreeMap<String, super::view::DiskView>,
+    p: &Projection,
+    findings: &mut Vec<String>,
+) {
+    for (disk, image) in &p.active {
+        let seen = view.get(disk);
+        let active = seen.and_then(|v| v.active());
+        if active != Some(image.as_str()) {
+            findings.push(format!(
+                "libvirt's definition gives disk {disk} the source {}, the journal {image}",
+                active.unwrap_or("(none)")
+            ));
+            continue;
+        }
+        let listed = seen.map(|v| v.chain.as_slice()).unwrap_or_default();
+        if listed.len() > 1 && p.chains.get(disk).is_some_and(|c| c.as_slice() != listed) {
+            findings.push(format!(
+                "libvirt's definition lists the chain {} for disk {disk}, the journal {}",
+                listed.join(" -> "),
+                p.chains[disk].join(" -> ")
+            ));
+        }
+    }
 }
 
 impl Libvirt {
@@ -80,15 +114,7 @@ impl Libvirt {
         let view = disks(&format!("persistent definition of {name}"), &inactive).map_err(|e| {
             LibvirtError::new(uri, Some(name), "read the persistent definition", e.to_string())
         })?;
-        for (disk, image) in &p.active {
-            let seen = view.get(disk).and_then(|v| v.active());
-            if seen != Some(image.as_str()) {
-                findings.push(format!(
-                    "libvirt's definition gives disk {disk} the source {}, the journal {image}",
-                    seen.unwrap_or("(none)")
-                ));
-            }
-        }
+        persistent_agrees(&view, p, &mut findings);
         let have = self.snapshot_names(uri, name, &d)?;
         let want: BTreeSet<String> = p.snapshots.iter().cloned().collect();
         for n in have.difference(&want) {
@@ -167,9 +193,9 @@ impl Libvirt {
             let view = disks(&format!("persistent definition of {name}"), &inactive).map_err(|e| {
                 LibvirtError::new(uri, Some(name), "read the persistent definition", e.to_string())
             })?;
-            Ok(p.active
-                .iter()
-                .all(|(d, img)| view.get(d).and_then(|v| v.active()) == Some(img.as_str())))
+            let mut differ = Vec::new();
+            persistent_agrees(&view, p, &mut differ);
+            Ok(differ.is_empty())
         };
         if p.touched.is_none() || !sources_agree()? {
             c.define_domain_xml(&p.domain_xml).map_err(|e| {

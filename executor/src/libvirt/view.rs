@@ -114,8 +114,10 @@ mod tests {
           <disk name='vdb' snapshot='external' type='file'><source file='/i/b'/></disk>
         </disks><domain><devices><disk><snapshotDeleteInProgress/></disk></devices></domain></domainsnapshot>"#;
         assert_eq!(delete_markers("x", xml).unwrap(), vec!["vda"]);
-        assert!(delete_markers("x", "<domainsnapshot><name>s</name></domainsnapshot>")
-            .unwrap()
-            .is_empty());
+        assert!(
+            delete_markers("x", "<domainsnapshot><name>s</name></domainsnapshot>")
+                .unwrap()
+                .is_empty()
+        );
     }
 }

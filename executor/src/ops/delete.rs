@@ -416,16 +416,19 @@ impl Executor {
                 }
                 let top_bytes = self.images().allocated_bytes(&top, "qcow2")?;
                 let base_bytes = self.images().allocated_bytes(&frozen.path, &frozen.format)?;
-                let commit = owned_base && top_bytes <= base_bytes;
-                // libvirt pulls only into a disk's active image: with the
-                // base the user's, the chain stays as it is on this disk.
+                // libvirt pulls only into a disk's active image: below it a
+                // running libvirt domain's merge is a commit whatever the
+                // sizes, and with the base the user's, the chain stays as
+                // it is on this disk.
                 let active = dom
                     .core
                     .disks
                     .get(&sd.disk)
                     .and_then(|d| d.active())
                     .map(|a| a.path.as_str());
-                if libvirt.is_some() && !owned_base && active != Some(top.as_str()) {
+                let pull_impossible = libvirt.is_some() && active != Some(top.as_str());
+                let commit = owned_base && (top_bytes <= base_bytes || pull_impossible);
+                if pull_impossible && !owned_base {
                     merges.push(MergeChoice::Kept {
                         disk: sd.disk.clone(),
                         top: top.clone(),

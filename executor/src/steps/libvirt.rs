@@ -80,6 +80,13 @@ impl World<'_> {
                 .values()
                 .filter_map(|d| Some((d.target.clone(), d.active()?.path.clone())))
                 .collect(),
+            chains: dom
+                .core
+                .disks
+                .values()
+                .filter(|d| d.active().is_some())
+                .map(|d| (d.target.clone(), d.chain.iter().map(|c| c.path.clone()).collect()))
+                .collect(),
             snapshots: parents_first(
                 dom.snapshots
                     .values()

@@ -121,6 +121,12 @@ pub struct ApiError {
     /// and recovery finishes it; `None`: not known.
     #[serde(default)]
     pub changed: Option<bool>,
+    /// Why planning refused the request (`kind: invalid` only): a stable
+    /// name a client can match on — `not-defined`, `no-such-snapshot`,
+    /// `no-such-checkpoint`, `snapshot-exists`, `checkpoint-exists`,
+    /// `not-running`, `already-running`, `chain-differs`, `refused`.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl ApiError {
@@ -132,6 +138,7 @@ impl ApiError {
             domain: None,
             txn: None,
             changed: Some(false),
+            reason: None,
         }
     }
 
@@ -145,6 +152,7 @@ impl ApiError {
             domain: domain.map(str::to_string),
             txn: None,
             changed: None,
+            reason: None,
         };
         let journal_kind = |j: &JournalError, out: &mut ApiError| match j {
             JournalError::DomainBusy { domain, txn } => {
@@ -161,7 +169,8 @@ impl ApiError {
         };
         if let Some(x) = e.downcast_ref::<ExecError>() {
             match x {
-                ExecError::Invalid(_) => {
+                ExecError::Invalid(p) => {
+                    out.reason = Some(p.kind().to_string());
                     out.kind = ErrorKind::Invalid;
                     out.changed = Some(false);
                 }

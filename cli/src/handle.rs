@@ -39,6 +39,7 @@ impl Error {
                 domain: Some(domain.into()),
                 txn: None,
                 changed: Some(false),
+                reason: Some("refused".into()),
             },
         }
     }

@@ -172,7 +172,7 @@ impl Out {
     pub fn failed(&self, e: &crate::api::ApiError) {
         if self.json {
             self.line(
-                &json!({"error": e.message, "kind": e.kind, "domain": e.domain, "txn": e.txn, "changed": e.changed})
+                &json!({"error": e.message, "kind": e.kind, "domain": e.domain, "txn": e.txn, "changed": e.changed, "reason": e.reason})
                     .to_string(),
             );
         } else {

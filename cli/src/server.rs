@@ -606,6 +606,7 @@ fn domain_busy(exec: &Executor, domain: &str) -> ApiError {
         domain: Some(domain.to_string()),
         txn: txn.map(|t| t.to_string()),
         changed: Some(false),
+        reason: None,
     }
 }
 

@@ -115,7 +115,7 @@ impl Executor {
             let reason = format!("domain {domain} changed while the request was being planned; retry");
             self.journal.aborting(txn, reason.clone())?;
             self.journal.aborted(txn, reason.clone())?;
-            return Err(ExecError::Invalid(reason));
+            return Err(ExecError::refused(reason));
         }
         let world = self.world();
         for (i, step) in plan.steps.iter().enumerate().take(plan.commit_index as usize) {
@@ -197,7 +197,7 @@ impl Executor {
     pub fn roll_forward(&self, open: &OpenTxn) -> Result<()> {
         let txn = open.txn;
         if open.phase == TxnPhase::Aborting {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "transaction {txn} is aborting and cannot go forward"
             )));
         }
@@ -258,7 +258,7 @@ impl Executor {
     pub fn roll_back(&self, open: &OpenTxn, reason: &str) -> Result<()> {
         let txn = open.txn;
         if open.phase == TxnPhase::Committed {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "transaction {txn} passed its commit point and cannot be rolled back"
             )));
         }

@@ -8,7 +8,7 @@ use journal::{JournalError, TxnId};
 pub enum ExecError {
     /// The request was refused while planning: nothing was written.
     #[error("{0}; nothing was changed")]
-    Invalid(String),
+    Invalid(PlanError),
     /// A step failed before the commit point and every completed step was
     /// undone.
     #[error(
@@ -43,6 +43,99 @@ pub enum ExecError {
     Live(String),
     #[error("metadata file {path}: {message}")]
     Metadata { path: String, message: String },
+}
+
+impl ExecError {
+    /// A refusal while planning that has no variant of its own (the
+    /// message says what and where).
+    pub fn refused(message: impl Into<String>) -> ExecError {
+        ExecError::Invalid(PlanError::Refused(message.into()))
+    }
+
+    /// The planning refusal, when this is one.
+    pub fn plan_error(&self) -> Option<&PlanError> {
+        match self {
+            ExecError::Invalid(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request was refused while planning (nothing was written). A
+/// client matches on [`PlanError::kind`] (`--json` reports it as
+/// `reason`); the message says what and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error("domain {domain} is not defined")]
+    DomainNotDefined { domain: String },
+    #[error("domain {domain} has no snapshot called {snapshot}")]
+    NoSuchSnapshot { domain: String, snapshot: String },
+    #[error("domain {domain} has no checkpoint called {checkpoint}")]
+    NoSuchCheckpoint { domain: String, checkpoint: String },
+    #[error("domain {domain} already has a snapshot called {snapshot}")]
+    SnapshotExists { domain: String, snapshot: String },
+    #[error("domain {domain} already has a checkpoint called {checkpoint}")]
+    CheckpointExists { domain: String, checkpoint: String },
+    #[error("domain {domain} is not running")]
+    NotRunning { domain: String },
+    #[error("domain {domain} is already running{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    AlreadyRunning { domain: String, detail: Option<String> },
+    /// The chain the world shows (`seen_by`: the image headers on disk, or
+    /// QEMU) is not the journal's: fsck must look first.
+    #[error("domain {domain}, disk {disk}: {} ({}) differs from the journal's ({}); run `snapjournal fsck`", seen_by.describe(), found.join(" -> "), journal.join(" -> "))]
+    ChainDiffers {
+        domain: String,
+        disk: String,
+        seen_by: ChainSource,
+        found: Vec<String>,
+        journal: Vec<String>,
+    },
+    /// Any other refusal: bad arguments, a state that does not allow it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Who shows a chain that differs from the journal's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainSource {
+    /// The image headers on disk.
+    Disk,
+    /// The running QEMU's block graph.
+    Qemu,
+}
+
+impl ChainSource {
+    fn describe(self) -> &'static str {
+        match self {
+            ChainSource::Disk => "the image chain on disk",
+            ChainSource::Qemu => "QEMU's chain",
+        }
+    }
+}
+
+impl PlanError {
+    /// A stable name of the refusal for clients (`not-defined`,
+    /// `no-such-snapshot`, …, `refused`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PlanError::DomainNotDefined { .. } => "not-defined",
+            PlanError::NoSuchSnapshot { .. } => "no-such-snapshot",
+            PlanError::NoSuchCheckpoint { .. } => "no-such-checkpoint",
+            PlanError::SnapshotExists { .. } => "snapshot-exists",
+            PlanError::CheckpointExists { .. } => "checkpoint-exists",
+            PlanError::NotRunning { .. } => "not-running",
+            PlanError::AlreadyRunning { .. } => "already-running",
+            PlanError::ChainDiffers { .. } => "chain-differs",
+            PlanError::Refused(_) => "refused",
+        }
+    }
+}
+
+impl From<PlanError> for ExecError {
+    fn from(e: PlanError) -> Self {
+        ExecError::Invalid(e)
+    }
 }
 
 impl From<ImageError> for ExecError {
@@ -81,6 +174,36 @@ pub type Result<T, E = ExecError> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A typed refusal reads as the message it replaced and names its kind.
+    #[test]
+    fn plan_errors_say_what_and_where_and_name_their_kind() {
+        let e = ExecError::from(PlanError::ChainDiffers {
+            domain: "vm".into(),
+            disk: "vda".into(),
+            seen_by: ChainSource::Disk,
+            found: vec!["/i/b".into(), "/i/a".into()],
+            journal: vec!["/i/c".into(), "/i/a".into()],
+        });
+        assert_eq!(
+            e.to_string(),
+            "domain vm, disk vda: the image chain on disk (/i/b -> /i/a) differs from the journal's (/i/c -> /i/a); run `snapjournal fsck`; nothing was changed"
+        );
+        assert_eq!(e.plan_error().map(PlanError::kind), Some("chain-differs"));
+        let e = ExecError::from(PlanError::AlreadyRunning {
+            domain: "vm".into(),
+            detail: Some("QMP socket /run/q".into()),
+        });
+        assert_eq!(
+            e.to_string(),
+            "domain vm is already running (QMP socket /run/q); nothing was changed"
+        );
+        assert_eq!(
+            ExecError::refused("bad").plan_error().map(PlanError::kind),
+            Some("refused")
+        );
+        assert!(ExecError::Live("x".into()).plan_error().is_none());
+    }
 
     /// An error printed with its chain (`{:#}`, as the CLI does) says each
     /// thing once.

@@ -18,7 +18,7 @@ pub mod steps;
 pub mod xml;
 
 pub use engine::{BeginFn, Executor};
-pub use error::{ExecError, ImageError, Result, XmlError};
+pub use error::{ChainSource, ExecError, ImageError, PlanError, Result, XmlError};
 pub use ops::checkpoint::{CheckpointReport, CheckpointRequest};
 pub use ops::create::{CreateReport, CreateRequest};
 pub use ops::delete::{DeleteReport, DeleteRequest, MergeChoice};

@@ -197,7 +197,7 @@ impl MetadataStore {
 /// The error for a recorded snapshot or checkpoint (`kind`) whose historic
 /// `<domain>` the journal lacks: the journal is damaged.
 pub fn missing_historic(kind: &str, domain: &str, name: &str) -> ExecError {
-    ExecError::Invalid(format!(
+    ExecError::refused(format!(
         "the journal has no historic <domain> for {kind} {name} of domain {domain} (damaged journal; run fsck)"
     ))
 }

@@ -22,7 +22,7 @@ pub fn shown(name: &str) -> String {
 /// starting or ending with a space.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     let bad = |why: &str| {
-        Err(ExecError::Invalid(format!(
+        Err(ExecError::refused(format!(
             "invalid {kind} name {}: {why}",
             shown(name)
         )))
@@ -58,7 +58,7 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
 
 /// Accepts an image path: absolute, no NUL, no `..` component.
 pub fn validate_image_path(what: &str, path: &str) -> Result<()> {
-    let bad = |why: &str| Err(ExecError::Invalid(format!("invalid {what} {path:?}: {why}")));
+    let bad = |why: &str| Err(ExecError::refused(format!("invalid {what} {path:?}: {why}")));
     if path.contains('\0') {
         return bad("it contains a NUL byte");
     }

@@ -104,8 +104,8 @@ fn the_cli_goes_through_the_server_with_the_same_output_and_exit_codes() {
     let v: Value = serde_json::from_slice(&json_err.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("nope"));
     assert_eq!(
-        (v["kind"].as_str(), v["changed"].as_bool()),
-        (Some("invalid"), Some(false)),
+        (v["kind"].as_str(), v["changed"].as_bool(), v["reason"].as_str()),
+        (Some("invalid"), Some(false), Some("no-such-snapshot")),
         "{v}"
     );
     // A document is read by the client and sent.
@@ -394,8 +394,8 @@ fn detach_returns_at_once_and_journal_wait_follows_the_transaction() {
     let direct = f.run(&["--json", "snapshot", "delete", "vm", "nope"]).unwrap();
     let v: Value = serde_json::from_slice(&direct.stdout).unwrap();
     assert_eq!(
-        (v["kind"].as_str(), v["domain"].as_str()),
-        (Some("invalid"), Some("vm")),
+        (v["kind"].as_str(), v["domain"].as_str(), v["reason"].as_str()),
+        (Some("invalid"), Some("vm"), Some("no-such-snapshot")),
         "{v}"
     );
     let e = f.fails(&["journal", "show", "txn-999"]).unwrap();

@@ -59,6 +59,12 @@ fn run_case_on(
             w.f().note_qemus();
             w.run_until_frozen(&op.args(), k)?
         }
+        CutAt::End => {
+            w.f().command(&op.args()).output()?;
+            w.f().note_qemus();
+            w.m().freeze();
+            true
+        }
     };
     if !reached {
         case.millis = started.elapsed().as_millis();

@@ -35,6 +35,10 @@ pub enum CutAt {
     CrashPoint(u64),
     /// When the k-th sync after the starting state arrives.
     Sync(u64),
+    /// Once the run has ended (the caller was told): what the run left
+    /// unsynced — the closing `Finished` or `Aborted` record, step records
+    /// — is lost, and recovery must find the same outcome.
+    End,
 }
 
 impl CutAt {
@@ -47,6 +51,7 @@ impl CutAt {
                 trace.get(n as usize - 1).cloned().unwrap_or_else(|| "?".into()),
             ),
             CutAt::Sync(k) => (k, format!("sync #{k}")),
+            CutAt::End => (0, "after the run".to_string()),
         };
         Case {
             op: format!("{name}+power-cut:{}", policy.name()),
@@ -276,6 +281,10 @@ pub fn run_case_with_env(
             st.signal() == Some(libc::SIGKILL)
         }
         CutAt::Sync(k) => w.run_until_frozen(&op.args(), k)?,
+        CutAt::End => {
+            w.f().command(&op.args()).output()?;
+            true
+        }
     };
     if !reached {
         case.millis = started.elapsed().as_millis();
@@ -359,6 +368,13 @@ fn push_cases(
             });
         }
     }
+    for &policy in pp {
+        out.push(PowerJob {
+            target: target(),
+            at: CutAt::End,
+            policy,
+        });
+    }
 }
 
 /// The cases of `ops` on `disks` and of the live `live_ops`: every crash
@@ -432,6 +448,7 @@ pub fn run_jobs(jobs: Vec<PowerJob>, parallel: usize) -> Vec<Case> {
                 j.target.disks(),
                 match j.at {
                     CutAt::CrashPoint(n) | CutAt::Sync(n) => n,
+                    CutAt::End => 0,
                 },
                 format!("{:?}", j.at),
                 &e,

@@ -35,7 +35,7 @@ pub struct AdoptReport {
 }
 
 fn refused(e: LibvirtError) -> ExecError {
-    ExecError::Invalid(e.to_string())
+    ExecError::refused(e.to_string())
 }
 
 /// A refused adoption of snapshots libvirt marked
@@ -52,7 +52,7 @@ fn with_delete_markers(e: ExecError, uri: &str, name: &str, snapshots: &[(String
         })
         .collect();
     match e {
-        ExecError::Invalid(m) if !marked.is_empty() => ExecError::Invalid(format!(
+        ExecError::Invalid(m) if !marked.is_empty() => ExecError::refused(format!(
             "{m}; libvirt at {uri} marks snapshot(s) {} of domain {name} as the target of a snapshot delete that did not complete (<snapshotDeleteInProgress/>): libvirt's delete stopped part way, so its metadata and the images may disagree",
             marked.join(", ")
         )),
@@ -65,7 +65,7 @@ impl Executor {
     pub fn domain_adopt_libvirt(&self, uri: &str, name: &str) -> Result<AdoptReport> {
         crate::names::validate_name("domain", name)?;
         if self.journal().domain(name)?.is_some() {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {name} is already defined in the journal; `domain undefine` it first to adopt libvirt's"
             )));
         }
@@ -74,7 +74,7 @@ impl Executor {
         for d in inactive.values() {
             let writable_disk = d.device == "disk" && !d.readonly;
             if writable_disk && d.kind != "file" {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "libvirt at {uri}, domain {name}: disk {} is a {} disk (type='{}'); snapjournal adopts domains whose writable disks are files",
                     d.target, d.kind, d.kind
                 )));
@@ -85,7 +85,7 @@ impl Executor {
             for (t, d) in &inactive {
                 let now = live.get(t).and_then(|l| l.active());
                 if d.device == "disk" && d.kind == "file" && now != d.active() {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "libvirt at {uri}, domain {name}: disk {t} writes to {} but the persistent definition names {}; make them agree (shut the domain down, or `virsh define` the live XML) and adopt again",
                         now.unwrap_or("nothing"),
                         d.active().unwrap_or("nothing")
@@ -196,7 +196,7 @@ impl Executor {
     /// libvirt runs (`verb`: virsh's command).
     pub(crate) fn refuse_libvirt_runtime(&self, domain: &str, verb: &str) -> Result<()> {
         if let Some(uri) = self.libvirt_uri(domain)? {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {domain} runs under libvirt at {uri}, which starts and stops its QEMU: `virsh -c {uri} {verb} {domain}`"
             )));
         }

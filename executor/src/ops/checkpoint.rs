@@ -19,7 +19,7 @@ use journal::{
 
 use super::{check_world_chains, device_chains, now_secs, require_defined};
 use crate::engine::Executor;
-use crate::error::{ExecError, Result};
+use crate::error::{ExecError, PlanError, Result};
 use crate::live::graph::BlockGraph;
 use crate::names::validate_name;
 use crate::xml::domain::domain_element_text;
@@ -107,10 +107,11 @@ pub(crate) fn new_checkpoint_record(
         domain_element_text(&format!("definition of domain {}", dom.core.name), domain_xml)?.to_string();
     let domain = &dom.core.name;
     if dom.checkpoints.contains_key(&req.name) {
-        return Err(ExecError::Invalid(format!(
-            "domain {domain} already has a checkpoint called {}",
-            req.name
-        )));
+        return Err(PlanError::CheckpointExists {
+            domain: domain.to_string(),
+            checkpoint: req.name.clone(),
+        }
+        .into());
     }
     let mut chosen: BTreeMap<&str, bool> = BTreeMap::new();
     for (disk, bitmap) in &req.disks {
@@ -119,18 +120,18 @@ pub(crate) fn new_checkpoint_record(
                 if !*bitmap {
                     continue;
                 }
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "disk {disk} of domain {domain} is {}; checkpoints keep bitmaps in qcow2 disks only (exclude it with --diskspec {disk},checkpoint=no)",
                     o.kind
                 )));
             }
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {domain} has no disk {disk} (it has: {})",
                 dom.core.disks.keys().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
         if chosen.insert(disk, *bitmap).is_some() {
-            return Err(ExecError::Invalid(format!("disk {disk} is given twice")));
+            return Err(ExecError::refused(format!("disk {disk} is given twice")));
         }
     }
     let disks: Vec<(String, String)> = dom
@@ -143,7 +144,7 @@ pub(crate) fn new_checkpoint_record(
         })
         .collect();
     if disks.iter().all(|(_, b)| b.is_empty()) {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "checkpoint {} of domain {domain} would cover no disk",
             req.name
         )));
@@ -208,9 +209,9 @@ impl Executor {
         let graph = self
             .live()
             .with_qemu(rt, BlockGraph::read)
-            .map_err(|e| ExecError::Invalid(format!("domain {name}: {e}")))?
+            .map_err(|e| ExecError::refused(format!("domain {name}: {e}")))?
             .ok_or_else(|| {
-                ExecError::Invalid(format!(
+                ExecError::refused(format!(
                     "domain {name}: its QEMU is gone; run `snapjournal recover`"
                 ))
             })?;
@@ -237,10 +238,10 @@ impl Executor {
         let mut ops = Vec::new();
         for (disk, bitmap) in record.bitmaps() {
             let active = dom.core.disks[disk].active().ok_or_else(|| {
-                ExecError::Invalid(format!("domain {domain}, disk {disk}: the disk has no image"))
+                ExecError::refused(format!("domain {domain}, disk {disk}: the disk has no image"))
             })?;
             if active.format != "qcow2" {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain}, disk {disk}: {} is {}; bitmaps need qcow2",
                     active.path, active.format
                 )));
@@ -249,7 +250,7 @@ impl Executor {
                 .get(&active.path)
                 .is_some_and(|l| l.iter().any(|(n, _)| n == bitmap))
             {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain}, disk {disk}: {} already holds a bitmap called {bitmap}",
                     active.path
                 )));
@@ -319,10 +320,12 @@ impl Executor {
         };
         let state = self.journal().state()?;
         let dom = require_defined(&state, domain)?;
-        let cp = dom
-            .checkpoints
-            .get(name)
-            .ok_or_else(|| ExecError::Invalid(format!("domain {domain} has no checkpoint called {name}")))?;
+        let cp = dom.checkpoints.get(name).ok_or_else(|| {
+            ExecError::from(PlanError::NoSuchCheckpoint {
+                domain: domain.to_string(),
+                checkpoint: name.to_string(),
+            })
+        })?;
         let mut changes = vec![StateChange::CheckpointRemoved {
             domain: domain.to_string(),
             checkpoint: name.to_string(),
@@ -362,7 +365,7 @@ impl Executor {
                         continue;
                     };
                     if graph.is_some() && i > 0 {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "domain {domain}, disk {disk}: the bitmap {bitmap} of checkpoint {name} lies in {}, a read-only backing image of the running QEMU; stop the domain (`domain stop`) and delete the checkpoint then",
                             image.path
                         )));
@@ -454,7 +457,7 @@ impl Executor {
             if bitmap.is_empty() {
                 xml.push_str(&format!("    <disk name='{}' checkpoint='no'/>\n", escape(disk)));
             } else if *bitmap != record.name {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain}, disk {disk}: libvirt names a checkpoint's bitmap after the checkpoint ({}), not {bitmap}",
                     record.name
                 )));
@@ -530,14 +533,14 @@ impl Executor {
             .keys()
             .any(|t| !matches!(self.libvirt().job(uri, domain, t), Ok(None)))
         {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {domain}: a block job runs in libvirt; delete checkpoint {name} once it ended"
             )));
         }
         let graph = self
             .libvirt()
             .block_graph(uri, domain)
-            .map_err(|e| ExecError::Invalid(e.to_string()))?;
+            .map_err(|e| ExecError::refused(e.to_string()))?;
         for (disk, _) in cp.bitmaps() {
             let Some(ancestor) = dom
                 .checkpoint_ancestor_on(name, disk)
@@ -558,7 +561,7 @@ impl Executor {
                     .is_some_and(|l| l.iter().any(|b| b.name == ancestor && b.recording))
             });
             if !recording {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain}, disk {disk}: deleting checkpoint {name} means merging its bitmap into {ancestor}'s, which no longer records; libvirt cannot merge bitmaps of a running domain: shut it down to delete the checkpoint (or use --metadata-only)"
                 )));
             }

@@ -31,16 +31,16 @@ fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<(Checkp
     let name = p
         .name
         .clone()
-        .ok_or_else(|| ExecError::Invalid(format!("{origin}: the checkpoint has no <name>")))?;
+        .ok_or_else(|| ExecError::refused(format!("{origin}: the checkpoint has no <name>")))?;
     validate_name(&format!("checkpoint (in {origin})"), &name)?;
     let historic = p.domain_xml.clone().ok_or_else(|| {
-        ExecError::Invalid(format!(
+        ExecError::refused(format!(
             "{origin}: checkpoint {name} has no <domain>; redefining needs the historic definition"
         ))
     })?;
     let hd = parse_domain(&format!("{origin}: historic domain"), &historic)?;
     if hd.name != *domain {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "{origin}: checkpoint {name} belongs to domain {}, not {domain}",
             hd.name
         )));
@@ -63,12 +63,12 @@ fn record_from_xml(dom: &DomainState, origin: &str, xml: &str) -> Result<(Checkp
             if bitmap.is_empty() {
                 continue;
             }
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "{origin}: checkpoint {name}, disk {disk}: the disk is {}, which snapjournal keeps no bitmap on; only checkpoint='no' can be carried for it",
                 o.kind
             )));
         }
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "{origin}: checkpoint {name} lists disk {disk}, which its historic domain does not have"
         )));
     }
@@ -127,7 +127,7 @@ impl Executor {
                     Some(
                         self.libvirt()
                             .block_graph(&uri, &dom.core.name)
-                            .map_err(|e| ExecError::Invalid(e.to_string()))?,
+                            .map_err(|e| ExecError::refused(e.to_string()))?,
                     )
                 } else {
                     None
@@ -154,7 +154,7 @@ impl Executor {
         for (origin, xml) in items {
             let (record, domain_xml) = record_from_xml(dom, origin, xml)?;
             if let Some(other) = incoming.get(&record.name) {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "checkpoint {} is defined twice: in {} and in {origin}",
                     record.name, other.origin
                 )));
@@ -184,7 +184,7 @@ impl Executor {
                 {
                     unchanged.push(name.clone());
                 } else {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "checkpoint {name} in {origin} conflicts with the checkpoint {name} already defined for domain {domain}"
                     )));
                 }
@@ -201,12 +201,12 @@ impl Executor {
             let mut at = rec.parent.as_deref();
             while let Some(p) = at {
                 if !incoming.contains_key(p) && !dom.checkpoints.contains_key(p) {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "{origin}: the ancestor {p} of checkpoint {name} is neither in the set nor defined for domain {domain}"
                     )));
                 }
                 if !seen.insert(p) {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "{origin}: checkpoint {name} is its own ancestor (through {p})"
                     )));
                 }
@@ -232,7 +232,7 @@ impl Executor {
             for (disk, bitmap) in record.bitmaps() {
                 let key = (disk.to_string(), bitmap.to_string());
                 if let Some(other) = owner.get(&key) {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "{origin}: checkpoint {name}, disk {disk}: bitmap {bitmap} already belongs to checkpoint {other}; each checkpoint needs a bitmap of its own"
                     )));
                 }
@@ -266,7 +266,7 @@ impl Executor {
             }
             for (disk, bitmap) in rec.bitmaps() {
                 let chain = dom.core.disks.get(disk).map(|d| d.chain.as_slice()).ok_or_else(|| {
-                    ExecError::Invalid(format!(
+                    ExecError::refused(format!(
                         "{origin}: checkpoint {name} keeps a bitmap on disk {disk}, which domain {domain} no longer has"
                     ))
                 })?;
@@ -277,7 +277,7 @@ impl Executor {
                             .images()
                             .bitmaps(&image.path)
                             .map_err(|e| {
-                                ExecError::Invalid(format!("{origin}: checkpoint {name}, disk {disk}: {e}"))
+                                ExecError::refused(format!("{origin}: checkpoint {name}, disk {disk}: {e}"))
                             })?
                             .into_iter()
                             .map(|b| (b.name, b.enabled))
@@ -287,7 +287,7 @@ impl Executor {
                     found |= in_image[&image.path].iter().any(|(b, _)| b == bitmap);
                 }
                 if !found {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "{origin}: checkpoint {name}, disk {disk}: no image of the disk's chain ({}) holds a bitmap called {bitmap}",
                         chain.iter().map(|i| i.path.as_str()).collect::<Vec<_>>().join(" -> ")
                     )));
@@ -364,7 +364,7 @@ impl Executor {
                 None => self
                     .images()
                     .bitmaps(&active.path)
-                    .map_err(|e| ExecError::Invalid(format!("domain {domain}, disk {}: {e}", disk.target)))?,
+                    .map_err(|e| ExecError::refused(format!("domain {domain}, disk {}: {e}", disk.target)))?,
             };
             let newest = after.newest_checkpoint(Some(&disk.target));
             for c in after.checkpoints.values() {
@@ -379,7 +379,7 @@ impl Executor {
                     .unwrap_or_default();
                 match (is_newest, here) {
                     (false, Some(x)) if x.enabled && !all_may_record => {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "{origin}checkpoint {}, disk {}: bitmap {b} in {} records writes although the newer checkpoint {} does; snapjournal keeps only the newest checkpoint's bitmap recording (libvirt keeps them all enabled). Disable it first, with the domain stopped: qemu-img bitmap --disable {} {b}",
                             c.name,
                             disk.target,
@@ -389,13 +389,13 @@ impl Executor {
                         )));
                     }
                     (true, Some(x)) if !x.enabled => {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "{origin}checkpoint {}, disk {}: bitmap {b} in {} does not record writes, although {} is the newest checkpoint: changes since it would go untracked. Enable it first, with the domain stopped: qemu-img bitmap --enable {} {b}",
                             c.name, disk.target, active.path, c.name, active.path
                         )));
                     }
                     (true, None) => {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "{origin}checkpoint {}, disk {}: the newest checkpoint's bitmap {b} is not in the active image {}, so writes would go untracked",
                             c.name, disk.target, active.path
                         )));

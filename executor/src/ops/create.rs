@@ -11,7 +11,7 @@ use journal::{
 use super::checkpoint::{new_checkpoint_record, switch_bitmap_ops, CheckpointRequest, DiskTop};
 use super::{check_new_image_path, check_world_chains, derived_path, live_chains, now_secs, require_defined};
 use crate::engine::Executor;
-use crate::error::{ExecError, Result};
+use crate::error::{ExecError, PlanError, Result};
 use crate::names::validate_name;
 use crate::xml::domain::{domain_element_text, set_disk_sources};
 use crate::xml::snapshot::DiskRequest;
@@ -67,10 +67,11 @@ impl Executor {
             super::libvirt_ops::check_live_chains(self, dom, uri)?;
         }
         if dom.snapshots.contains_key(&req.name) {
-            return Err(ExecError::Invalid(format!(
-                "domain {domain} already has a snapshot called {}",
-                req.name
-            )));
+            return Err(PlanError::SnapshotExists {
+                domain: domain.to_string(),
+                snapshot: req.name.clone(),
+            }
+            .into());
         }
         let mut requested: BTreeMap<&str, &DiskRequest> = BTreeMap::new();
         for d in &req.disks {
@@ -79,19 +80,19 @@ impl Executor {
                     if d.mode == journal::DiskSnapshotMode::No {
                         continue;
                     }
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "disk {} of domain {domain} is {}; snapjournal snapshots file-backed disks only (exclude it with --diskspec {},snapshot=no)",
                         d.disk, o.kind, d.disk
                     )));
                 }
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain} has no disk {} (it has: {})",
                     d.disk,
                     dom.core.disks.keys().cloned().collect::<Vec<_>>().join(", ")
                 )));
             }
             if requested.insert(&d.disk, d).is_some() {
-                return Err(ExecError::Invalid(format!("disk {} is given twice", d.disk)));
+                return Err(ExecError::refused(format!("disk {} is given twice", d.disk)));
             }
         }
         check_world_chains(dom)?;
@@ -99,9 +100,11 @@ impl Executor {
         if let Some(cp) = &req.checkpoint {
             validate_name("checkpoint", cp)?;
             if dom.checkpoints.contains_key(cp) {
-                return Err(ExecError::Invalid(format!(
-                    "domain {domain} already has a checkpoint called {cp}"
-                )));
+                return Err(PlanError::CheckpointExists {
+                    domain: domain.to_string(),
+                    checkpoint: cp.clone(),
+                }
+                .into());
             }
         }
 
@@ -138,7 +141,7 @@ impl Executor {
                 continue;
             }
             let active = disk.active().ok_or_else(|| {
-                ExecError::Invalid(format!(
+                ExecError::refused(format!(
                     "domain {domain}, disk {}: the disk has no image",
                     disk.target
                 ))
@@ -148,7 +151,7 @@ impl Executor {
                 .unwrap_or_else(|| derived_path(&active.path, &req.name));
             check_new_image_path(domain, &disk.target, &path, &planned)?;
             if state.images.contains_key(&path) {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain}, disk {}: {path} is already recorded as an image of the journal",
                     disk.target
                 )));
@@ -215,7 +218,7 @@ impl Executor {
             // libvirt carries the recording bitmaps into the overlays
             // itself; a checkpoint in the same transaction it cannot take.
             if req.checkpoint.is_some() {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain} runs under libvirt, whose snapshot cannot take a checkpoint in the same step; take the snapshot, then `checkpoint create`"
                 )));
             }
@@ -240,7 +243,7 @@ impl Executor {
             }));
         }
         if overlays.is_empty() {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "snapshot {} of domain {domain} would include no disk",
                 req.name
             )));

@@ -14,7 +14,7 @@ use super::{
     world_chain,
 };
 use crate::engine::Executor;
-use crate::error::{ExecError, Result};
+use crate::error::{ExecError, PlanError, Result};
 use crate::live::graph::BlockGraph;
 
 /// A delete request.
@@ -152,7 +152,7 @@ impl Executor {
         let vcpus_running = self
             .live()
             .with_qemu(rt, |q| q.running())
-            .map_err(|e| ExecError::Invalid(format!("domain {domain}: {e}")))?
+            .map_err(|e| ExecError::refused(format!("domain {domain}: {e}")))?
             .unwrap_or(false);
         let layer = |disk: &str, i: usize| -> Option<(ChainImage, String)> {
             let dev = devices.get(disk)?;
@@ -172,12 +172,12 @@ impl Executor {
                         let (Some((top_img, top_node)), Some((base_img, base_node)), Some((_, device_node))) =
                             (layer(disk, i), layer(disk, i + 1), layer(disk, 0))
                         else {
-                            return Err(ExecError::Invalid(format!(
+                            return Err(ExecError::refused(format!(
                                 "domain {domain}, disk {disk}: {top} has no base below it in QEMU"
                             )));
                         };
                         if &base_img.path != base {
-                            return Err(ExecError::Invalid(format!(
+                            return Err(ExecError::refused(format!(
                                 "domain {domain}, disk {disk}: QEMU has {} below {top}, not {base}",
                                 base_img.path
                             )));
@@ -228,7 +228,7 @@ impl Executor {
                         let (Some((top_img, top_node)), Some((dropped, dropped_node))) =
                             (layer(disk, i), layer(disk, i + 1))
                         else {
-                            return Err(ExecError::Invalid(format!(
+                            return Err(ExecError::refused(format!(
                                 "domain {domain}, disk {disk}: {image} has no backing image in QEMU"
                             )));
                         };
@@ -315,7 +315,10 @@ impl Executor {
         let dom = require_defined(&state, &req.domain)?;
         let domain = &req.domain;
         let snap = dom.snapshots.get(&req.snapshot).ok_or_else(|| {
-            ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
+            ExecError::from(PlanError::NoSuchSnapshot {
+                domain: domain.to_string(),
+                snapshot: req.snapshot.to_string(),
+            })
         })?;
         let mut doomed = vec![snap.name.clone()];
         if req.children {
@@ -394,7 +397,7 @@ impl Executor {
                     .map(|(k, _)| k)
                     .collect();
                 if kids.len() > 1 {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "snapshot {} of domain {domain}: image {} of disk {} backs {} alternate histories ({}); delete with --children to remove the whole subtree",
                         snap.name,
                         frozen.path,
@@ -409,7 +412,7 @@ impl Executor {
                 let owned_base = state.images.contains_key(&frozen.path);
                 let owned_top = state.images.contains_key(&top);
                 if !owned_top {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "snapshot {} of domain {domain}, disk {}: merging would modify {top}, an image snapjournal did not create (redefine the snapshots with --adopt-images to make their overlays the domain's, or use --metadata-only)",
                         snap.name, sd.disk
                     )));
@@ -635,12 +638,12 @@ impl Executor {
         }
         for (dir, bytes) in need.values() {
             let free = free_bytes(dir).map_err(|e| {
-                ExecError::Invalid(format!(
+                ExecError::refused(format!(
                     "domain {domain}: cannot read the free space of {dir} ({e})"
                 ))
             })?;
             if *bytes > free {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain}: deleting snapshot {snapshot} merges up to {} into images on the filesystem of {dir}, which has {} free; free some space (or delete with --metadata-only)",
                     human_bytes(*bytes),
                     human_bytes(free)

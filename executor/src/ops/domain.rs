@@ -93,7 +93,7 @@ impl Executor {
         validate_name("domain", &parsed.name)?;
         let existing = state.domains.get(&parsed.name);
         if existing.map(|d| d.core.runtime.is_some()) == Some(true) {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {} is running; stop it before redefining it",
                 parsed.name
             )));
@@ -101,21 +101,21 @@ impl Executor {
         let mut disks = BTreeMap::new();
         for d in &parsed.disks {
             let src = d.source.as_deref().ok_or_else(|| {
-                ExecError::Invalid(format!(
+                ExecError::refused(format!(
                     "domain {}, disk {}: the disk has no source file",
                     parsed.name, d.target
                 ))
             })?;
             validate_image_path(&format!("source of disk {}", d.target), src)?;
             let infos = self.images().chain_info(src).map_err(|e| {
-                ExecError::Invalid(format!(
+                ExecError::refused(format!(
                     "domain {}, disk {}: source {src} is not a usable image: {e}",
                     parsed.name, d.target
                 ))
             })?;
             if let Some(fmt) = &d.format {
                 if infos[0].format != *fmt {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "domain {}, disk {}: the definition says format {fmt} but {src} is {}",
                         parsed.name, d.target, infos[0].format
                     )));
@@ -140,7 +140,7 @@ impl Executor {
         if let SharedDisks::These(list) = shared {
             for t in list {
                 if !disks.contains_key(t) {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "domain {}: --shared names disk {t}, which the definition does not have (it has: {})",
                         parsed.name,
                         disks.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -206,7 +206,7 @@ impl Executor {
         let state = self.journal().state()?;
         let dom = require_domain(&state, name)?;
         if !dom.snapshots.is_empty() && !with_snapshot_metadata {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {name} has {} snapshot(s); delete them first or pass --snapshots-metadata to drop their metadata",
                 dom.snapshots.len()
             )));

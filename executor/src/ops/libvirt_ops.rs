@@ -19,7 +19,7 @@ fn libvirt_disks(
     let xml = exec
         .libvirt()
         .xml(uri, name, false)
-        .map_err(|e| ExecError::Invalid(e.to_string()))?;
+        .map_err(|e| ExecError::refused(e.to_string()))?;
     Ok(disks(&format!("libvirt's live definition of {name}"), &xml)?)
 }
 
@@ -34,7 +34,7 @@ pub(crate) fn check_live_chains(exec: &Executor, dom: &DomainState, uri: &str) -
             .map(|v| v.chain.iter().map(String::as_str).collect())
             .unwrap_or_default();
         if seen != journal {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {name}, disk {}: libvirt at {uri} shows the chain {} but the journal records {}; the domain was changed behind snapjournal's back (run `snapjournal fsck`)",
                 d.target,
                 if seen.is_empty() { "(none)".to_string() } else { seen.join(" → ") },
@@ -83,12 +83,12 @@ pub(crate) fn merge_steps(
                 if let Some(i) = position(disk, top) {
                     let chain = chain_of(disk);
                     let (Some(top_img), Some(base_img)) = (chain.get(i), chain.get(i + 1)) else {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "domain {name}, disk {disk}: {top} has no image below it in libvirt's view"
                         )));
                     };
                     if &base_img.path != base {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "domain {name}, disk {disk}: libvirt has {} below {top}, not {base}",
                             base_img.path
                         )));
@@ -114,18 +114,18 @@ pub(crate) fn merge_steps(
             } => {
                 if let Some(i) = position(disk, image) {
                     if i != 0 {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "domain {name}, disk {disk}: this delete pulls data into {image}, an image below the active one, which libvirt cannot do on a running domain (it pulls only into the active image); shut the domain down for this delete, or delete with --metadata-only"
                         )));
                     }
                     if !dom.checkpoints.is_empty() {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "domain {name}, disk {disk}: this delete pulls data into the active image {image} of a domain with checkpoints; snapjournal does not carry bitmaps through libvirt's block pull: shut the domain down for this delete, or delete with --metadata-only"
                         )));
                     }
                     let chain = chain_of(disk);
                     let (Some(top_img), Some(dropped)) = (chain.first(), chain.get(1)) else {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "domain {name}, disk {disk}: {image} has no backing image in libvirt's view"
                         )));
                     };

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use journal::{ChainImage, DomainState, ImageRecord, State, StateChange, Step};
 
-use crate::error::{ExecError, Result};
+use crate::error::{ChainSource, ExecError, PlanError, Result};
 use crate::names::validate_image_path;
 use crate::xml::domain::{parse_domain, set_disk_sources};
 
@@ -34,10 +34,11 @@ pub(crate) fn now_secs() -> i64 {
 
 /// The domain called `name`, running or not, or a clear error.
 pub(crate) fn require_defined<'a>(state: &'a State, name: &str) -> Result<&'a DomainState> {
-    state
-        .domains
-        .get(name)
-        .ok_or_else(|| ExecError::Invalid(format!("domain {name} is not defined")))
+    state.domains.get(name).ok_or_else(|| {
+        ExecError::from(PlanError::DomainNotDefined {
+            domain: name.to_string(),
+        })
+    })
 }
 
 /// QEMU's chain of every disk of a running domain, checked against the
@@ -60,9 +61,9 @@ pub(crate) fn live_graph(
     let name = &dom.core.name;
     exec.live()
         .with_qemu(rt, crate::live::graph::BlockGraph::read)
-        .map_err(|e| ExecError::Invalid(format!("domain {name}: {e}")))?
+        .map_err(|e| ExecError::refused(format!("domain {name}: {e}")))?
         .ok_or_else(|| {
-            ExecError::Invalid(format!(
+            ExecError::refused(format!(
                 "domain {name} is recorded running on {} but its QEMU is gone; run `snapjournal recover`",
                 rt.qmp_socket
             ))
@@ -81,7 +82,7 @@ pub(crate) fn device_chains(
     for disk in dom.core.disks.values() {
         let active = disk.active().map(|a| a.path.as_str()).unwrap_or_default();
         let dev = graph.device(&disk.target, active).ok_or_else(|| {
-            ExecError::Invalid(format!(
+            ExecError::refused(format!(
                 "domain {name}, disk {}: {qemu} shows no device on {active}",
                 disk.target
             ))
@@ -89,12 +90,14 @@ pub(crate) fn device_chains(
         let real: Vec<&str> = dev.chain.iter().map(|l| l.path.as_str()).collect();
         let ours: Vec<&str> = disk.chain.iter().map(|c| c.path.as_str()).collect();
         if real != ours || dev.chain.iter().any(|l| l.node.is_empty()) {
-            return Err(ExecError::Invalid(format!(
-                "domain {name}, disk {}: QEMU's chain ({}) differs from the journal's ({}); run `snapjournal fsck`",
-                disk.target,
-                real.join(" -> "),
-                ours.join(" -> ")
-            )));
+            return Err(PlanError::ChainDiffers {
+                domain: name.to_string(),
+                disk: disk.target.clone(),
+                seen_by: ChainSource::Qemu,
+                found: real.iter().map(|p| p.to_string()).collect(),
+                journal: ours.iter().map(|p| p.to_string()).collect(),
+            }
+            .into());
         }
         out.insert(disk.target.clone(), dev.clone());
     }
@@ -103,12 +106,13 @@ pub(crate) fn device_chains(
 
 /// The domain called `name`, stopped, or a clear error.
 pub(crate) fn require_domain<'a>(state: &'a State, name: &str) -> Result<&'a DomainState> {
-    let d = state
-        .domains
-        .get(name)
-        .ok_or_else(|| ExecError::Invalid(format!("domain {name} is not defined")))?;
+    let d = state.domains.get(name).ok_or_else(|| {
+        ExecError::from(PlanError::DomainNotDefined {
+            domain: name.to_string(),
+        })
+    })?;
     if d.core.runtime.is_some() {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "domain {name} is running; this operation needs it stopped"
         )));
     }
@@ -122,26 +126,27 @@ pub(crate) fn check_world_chains(dom: &DomainState) -> Result<()> {
     for disk in dom.core.disks.values() {
         let Some(active) = disk.active() else { continue };
         let chain = crate::qcow2::header_chain(&active.path).map_err(|e| {
-            ExecError::Invalid(format!(
+            ExecError::refused(format!(
                 "domain {}, disk {}: cannot read the image chain: {e}",
                 dom.core.name, disk.target
             ))
         })?;
         if let Some((img, _)) = chain.iter().find(|(_, h)| h.internal_snapshots > 0) {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "domain {}, disk {}: image {} holds internal snapshots; mixed internal/external snapshot trees are refused",
                 dom.core.name, disk.target, img.path
             )));
         }
         let real: Vec<ChainImage> = chain.into_iter().map(|(c, _)| c).collect();
         if real != disk.chain {
-            return Err(ExecError::Invalid(format!(
-                "domain {}, disk {}: the image chain on disk ({}) differs from the journal's ({}); run `snapjournal fsck`",
-                dom.core.name,
-                disk.target,
-                show_chain(&real),
-                show_chain(&disk.chain)
-            )));
+            return Err(PlanError::ChainDiffers {
+                domain: dom.core.name.clone(),
+                disk: disk.target.clone(),
+                seen_by: ChainSource::Disk,
+                found: real.iter().map(|c| c.path.clone()).collect(),
+                journal: disk.chain.iter().map(|c| c.path.clone()).collect(),
+            }
+            .into());
         }
     }
     Ok(())
@@ -150,21 +155,12 @@ pub(crate) fn check_world_chains(dom: &DomainState) -> Result<()> {
 /// Refuses images that hold internal snapshots (mixed trees).
 pub(crate) fn refuse_internal(domain: &str, disk: &str, infos: &[crate::images::ImageInfo]) -> Result<()> {
     if let Some(i) = infos.iter().find(|i| !i.snapshots.is_empty()) {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "domain {domain}, disk {disk}: image {} holds internal snapshots; mixed internal/external snapshot trees are refused",
             i.filename
         )));
     }
     Ok(())
-}
-
-/// `a -> b -> c` for messages.
-pub(crate) fn show_chain(chain: &[ChainImage]) -> String {
-    chain
-        .iter()
-        .map(|c| c.path.as_str())
-        .collect::<Vec<_>>()
-        .join(" -> ")
 }
 
 /// Checks that a new image may be created at `path`: absolute, its
@@ -178,19 +174,19 @@ pub(crate) fn check_new_image_path(
     validate_image_path(&format!("overlay for disk {disk} of domain {domain}"), path)?;
     let p = Path::new(path);
     if p.symlink_metadata().is_ok() {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "domain {domain}, disk {disk}: target file {path} already exists"
         )));
     }
     let dir = p.parent().unwrap_or(Path::new("/"));
     if !dir.is_dir() {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "domain {domain}, disk {disk}: directory {} of {path} does not exist",
             dir.display()
         )));
     }
     if planned.contains(path) {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "domain {domain}, disk {disk}: file {path} is planned for two disks"
         )));
     }
@@ -372,7 +368,7 @@ pub(crate) fn world_chain(domain: &str, disk: &str, path: &str) -> Result<Vec<Ch
     crate::qcow2::header_chain(path)
         .map(|c| c.into_iter().map(|(i, _)| i).collect())
         .map_err(|e| {
-            ExecError::Invalid(format!(
+            ExecError::refused(format!(
                 "domain {domain}, disk {disk}: image {path} is not usable: {e}"
             ))
         })

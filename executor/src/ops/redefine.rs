@@ -59,16 +59,16 @@ fn record_from_xml(
         .request
         .name
         .clone()
-        .ok_or_else(|| ExecError::Invalid(format!("{origin}: the snapshot has no <name>")))?;
+        .ok_or_else(|| ExecError::refused(format!("{origin}: the snapshot has no <name>")))?;
     validate_name(&format!("snapshot (in {origin})"), &name)?;
     let historic = p.domain_xml.clone().ok_or_else(|| {
-        ExecError::Invalid(format!(
+        ExecError::refused(format!(
             "{origin}: snapshot {name} has no <domain>; redefining needs the historic definition"
         ))
     })?;
     let hd = parse_domain(&format!("{origin}: historic domain"), &historic)?;
     if hd.name != domain {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "{origin}: snapshot {name} belongs to domain {}, not {domain}",
             hd.name
         )));
@@ -87,7 +87,7 @@ fn record_from_xml(
             continue;
         }
         let src = d.source.clone().ok_or_else(|| {
-            ExecError::Invalid(format!(
+            ExecError::refused(format!(
                 "{origin}: snapshot {name}, disk {}: the historic domain gives the disk no source file",
                 d.target
             ))
@@ -113,19 +113,19 @@ fn record_from_xml(
                 if r.mode == DiskSnapshotMode::No {
                     continue;
                 }
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "{origin}: snapshot {name}, disk {}: the disk is {}, which snapjournal does not snapshot; only snapshot='no' can be carried for it",
                     r.disk, o.kind
                 )));
             }
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "{origin}: snapshot {name} lists disk {}, which its historic domain does not have",
                 r.disk
             )));
         }
     }
     if !disks.iter().any(|d| d.mode == DiskSnapshotMode::External) {
-        return Err(ExecError::Invalid(format!(
+        return Err(ExecError::refused(format!(
             "{origin}: snapshot {name} includes no disk"
         )));
     }
@@ -194,7 +194,7 @@ impl Executor {
         let dom = require_defined(&state, &req.domain)?;
         let domain = &req.domain;
         if req.items.is_empty() && req.current.is_none() {
-            return Err(ExecError::Invalid("no snapshot documents given".into()));
+            return Err(ExecError::refused("no snapshot documents given"));
         }
         let (changes, report) = self.plan_snapshot_redefine(dom, req)?;
         if changes.is_empty() {
@@ -237,7 +237,7 @@ impl Executor {
             let (rec, domain_xml, x) = record_from_xml(domain, origin, xml)?;
             extras.insert(rec.name.clone(), x);
             if let Some((other, _)) = incoming.get(&rec.name) {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "snapshot {} is defined twice: in {other} and in {origin}",
                     rec.name
                 )));
@@ -259,7 +259,7 @@ impl Executor {
                 if differ.is_empty() {
                     unchanged.push(name.clone());
                 } else {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "snapshot {name} in {origin} conflicts with the snapshot {name} already defined for domain {domain} (they differ in: {})",
                         differ.join(", ")
                     )));
@@ -275,7 +275,7 @@ impl Executor {
         for (name, (origin, rec)) in &incoming {
             if let Some(p) = &rec.parent {
                 if !incoming.contains_key(p) && !dom.snapshots.contains_key(p) {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "{origin}: the parent {p} of snapshot {name} is neither in the set nor defined for domain {domain}"
                     )));
                 }
@@ -284,7 +284,7 @@ impl Executor {
             let mut at = rec.parent.as_deref();
             while let Some(p) = at {
                 if !seen.insert(p) {
-                    return Err(ExecError::Invalid(format!(
+                    return Err(ExecError::refused(format!(
                         "{origin}: snapshot {name} is its own ancestor (through {p})"
                     )));
                 }
@@ -297,7 +297,7 @@ impl Executor {
         }
         if let Some(c) = &req.current {
             if !incoming.contains_key(c) && !dom.snapshots.contains_key(c) {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "--current {c}: no such snapshot in the set or defined for domain {domain}"
                 )));
             }
@@ -333,7 +333,7 @@ impl Executor {
                         .with_state(|s| s.images.get(o).map(|i| i.domain.clone()))?
                     {
                         if owner != *domain {
-                            return Err(ExecError::Invalid(format!(
+                            return Err(ExecError::refused(format!(
                                 "snapshot {}, disk {}: overlay {o} is an image of domain {owner}; it cannot be adopted for domain {domain}",
                                 r.name, d.disk
                             )));
@@ -385,7 +385,7 @@ impl Executor {
         for rec in new {
             let origin = incoming.get(&rec.name).map(|(o, _)| o.as_str()).unwrap_or("?");
             let fail = |disk: &str, msg: String| {
-                ExecError::Invalid(format!("{origin}: snapshot {}, disk {disk}: {msg}", rec.name))
+                ExecError::refused(format!("{origin}: snapshot {}, disk {disk}: {msg}", rec.name))
             };
             for d in &rec.disks {
                 let Some(frozen) = &d.frozen else { continue };
@@ -423,7 +423,7 @@ impl Executor {
                         ));
                     }
                     if h.internal_snapshots > 0 {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "domain {domain}, disk {}: image {path} holds internal snapshots; mixed internal/external snapshot trees are refused",
                             d.disk
                         )));

@@ -12,7 +12,7 @@ use super::{
     check_new_image_path, check_world_chains, collect_garbage, derived_path, require_domain, world_chain,
 };
 use crate::engine::Executor;
-use crate::error::{ExecError, Result};
+use crate::error::{ExecError, PlanError, Result};
 use crate::xml::domain::{parse_domain, set_disk_sources};
 
 /// What a revert does to the checkpoints: the ones it removes, and
@@ -62,10 +62,10 @@ impl Executor {
     /// them leaves the domain stopped, reverted or not, never half-reverted.
     pub fn snapshot_revert(&self, req: &RevertRequest) -> Result<RevertReport> {
         let Some(dom) = self.journal().domain(&req.domain)? else {
-            return Err(ExecError::Invalid(format!(
-                "domain {} is not defined",
-                req.domain
-            )));
+            return Err(PlanError::DomainNotDefined {
+                domain: req.domain.clone(),
+            }
+            .into());
         };
         let libvirt = self.libvirt_state(&req.domain)?;
         if let Some((uri, true)) = &libvirt {
@@ -75,15 +75,16 @@ impl Executor {
             return self.snapshot_revert_stopped(req);
         };
         if !dom.snapshots.contains_key(&req.snapshot) {
-            return Err(ExecError::Invalid(format!(
-                "domain {} has no snapshot called {}",
-                req.domain, req.snapshot
-            )));
+            return Err(PlanError::NoSuchSnapshot {
+                domain: req.domain.clone(),
+                snapshot: req.snapshot.clone(),
+            }
+            .into());
         }
         let was_running = self
             .live()
             .with_qemu(&rt, |q| q.running())
-            .map_err(|e| ExecError::Invalid(format!("domain {}: {e}", req.domain)))?
+            .map_err(|e| ExecError::refused(format!("domain {}: {e}", req.domain)))?
             .unwrap_or(false);
         // Three transactions (stop, revert, start): a durable note says how
         // the domain ran, so that recovery starts it again as it was if a
@@ -137,12 +138,13 @@ impl Executor {
         uri: &str,
     ) -> Result<RevertReport> {
         if !dom.snapshots.contains_key(&req.snapshot) {
-            return Err(ExecError::Invalid(format!(
-                "domain {} has no snapshot called {}",
-                req.domain, req.snapshot
-            )));
+            return Err(PlanError::NoSuchSnapshot {
+                domain: req.domain.clone(),
+                snapshot: req.snapshot.clone(),
+            }
+            .into());
         }
-        let lv = |e: crate::libvirt::LibvirtError| ExecError::Invalid(e.to_string());
+        let lv = |e: crate::libvirt::LibvirtError| ExecError::refused(e.to_string());
         let was_running = self.libvirt().vcpus_running(uri, &req.domain).map_err(lv)?;
         let note = crate::resume::ResumeNote {
             domain: req.domain.clone(),
@@ -152,7 +154,7 @@ impl Executor {
         note.write(self.journal().dir())?;
         if let Err(e) = self.libvirt().stop(uri, &req.domain) {
             crate::resume::ResumeNote::remove(self.journal().dir(), &req.domain)?;
-            return Err(ExecError::Invalid(e.to_string()));
+            return Err(ExecError::refused(e.to_string()));
         }
         let reverted = self.snapshot_revert_stopped(req);
         let started = self.libvirt().start(uri, &req.domain, !was_running);
@@ -182,7 +184,10 @@ impl Executor {
         let dom = require_domain(&state, &req.domain)?;
         let domain = &req.domain;
         let snap = dom.snapshots.get(&req.snapshot).ok_or_else(|| {
-            ExecError::Invalid(format!("domain {domain} has no snapshot called {}", req.snapshot))
+            ExecError::from(PlanError::NoSuchSnapshot {
+                domain: domain.to_string(),
+                snapshot: req.snapshot.to_string(),
+            })
         })?;
         for d in req.overlays.keys() {
             if !snap
@@ -190,7 +195,7 @@ impl Executor {
                 .iter()
                 .any(|s| &s.disk == d && s.mode == DiskSnapshotMode::External)
             {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "snapshot {} of domain {domain} has no external disk {d}",
                     req.snapshot
                 )));
@@ -214,7 +219,7 @@ impl Executor {
                 continue;
             }
             let frozen = sd.frozen.as_ref().ok_or_else(|| {
-                ExecError::Invalid(format!(
+                ExecError::refused(format!(
                     "snapshot {}, disk {}: no image recorded",
                     snap.name, sd.disk
                 ))
@@ -271,7 +276,7 @@ impl Executor {
                 Some(present) => present.chain.clone(),
                 None => {
                     let src = hd.source.as_deref().ok_or_else(|| {
-                        ExecError::Invalid(format!(
+                        ExecError::refused(format!(
                             "snapshot {}: disk {} of its definition has no source",
                             snap.name, hd.target
                         ))
@@ -401,7 +406,7 @@ impl Executor {
         for name in &dropped {
             let c = &dom.checkpoints[name];
             if let Some((disk, _)) = c.bitmaps().find(|(d, _)| !chains.contains_key(*d)) {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "domain {domain}: reverting to snapshot {snapshot} leaves disk {disk} as it is, but checkpoint {name}, which covers it, does not describe the reverted disks and would have to go; delete checkpoint {name} first (`checkpoint delete`)"
                 )));
             }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::check_world_chains;
 use crate::engine::Executor;
-use crate::error::{ExecError, Result};
+use crate::error::{ExecError, PlanError, Result};
 use crate::live::graph::BlockGraph;
 use crate::live::qmp::{Cmd, Qmp};
 
@@ -23,9 +23,11 @@ pub fn run_paths(state_dir: &Path, domain: &str) -> (PathBuf, PathBuf) {
 
 impl Executor {
     fn defined(&self, domain: &str) -> Result<journal::DomainState> {
-        self.journal()
-            .domain(domain)?
-            .ok_or_else(|| ExecError::Invalid(format!("domain {domain} is not defined")))
+        self.journal().domain(domain)?.ok_or_else(|| {
+            ExecError::from(PlanError::DomainNotDefined {
+                domain: domain.to_string(),
+            })
+        })
     }
 
     /// The accelerator the running QEMU of `domain` uses (`kvm` or `tcg`),
@@ -50,15 +52,16 @@ impl Executor {
         let dom = self.defined(domain)?;
         self.refuse_libvirt_runtime(domain, "start")?;
         if let Some(rt) = &dom.core.runtime {
-            return Err(ExecError::Invalid(format!(
-                "domain {domain} is already running (QMP socket {})",
-                rt.qmp_socket
-            )));
+            return Err(PlanError::AlreadyRunning {
+                domain: domain.to_string(),
+                detail: Some(format!("QMP socket {}", rt.qmp_socket)),
+            }
+            .into());
         }
         check_world_chains(&dom)?;
         // What QEMU cannot be started as is refused before anything is
         // written.
-        crate::live::machine::machine_spec(domain, &dom.core.xml).map_err(ExecError::Invalid)?;
+        crate::live::machine::machine_spec(domain, &dom.core.xml).map_err(ExecError::refused)?;
         let (socket, pidfile) = run_paths(self.journal().dir(), domain);
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Metadata {
@@ -67,7 +70,7 @@ impl Executor {
             })?;
         }
         if socket.as_os_str().len() >= 108 {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "the QMP socket path {} is too long for a unix socket; use a shorter state directory",
                 socket.display()
             )));
@@ -116,7 +119,9 @@ impl Executor {
         let dom = self.defined(domain)?;
         self.refuse_libvirt_runtime(domain, "shutdown")?;
         let Some(rt) = dom.core.runtime.clone() else {
-            return Err(ExecError::Invalid(format!("domain {domain} is not running")));
+            return Err(ExecError::from(PlanError::NotRunning {
+                domain: domain.to_string(),
+            }));
         };
         self.stop_transaction(domain, &dom, rt, false)
     }
@@ -161,10 +166,13 @@ impl Executor {
     pub fn domain_attach(&self, domain: &str, qmp_socket: &str, pid: Option<u32>) -> Result<TxnId> {
         let dom = self.defined(domain)?;
         if dom.core.runtime.is_some() {
-            return Err(ExecError::Invalid(format!("domain {domain} is already running")));
+            return Err(ExecError::from(PlanError::AlreadyRunning {
+                domain: domain.to_string(),
+                detail: None,
+            }));
         }
-        let mut q = Qmp::connect(Path::new(qmp_socket)).map_err(|e| ExecError::Invalid(e.to_string()))?;
-        let graph = BlockGraph::read(&mut q).map_err(|e| ExecError::Invalid(e.to_string()))?;
+        let mut q = Qmp::connect(Path::new(qmp_socket)).map_err(|e| ExecError::refused(e.to_string()))?;
+        let graph = BlockGraph::read(&mut q).map_err(|e| ExecError::refused(e.to_string()))?;
         drop(q);
         super::device_chains(&dom, &graph, &format!("QEMU at {qmp_socket}"))?;
         let plan = Plan {
@@ -194,7 +202,9 @@ impl Executor {
     pub fn domain_detach(&self, domain: &str) -> Result<TxnId> {
         let dom = self.defined(domain)?;
         if dom.core.runtime.is_none() {
-            return Err(ExecError::Invalid(format!("domain {domain} is not running")));
+            return Err(ExecError::from(PlanError::NotRunning {
+                domain: domain.to_string(),
+            }));
         }
         let plan = Plan {
             steps: vec![],

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use super::redefine::{RedefineReport, RedefineRequest};
 use super::require_defined;
 use crate::engine::Executor;
-use crate::error::{ExecError, Result};
+use crate::error::{ExecError, PlanError, Result};
 use crate::metadata::write_atomic;
 use crate::xml::checkpoint::parse_checkpoint;
 use crate::xml::snapshot::parse_snapshot;
@@ -40,11 +40,11 @@ impl Executor {
             && id.starts_with("rs-")
             && id[3..].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
         if !ok {
-            return Err(ExecError::Invalid(format!("{id:?} is not a redefine session id")));
+            return Err(ExecError::refused(format!("{id:?} is not a redefine session id")));
         }
         let dir = self.sessions_dir().join(id);
         if !dir.is_dir() {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "redefine session {id} does not exist (committed, aborted, or removed by recovery)"
             )));
         }
@@ -54,7 +54,9 @@ impl Executor {
     /// Opens a redefine session for `domain`; returns its id.
     pub fn redefine_begin(&self, domain: &str) -> Result<String> {
         if self.journal().domain(domain)?.is_none() {
-            return Err(ExecError::Invalid(format!("domain {domain} is not defined")));
+            return Err(ExecError::from(PlanError::DomainNotDefined {
+                domain: domain.to_string(),
+            }));
         }
         let id = format!("rs-{}", uuid::Uuid::new_v4());
         let root = self.sessions_dir();
@@ -79,12 +81,12 @@ impl Executor {
                 .request
                 .name
                 .map(|n| format!("snapshot {n}"))
-                .ok_or_else(|| ExecError::Invalid(format!("{origin}: the snapshot has no <name>")))?,
+                .ok_or_else(|| ExecError::refused(format!("{origin}: the snapshot has no <name>")))?,
             Err(snapshot_err) => match parse_checkpoint(origin, xml) {
                 Ok(p) => p
                     .name
                     .map(|n| format!("checkpoint {n}"))
-                    .ok_or_else(|| ExecError::Invalid(format!("{origin}: the checkpoint has no <name>")))?,
+                    .ok_or_else(|| ExecError::refused(format!("{origin}: the checkpoint has no <name>")))?,
                 Err(_) => return Err(snapshot_err.into()),
             },
         };
@@ -92,7 +94,7 @@ impl Executor {
             .map_err(|e| io_err(&dir, "cannot list", e))?
             .count();
         if n > MAX_ITEMS {
-            return Err(ExecError::Invalid(format!(
+            return Err(ExecError::refused(format!(
                 "redefine session {id} already holds {MAX_ITEMS} documents"
             )));
         }

@@ -56,7 +56,7 @@ impl World<'_> {
                     BitmapAction::Disable { name } => BitmapAction::Enable { name: name.clone() },
                     BitmapAction::Enable { name } => BitmapAction::Disable { name: name.clone() },
                     _ => {
-                        return Err(ExecError::Invalid(format!(
+                        return Err(ExecError::refused(format!(
                             "step \"{}\" runs after the commit point and cannot be undone",
                             step.describe()
                         )))

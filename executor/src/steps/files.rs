@@ -112,7 +112,7 @@ impl World<'_> {
                 self.sync_libvirt(domain, None)?;
             }
             other => {
-                return Err(ExecError::Invalid(format!(
+                return Err(ExecError::refused(format!(
                     "step \"{}\" is not a file step",
                     other.describe()
                 )))

@@ -3,8 +3,9 @@
 //! libvirt no longer runs the domain), and the projection of the journal
 //! into libvirt's metadata that `SyncXml` adds for such a domain.
 
-#[allow(unused_imports)]
 use super::*;
+#[allow(unused_imports)]
+use crate::error::PlanError;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -108,15 +109,20 @@ impl World<'_> {
         let name = &dom.core.name;
         match m {
             Moment::Snapshot(n) => {
-                let rec = dom
-                    .snapshots
-                    .get(n)
-                    .ok_or_else(|| ExecError::Invalid(format!("domain {name} has no snapshot called {n}")))?;
+                let rec = dom.snapshots.get(n).ok_or_else(|| {
+                    ExecError::from(PlanError::NoSuchSnapshot {
+                        domain: name.to_string(),
+                        snapshot: n.to_string(),
+                    })
+                })?;
                 crate::metadata::render_snapshot_of(self.journal, name, rec)
             }
             Moment::Checkpoint(n) => {
                 let rec = dom.checkpoints.get(n).ok_or_else(|| {
-                    ExecError::Invalid(format!("domain {name} has no checkpoint called {n}"))
+                    ExecError::from(PlanError::NoSuchCheckpoint {
+                        domain: name.to_string(),
+                        checkpoint: n.to_string(),
+                    })
                 })?;
                 let historic = crate::metadata::checkpoint_historic(self.journal, name, n)?;
                 Ok(render_checkpoint(rec, &historic)?)

@@ -97,12 +97,12 @@ fn family(step: &Step) -> Family {
 
 /// A step handed to the wrong family (a bug, reported, never a panic).
 fn not_in_family(step: &Step, family: &str) -> ExecError {
-    ExecError::Invalid(format!("step \"{}\" is not a {family} step", step.describe()))
+    ExecError::refused(format!("step \"{}\" is not a {family} step", step.describe()))
 }
 
 /// A step after the commit point has no undo.
 fn cannot_undo(step: &Step) -> ExecError {
-    ExecError::Invalid(format!(
+    ExecError::refused(format!(
         "step \"{}\" runs after the commit point and cannot be undone",
         step.describe()
     ))

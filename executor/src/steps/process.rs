@@ -1,7 +1,8 @@
 //! Steps on the QEMU process: launch, resume the vCPUs, stop.
 
-#[allow(unused_imports)]
 use super::*;
+#[allow(unused_imports)]
+use crate::error::PlanError;
 
 impl World<'_> {
     /// Whether the world shows a QEMU process step done.
@@ -32,10 +33,11 @@ impl World<'_> {
                 if self.probe(step)? {
                     return Ok(());
                 }
-                let dom = self
-                    .journal
-                    .domain(domain)?
-                    .ok_or_else(|| ExecError::Invalid(format!("domain {domain} is not defined")))?;
+                let dom = self.journal.domain(domain)?.ok_or_else(|| {
+                    ExecError::from(PlanError::DomainNotDefined {
+                        domain: domain.to_string(),
+                    })
+                })?;
                 let pid = qemu::launch(&dom.core, Path::new(qmp_socket), Path::new(pidfile))
                     .map_err(|e| ExecError::Live(format!("domain {domain}: {e}")))?;
                 crash_point("live.launched");

@@ -342,8 +342,9 @@ fn main() -> Result<()> {
             LvOp::ALL.to_vec()
         } else {
             // CI's sample: the live commit point, snapjournal killed at
-            // every crash point (the kills of libvirtd and QEMU, and the
-            // other operations, run in `--mode libvirt`).
+            // every crash point and libvirtd at the libvirt points (below:
+            // also a merge with libvirtd killed); QEMU kills and the other
+            // operations run in `--mode libvirt`.
             vec![LvOp::Create]
         };
         if !args.libvirt_ops.is_empty() {
@@ -369,7 +370,7 @@ fn main() -> Result<()> {
         } else if all {
             &[Kill::Agent, Kill::Libvirtd, Kill::Qemu]
         } else {
-            &[Kill::Agent]
+            &[Kill::Agent, Kill::Libvirtd]
         };
         let d = if args.disks.is_empty() { 2 } else { args.disks[0] };
         eprintln!("running the libvirt backend's crash cases");
@@ -382,6 +383,19 @@ fn main() -> Result<()> {
             args.crash_at,
             all,
         )?);
+        if !all && args.libvirt_ops.is_empty() && args.libvirt_kill.is_none() {
+            // libvirtd killed as a block commit ends (it can lose the
+            // job's end: recovery judges it from QEMU's graph).
+            report.cases.extend(chaos::libvirtchaos::run(
+                &[LvOp::DeleteMiddle],
+                d,
+                running,
+                args.jobs,
+                &[Kill::Libvirtd],
+                args.crash_at,
+                all,
+            )?);
+        }
     }
 
     let mut jobs = Vec::new();

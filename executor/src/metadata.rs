@@ -61,8 +61,19 @@ impl MetadataStore {
         state: &State,
         domain: &str,
     ) -> Result<BTreeMap<PathBuf, String>> {
+        self.expected_domain_files(journal, state.domains.get(domain), domain)
+    }
+
+    /// [`MetadataStore::expected_files`] from the domain's own state
+    /// (`None`: not defined, no file expected).
+    pub fn expected_domain_files(
+        &self,
+        journal: &Journal,
+        dom: Option<&journal::DomainState>,
+        domain: &str,
+    ) -> Result<BTreeMap<PathBuf, String>> {
         let mut out = BTreeMap::new();
-        if let Some(d) = state.domains.get(domain) {
+        if let Some(d) = dom {
             out.insert(self.domain_file(domain), d.core.xml.clone());
             let docs = journal.snapshot_domain_xmls(domain)?;
             let mut extras = BTreeMap::new();
@@ -93,13 +104,11 @@ impl MetadataStore {
         Ok(out)
     }
 
-    /// Every file present on disk for `domain` (including stray temp files).
+    /// Every file present on disk for `domain` (including stray temp files,
+    /// also those of its domain file in the directory every domain shares:
+    /// a listing of that directory, for fsck and the full sync).
     pub fn present_files(&self, domain: &str) -> Result<Vec<PathBuf>> {
-        let mut out = Vec::new();
-        let f = self.domain_file(domain);
-        if f.exists() {
-            out.push(f);
-        }
+        let mut out = self.own_files(domain);
         let dir = self.root.join("domains");
         if let Ok(rd) = fs::read_dir(&dir) {
             for e in rd.flatten() {
@@ -109,6 +118,20 @@ impl MetadataStore {
                 }
             }
         }
+        Ok(out)
+    }
+
+    /// The files of `domain` found without listing the shared `domains/`
+    /// directory: its domain file and everything in its own snapshot and
+    /// checkpoint directories. What a transaction's sync and the step
+    /// probe look at, so their cost does not grow with the number of
+    /// domains.
+    pub fn own_files(&self, domain: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let f = self.domain_file(domain);
+        if f.exists() {
+            out.push(f);
+        }
         for dir in [self.snapshot_dir(domain), self.checkpoint_dir(domain)] {
             if let Ok(rd) = fs::read_dir(&dir) {
                 for e in rd.flatten() {
@@ -116,7 +139,25 @@ impl MetadataStore {
                 }
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// Removes the stray temp files of crashed writers from the shared
+    /// `domains/` directory (one listing; recovery calls it once).
+    pub fn remove_shared_strays(&self) -> Result<usize> {
+        let dir = self.root.join("domains");
+        let mut n = 0;
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let p = e.path();
+                    crate::durable::remove_file(&p)
+                        .map_err(|e| meta_err(&p, format!("cannot remove: {e}")))?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Domains that have files on disk.
@@ -144,10 +185,19 @@ impl MetadataStore {
         out.into_iter().collect()
     }
 
-    /// Whether the files of `domain` equal the rendering of `state`.
-    pub fn in_sync(&self, journal: &Journal, state: &State, domain: &str) -> Result<bool> {
-        let expected = self.expected_files(journal, state, domain)?;
-        let present = self.present_files(domain)?;
+    /// Whether the files of `domain` equal the rendering of its state
+    /// (`dom`). A stray temp file of its domain file in the shared
+    /// directory is not looked for: with every file's content right, it
+    /// can only be left from an earlier crash (a writer renames before it
+    /// writes the next file), and recovery sweeps those.
+    pub fn in_sync(
+        &self,
+        journal: &Journal,
+        dom: Option<&journal::DomainState>,
+        domain: &str,
+    ) -> Result<bool> {
+        let expected = self.expected_domain_files(journal, dom, domain)?;
+        let present = self.own_files(domain);
         if present.len() != expected.len() {
             return Ok(false);
         }
@@ -354,8 +404,9 @@ impl MetadataStore {
                 crate::durable::remove_file(p).map_err(|e| meta_err(p, format!("cannot remove: {e}")))?;
             }
         }
-        // Stray temp files (of a crashed writer) go too.
-        for p in self.present_files(domain)? {
+        // Stray temp files (of a crashed writer) in the domain's own
+        // directories go too (the shared directory's, recovery sweeps).
+        for p in self.own_files(domain) {
             let stray = p
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX));

@@ -333,6 +333,13 @@ pub fn recover(exec: &Executor, dry_run: bool) -> Result<RecoveryReport> {
         report.resumed = exec
             .resume_interrupted_reverts(dry_run)
             .map_err(|e| RecoveryError::Reap(e.to_string()))?;
+        // Temp files a crashed writer left beside the domain files (a
+        // transaction's own sync looks only in its domain's directories).
+        if !dry_run {
+            exec.metadata()
+                .remove_shared_strays()
+                .map_err(|e| RecoveryError::Reap(e.to_string()))?;
+        }
     }
     Ok(report)
 }

@@ -30,8 +30,8 @@ impl World<'_> {
             }
             Step::RemoveImage { path } => !exists(path),
             Step::SyncXml { domain } => {
-                let state = self.journal.state()?;
-                self.metadata.in_sync(self.journal, &state, domain)?
+                let dom = self.journal.domain(domain)?;
+                self.metadata.in_sync(self.journal, dom.as_ref(), domain)?
                     && self.libvirt_drift(domain)?.is_none_or(|d| d.findings.is_empty())
             }
             other => return Err(not_in_family(other, "file")),

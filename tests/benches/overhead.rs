@@ -112,6 +112,32 @@ impl Bare {
         }
     }
 
+    /// `qemu-img create -f qcow2 -b <active> -F qcow2 <file>` per disk,
+    /// into throwaway files (the chains stay as they are).
+    fn create_with_qemu_img(&mut self, dir: &Path) {
+        for d in 0..self.chains.len() {
+            let p = dir
+                .join(format!("peer-{}-{d}.qcow2", self.n))
+                .display()
+                .to_string();
+            let st = Command::new("qemu-img")
+                .args([
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    &self.chains[d][0],
+                    &p,
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
+
     fn revert(&mut self) {
         for d in 0..self.chains.len() {
             let p = self.fresh(d);
@@ -174,6 +200,11 @@ fn offline(disks: usize, rounds: usize) -> BTreeMap<&'static str, (Vec<Duration>
         j("create", jc);
         let (bc, _) = timed(|| bare.create());
         out.entry("create").or_default().1.push(bc);
+        // The peer a user would run: one `qemu-img create` per disk (the
+        // journaled path writes its overlays in-process, no process).
+        let (pc, _) = timed(|| bare.create_with_qemu_img(root.path()));
+        out.entry("create/qemu-img").or_default().0.push(jc);
+        out.entry("create/qemu-img").or_default().1.push(pc);
         let revert = || {
             exec.snapshot_revert(&RevertRequest {
                 domain: "vm".into(),
@@ -482,8 +513,106 @@ fn scale(snapshots: usize, rounds: usize) -> (Duration, Duration) {
     (median(&c), median(&d))
 }
 
+/// Fills the first `gib` GiB of `image` with `pattern` (qemu-io, one GiB
+/// per request: a single request is limited to under 2 GiB).
+fn fill(image: &str, pattern: u8, gib: u64) {
+    let mut args = vec!["-f".to_string(), "qcow2".to_string()];
+    for g in 0..gib {
+        args.push("-c".into());
+        args.push(format!("write -P {pattern:#04x} {g}G 1G"));
+    }
+    args.push(image.to_string());
+    let st = Command::new("qemu-io")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-io write into {image}");
+}
+
+/// An offline delete that merges `gib` GiB, journaled, against the bare
+/// qemu-img call on a twin chain with the same data: base, o1 and o2 each
+/// hold `gib` GiB; deleting s2 merges o1 and o2 (a commit of o2 into o1,
+/// or a pull of o1 into o2, whichever the journal picks as cheaper; the
+/// bare side makes the same choice). Returns (journaled, bare, choice,
+/// bytes moved).
+fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
+    let root = tempfile::Builder::new().prefix("sj-merge-").tempdir().unwrap();
+    let size = format!("{gib}G");
+    let (exec, _) = recovery::open(&root.path().join("state")).unwrap();
+    let base = root.path().join("vm-vda.qcow2").display().to_string();
+    let img = QemuImg::default();
+    img.create(&base, "qcow2", &size).unwrap();
+    exec.define_domain(&chaos::fixture::domain_xml(
+        "vm",
+        &[("vda".to_string(), base.clone())],
+    ))
+    .unwrap();
+    let active = |exec: &Executor| {
+        exec.journal().domain("vm").unwrap().unwrap().core.disks["vda"].chain[0]
+            .path
+            .clone()
+    };
+    for (snap, pattern) in [("s1", 0xa1u8), ("s2", 0xa2)] {
+        exec.snapshot_create(&CreateRequest {
+            domain: "vm".into(),
+            name: snap.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        fill(&active(&exec), pattern, gib);
+    }
+    // The twin: base <- o1 <- o2, the same data.
+    let b0 = root.path().join("bare.qcow2").display().to_string();
+    img.create(&b0, "qcow2", &size).unwrap();
+    let b1 = format!("{b0}.1");
+    let b2 = format!("{b0}.2");
+    img.create_overlay(&b1, &ChainImage::qcow2(b0.clone())).unwrap();
+    fill(&b1, 0xa1, gib);
+    img.create_overlay(&b2, &ChainImage::qcow2(b1.clone())).unwrap();
+    fill(&b2, 0xa2, gib);
+    // The bare side first (the choice is the journal's: it picks the
+    // cheaper merge, and here o2 holds no more than o1, so a commit).
+    let _ = Command::new("sync").status();
+    let (b, _) = timed(|| {
+        img.commit(&b2, &b1).unwrap();
+        std::fs::remove_file(&b2).unwrap();
+    });
+    let _ = Command::new("sync").status();
+    let (j, rep) = timed(|| {
+        exec.snapshot_delete(&DeleteRequest {
+            domain: "vm".into(),
+            snapshot: "s2".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    });
+    let (choice, moved) = match rep.merges.first() {
+        Some(MergeChoice::Commit { top_bytes, .. }) => ("commit", *top_bytes),
+        Some(MergeChoice::Pull { base_bytes, .. }) => ("pull", *base_bytes),
+        other => panic!("no merge: {other:?}"),
+    };
+    assert_eq!(choice, "commit", "the bare side committed");
+    (j, b, choice.to_string(), moved)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if let Some(i) = std::env::args().position(|a| a == "--merge-only") {
+        let gib: u64 = std::env::args()
+            .nth(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        let (j, b, choice, moved) = merge_at_scale(gib);
+        println!(
+            "offline delete merging {gib} GiB ({choice}, {:.1} MiB moved): journaled {:.1} ms, bare qemu-img {:.1} ms, ratio {:.3}",
+            moved as f64 / (1024.0 * 1024.0),
+            ms(j),
+            ms(b),
+            j.as_secs_f64() / b.as_secs_f64()
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "--scale-only") {
         let (c1, d1) = scale(1, 15);
         let (cn, dn) = scale(1000, 15);

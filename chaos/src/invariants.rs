@@ -78,8 +78,9 @@ pub fn check(
 }
 
 /// The fsck findings that report lost change tracking.
-pub fn is_lost_tracking(kind: &str) -> bool {
-    matches!(kind, "missing-bitmap" | "inconsistent-bitmap" | "bitmap-state")
+pub fn is_lost_tracking(kind: recovery::FindingKind) -> bool {
+    use recovery::FindingKind as K;
+    matches!(kind, K::MissingBitmap | K::InconsistentBitmap | K::BitmapState)
 }
 
 /// [`check`]; with `lost_tracking_reported`, fsck reporting lost change

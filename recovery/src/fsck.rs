@@ -10,13 +10,178 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+/// What kind of finding, with the invariant it breaks. Serialized as its
+/// stable kebab-case name (`chain-mismatch`, …), which `--json` reports
+/// and a client matches on.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// I9: a journal record does not decode.
+    CorruptRecord,
+    /// I9: the stored state is not the fold of the events.
+    ProjectionMismatch,
+    /// I7: a transaction is still open.
+    OpenTransaction,
+    /// I9: a snapshot or checkpoint lacks its historic domain document.
+    HistoricDocumentMissing,
+    /// I1: a rendered XML file is missing.
+    XmlMissing,
+    /// I1: a rendered XML file differs from the state.
+    XmlDiffers,
+    /// I1: a rendered XML file does not parse (half written).
+    XmlHalfWritten,
+    /// I1: a file the state does not have.
+    XmlExtra,
+    /// I1: a temp file a crashed writer left.
+    XmlStrayTemp,
+    /// I4: a disk image is missing.
+    MissingImage,
+    /// I2: the chain on disk differs from the journal.
+    ChainMismatch,
+    /// I4: an image header does not read.
+    UnreadableImage,
+    /// I4: a snapshot image is a disk's active layer.
+    FrozenImageWritable,
+    /// I4: a checkpoint bitmap is shared in a way that is unsafe.
+    BitmapShared,
+    /// I3: an image the journal created that nothing references.
+    OrphanImage,
+    /// I1: libvirt's definition or metadata differ from the journal.
+    LibvirtMetadataDiffers,
+    /// I1: libvirt marked a snapshot with an unfinished delete.
+    LibvirtDeleteMarker,
+    /// I1: libvirt's live view is behind QEMU, which runs the journal's chain.
+    LibvirtLiveViewStale,
+    /// I2: libvirt and QEMU run a chain other than the journal's.
+    LibvirtChainMismatch,
+    /// I7: a block job runs in libvirt with no transaction open.
+    LibvirtStrayJob,
+    /// I2: the domain is recorded running but its QEMU is gone.
+    QemuGone,
+    /// I2: QEMU runs a chain other than the journal's.
+    QemuChainMismatch,
+    /// I3: QEMU holds a node outside the chains.
+    QemuStrayNode,
+    /// I7: a block job is left in QEMU.
+    QemuStrayJob,
+    /// I4: a checkpoint's bitmap is missing.
+    MissingBitmap,
+    /// I4: a checkpoint's bitmap is marked inconsistent.
+    InconsistentBitmap,
+    /// I2: a checkpoint's bitmap records when it must not, or the reverse.
+    BitmapState,
+}
+
+impl FindingKind {
+    /// Every kind.
+    pub const ALL: &'static [FindingKind] = &[
+        FindingKind::CorruptRecord,
+        FindingKind::ProjectionMismatch,
+        FindingKind::OpenTransaction,
+        FindingKind::HistoricDocumentMissing,
+        FindingKind::XmlMissing,
+        FindingKind::XmlDiffers,
+        FindingKind::XmlHalfWritten,
+        FindingKind::XmlExtra,
+        FindingKind::XmlStrayTemp,
+        FindingKind::MissingImage,
+        FindingKind::ChainMismatch,
+        FindingKind::UnreadableImage,
+        FindingKind::FrozenImageWritable,
+        FindingKind::BitmapShared,
+        FindingKind::OrphanImage,
+        FindingKind::LibvirtMetadataDiffers,
+        FindingKind::LibvirtDeleteMarker,
+        FindingKind::LibvirtLiveViewStale,
+        FindingKind::LibvirtChainMismatch,
+        FindingKind::LibvirtStrayJob,
+        FindingKind::QemuGone,
+        FindingKind::QemuChainMismatch,
+        FindingKind::QemuStrayNode,
+        FindingKind::QemuStrayJob,
+        FindingKind::MissingBitmap,
+        FindingKind::InconsistentBitmap,
+        FindingKind::BitmapState,
+    ];
+
+    /// The invariant (`I1` … `I9`) a finding of this kind breaks.
+    pub fn invariant(self) -> &'static str {
+        match self {
+            FindingKind::XmlMissing
+            | FindingKind::XmlDiffers
+            | FindingKind::XmlStrayTemp
+            | FindingKind::XmlHalfWritten
+            | FindingKind::XmlExtra
+            | FindingKind::LibvirtMetadataDiffers
+            | FindingKind::LibvirtDeleteMarker
+            | FindingKind::LibvirtLiveViewStale => "I1",
+            FindingKind::ChainMismatch
+            | FindingKind::LibvirtChainMismatch
+            | FindingKind::QemuGone
+            | FindingKind::QemuChainMismatch
+            | FindingKind::BitmapState => "I2",
+            FindingKind::OrphanImage | FindingKind::QemuStrayNode => "I3",
+            FindingKind::MissingImage
+            | FindingKind::UnreadableImage
+            | FindingKind::FrozenImageWritable
+            | FindingKind::BitmapShared
+            | FindingKind::MissingBitmap
+            | FindingKind::InconsistentBitmap => "I4",
+            FindingKind::OpenTransaction | FindingKind::LibvirtStrayJob | FindingKind::QemuStrayJob => "I7",
+            FindingKind::CorruptRecord
+            | FindingKind::ProjectionMismatch
+            | FindingKind::HistoricDocumentMissing => "I9",
+        }
+    }
+
+    /// The stable name (`chain-mismatch`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::CorruptRecord => "corrupt-record",
+            FindingKind::ProjectionMismatch => "projection-mismatch",
+            FindingKind::OpenTransaction => "open-transaction",
+            FindingKind::HistoricDocumentMissing => "historic-document-missing",
+            FindingKind::XmlMissing => "xml-missing",
+            FindingKind::XmlDiffers => "xml-differs",
+            FindingKind::XmlHalfWritten => "xml-half-written",
+            FindingKind::XmlExtra => "xml-extra",
+            FindingKind::XmlStrayTemp => "xml-stray-temp",
+            FindingKind::MissingImage => "missing-image",
+            FindingKind::ChainMismatch => "chain-mismatch",
+            FindingKind::UnreadableImage => "unreadable-image",
+            FindingKind::FrozenImageWritable => "frozen-image-writable",
+            FindingKind::BitmapShared => "bitmap-shared",
+            FindingKind::OrphanImage => "orphan-image",
+            FindingKind::LibvirtMetadataDiffers => "libvirt-metadata-differs",
+            FindingKind::LibvirtDeleteMarker => "libvirt-delete-marker",
+            FindingKind::LibvirtLiveViewStale => "libvirt-live-view-stale",
+            FindingKind::LibvirtChainMismatch => "libvirt-chain-mismatch",
+            FindingKind::LibvirtStrayJob => "libvirt-stray-job",
+            FindingKind::QemuGone => "qemu-gone",
+            FindingKind::QemuChainMismatch => "qemu-chain-mismatch",
+            FindingKind::QemuStrayNode => "qemu-stray-node",
+            FindingKind::QemuStrayJob => "qemu-stray-job",
+            FindingKind::MissingBitmap => "missing-bitmap",
+            FindingKind::InconsistentBitmap => "inconsistent-bitmap",
+            FindingKind::BitmapState => "bitmap-state",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One thing fsck found.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Finding {
     /// The invariant it breaks (`I1` … `I9`).
     pub invariant: &'static str,
-    /// A stable name for the kind of finding.
-    pub kind: &'static str,
+    /// What kind of finding (serialized as its stable name).
+    pub kind: FindingKind,
     /// The file, domain, snapshot or transaction concerned.
     pub subject: String,
     pub message: String,
@@ -48,14 +213,13 @@ impl FsckReport {
 }
 
 fn finding(
-    invariant: &'static str,
-    kind: &'static str,
+    kind: FindingKind,
     subject: impl Into<String>,
     message: impl Into<String>,
     repair: impl Into<String>,
 ) -> Finding {
     Finding {
-        invariant,
+        invariant: kind.invariant(),
         kind,
         subject: subject.into(),
         message: message.into(),
@@ -83,8 +247,7 @@ pub fn fsck(exec: &Executor, only: Option<&str>, repair: bool) -> Result<FsckRep
             corrupt = !bad.is_empty();
             for e in bad {
                 report.findings.push(finding(
-                    "I9",
-                    "corrupt-record",
+                    FindingKind::CorruptRecord,
                     "journal",
                     e.to_string(),
                     NO_REPAIR,
@@ -97,8 +260,7 @@ pub fn fsck(exec: &Executor, only: Option<&str>, repair: bool) -> Result<FsckRep
     // Event sourcing: the projection equals the fold of the log.
     match journal.fold_events() {
         Ok(folded) if folded != state => report.findings.push(finding(
-            "I9",
-            "projection-mismatch",
+            FindingKind::ProjectionMismatch,
             "journal",
             "the stored state projection differs from the fold of the event log",
             NO_REPAIR,
@@ -114,8 +276,7 @@ pub fn fsck(exec: &Executor, only: Option<&str>, repair: bool) -> Result<FsckRep
             continue;
         }
         report.findings.push(finding(
-            "I7",
-            "open-transaction",
+            FindingKind::OpenTransaction,
             o.txn.to_string(),
             format!("{} ({}) is still open", o.txn, o.intent.describe()),
             "run `snapjournal recover` (fsck does not finish transactions)",
@@ -162,8 +323,7 @@ fn check_historic_documents(
         );
     for (kind, name) in missing {
         report.findings.push(finding(
-            "I9",
-            "historic-document-missing",
+        FindingKind::HistoricDocumentMissing,
             format!("{dom}/{name}"),
             format!(
                 "{kind} {name} of domain {dom} has no historic <domain> in the journal: its XML cannot be rendered{}",
@@ -192,8 +352,7 @@ fn check_domain(
     for (path, content) in &expected {
         match std::fs::read(path) {
             Err(_) => xml_findings.push(finding(
-                "I1",
-                "xml-missing",
+                FindingKind::XmlMissing,
                 path.display().to_string(),
                 format!("{} is missing", path.display()),
                 "re-render it from the journal",
@@ -201,8 +360,11 @@ fn check_domain(
             Ok(b) if b != content.as_bytes() => {
                 let parses = executor::xml::tree::parse("file", &String::from_utf8_lossy(&b)).is_ok();
                 xml_findings.push(finding(
-                    "I1",
-                    if parses { "xml-differs" } else { "xml-half-written" },
+                    if parses {
+                        FindingKind::XmlDiffers
+                    } else {
+                        FindingKind::XmlHalfWritten
+                    },
                     path.display().to_string(),
                     format!(
                         "{} {} the journal's state",
@@ -228,14 +390,17 @@ fn check_domain(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (kind, msg) = if name.starts_with(TEMP_PREFIX) {
-            ("xml-stray-temp", format!("stray temporary file {}", p.display()))
+            (
+                FindingKind::XmlStrayTemp,
+                format!("stray temporary file {}", p.display()),
+            )
         } else {
             (
-                "xml-extra",
+                FindingKind::XmlExtra,
                 format!("{} is not in the journal's state", p.display()),
             )
         };
-        xml_findings.push(finding("I1", kind, p.display().to_string(), msg, "remove it"));
+        xml_findings.push(finding(kind, p.display().to_string(), msg, "remove it"));
     }
     if !xml_findings.is_empty() && repair && !busy {
         meta.sync_domain(exec.journal(), state, dom)?;
@@ -253,8 +418,7 @@ fn check_domain(
         let Some(active) = disk.active() else { continue };
         if !Path::new(&active.path).exists() {
             report.findings.push(finding(
-                "I4",
-                "missing-image",
+                FindingKind::MissingImage,
                 active.path.clone(),
                 format!(
                     "domain {dom}, disk {}: active image {} does not exist",
@@ -266,8 +430,7 @@ fn check_domain(
         }
         match exec.images().chain(&active.path) {
             Ok(real) if real != disk.chain => report.findings.push(finding(
-                "I2",
-                "chain-mismatch",
+                FindingKind::ChainMismatch,
                 format!("{dom}/{}", disk.target),
                 format!(
                     "domain {dom}, disk {}: the chain on disk is {} but the journal says {}",
@@ -279,8 +442,7 @@ fn check_domain(
             )),
             Ok(_) => {}
             Err(e) => report.findings.push(finding(
-                "I4",
-                "unreadable-image",
+                FindingKind::UnreadableImage,
                 active.path.clone(),
                 format!("domain {dom}, disk {}: {e}", disk.target),
                 NO_REPAIR,
@@ -329,8 +491,7 @@ fn check_domain(
             if let Some(f) = &sd.frozen {
                 if let Some(w) = d.disk_writing_into(&f.path) {
                     report.findings.push(finding(
-                        "I4",
-                        "frozen-image-writable",
+        FindingKind::FrozenImageWritable,
                         format!("{dom}/{}", s.name),
                         format!(
                             "domain {dom}, snapshot {}, disk {}: the snapshot's image {} is the active layer of disk {} — the domain still writes into it, so the snapshot protects nothing and a revert would bring back later data",
@@ -341,8 +502,7 @@ fn check_domain(
                 }
                 if !Path::new(&f.path).exists() {
                     report.findings.push(finding(
-                        "I4",
-                        "missing-image",
+                        FindingKind::MissingImage,
                         f.path.clone(),
                         format!(
                             "domain {dom}, snapshot {}, disk {}: image {} does not exist",
@@ -360,8 +520,7 @@ fn check_domain(
         for (disk, bitmap) in c.bitmaps() {
             if let Some(other) = owner.insert((disk, bitmap), c.name.as_str()) {
                 report.findings.push(finding(
-                    "I4",
-                    "bitmap-shared",
+        FindingKind::BitmapShared,
                     format!("{dom}/{}", c.name),
                     format!(
                         "domain {dom}, disk {disk}: checkpoints {other} and {} both name bitmap {bitmap}; deleting either would destroy the other's change tracking",
@@ -389,8 +548,7 @@ fn check_domain(
                 0
             };
             let mut f = finding(
-                "I3",
-                "orphan-image",
+                FindingKind::OrphanImage,
                 img.path.clone(),
                 format!(
                     "{} was created by the journal for domain {dom} and nothing references it{}",
@@ -466,8 +624,7 @@ fn check_libvirt(
         .iter()
         .map(|m| {
             finding(
-                "I1",
-                "libvirt-metadata-differs",
+                FindingKind::LibvirtMetadataDiffers,
                 dom.clone(),
                 format!("domain {dom}: {m}"),
                 "rewrite libvirt's definition and metadata from the journal",
@@ -482,8 +639,7 @@ fn check_libvirt(
         Ok(m) => {
             for (snapshot, disks) in m.into_iter().filter(|(s, _)| d.snapshots.contains_key(s)) {
                 found.push(finding(
-                    "I1",
-                    "libvirt-delete-marker",
+        FindingKind::LibvirtDeleteMarker,
                     dom.clone(),
                     format!(
                         "domain {dom}: libvirt marks disk(s) {} of snapshot {snapshot} as the target of a snapshot delete that did not complete (<snapshotDeleteInProgress/>); libvirt refuses to delete it",
@@ -556,8 +712,7 @@ fn check_libvirt(
                 .is_some_and(|q| q.iter().map(String::as_str).eq(ours.iter().copied()))
             {
                 let mut f = finding(
-                    "I1",
-                    "libvirt-live-view-stale",
+        FindingKind::LibvirtLiveViewStale,
                     format!("{dom}/{}", disk.target),
                     format!(
                         "domain {dom}, disk {}: libvirt's live view lists {} while QEMU runs the journal's chain {} (libvirtd lost the end of a block job); the data is right, libvirt's view is not",
@@ -581,8 +736,7 @@ fn check_libvirt(
                 report.findings.push(f);
             } else {
                 report.findings.push(finding(
-                    "I2",
-                    "libvirt-chain-mismatch",
+                    FindingKind::LibvirtChainMismatch,
                     format!("{dom}/{}", disk.target),
                     format!(
                         "domain {dom}, disk {}: libvirt's chain is {} but the journal says {}",
@@ -603,8 +757,7 @@ fn check_libvirt(
         }
         match lv.job(uri, dom, &disk.target) {
             Ok(Some(j)) => report.findings.push(finding(
-                "I7",
-                "libvirt-stray-job",
+        FindingKind::LibvirtStrayJob,
                 format!("{dom}/{}", disk.target),
                 format!(
                     "domain {dom}, disk {}: a block job (type {}, {}/{}) runs in libvirt with no transaction open",
@@ -636,8 +789,7 @@ fn check_running(
         Ok(Some(x)) => x,
         Ok(None) => {
             report.findings.push(finding(
-                "I2",
-                "qemu-gone",
+                FindingKind::QemuGone,
                 dom.clone(),
                 format!(
                     "domain {dom} is recorded running on {} but its QEMU is gone",
@@ -667,8 +819,7 @@ fn check_running(
             .map(|x| x.chain.iter().map(|l| l.path.as_str()).collect());
         if real.as_deref() != Some(&ours[..]) {
             report.findings.push(finding(
-                "I2",
-                "qemu-chain-mismatch",
+                FindingKind::QemuChainMismatch,
                 format!("{dom}/{}", disk.target),
                 format!(
                     "domain {dom}, disk {}: QEMU's chain is {} but the journal says {}",
@@ -686,8 +837,7 @@ fn check_running(
     for (node, (drv, file)) in &graph.nodes {
         if (drv == "qcow2" || drv == "raw") && !in_chains.contains(file) {
             report.findings.push(finding(
-                "I3",
-                "qemu-stray-node",
+                FindingKind::QemuStrayNode,
                 format!("{dom}/{node}"),
                 format!("domain {dom}: QEMU still holds node {node} on {file}, which no disk uses"),
                 NO_REPAIR,
@@ -696,8 +846,7 @@ fn check_running(
     }
     for j in jobs {
         report.findings.push(finding(
-            "I7",
-            "qemu-stray-job",
+            FindingKind::QemuStrayJob,
             format!("{dom}/{}", j.id),
             format!(
                 "domain {dom}: block job {} ({}) is {} in QEMU with no transaction open",
@@ -787,8 +936,7 @@ fn check_bitmaps(
                 .collect();
             if found.is_empty() {
                 report.findings.push(finding(
-                    "I4",
-                    "missing-bitmap",
+        FindingKind::MissingBitmap,
                     subject,
                     format!(
                         "domain {dom}, disk {}: checkpoint {} names bitmap {b}, which no image of the chain holds (a QEMU that died before storing it loses it)",
@@ -800,8 +948,7 @@ fn check_bitmaps(
             }
             if let Some((path, _)) = found.iter().find(|(_, x)| x.in_use) {
                 report.findings.push(finding(
-                    "I4",
-                    "inconsistent-bitmap",
+        FindingKind::InconsistentBitmap,
                     subject,
                     format!(
                         "domain {dom}, disk {}: bitmap {b} of checkpoint {} in {path} is marked in use: a QEMU stopped without storing it, so it is inconsistent",
@@ -823,8 +970,7 @@ fn check_bitmaps(
             };
             if let Some(what) = wrong {
                 report.findings.push(finding(
-                    "I2",
-                    "bitmap-state",
+        FindingKind::BitmapState,
                     subject,
                     format!(
                         "domain {dom}, disk {}: bitmap {b} of checkpoint {} {what} (a QEMU that died loses the bitmap changes it had not stored)",
@@ -834,5 +980,27 @@ fn check_bitmaps(
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind serializes as its stable name (what `--json` reported
+    /// before the enum) and names an invariant.
+    #[test]
+    fn finding_kinds_serialize_as_their_stable_names() {
+        let mut seen = std::collections::BTreeSet::new();
+        for k in FindingKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), serde_json::json!(k.name()));
+            assert!(k.invariant().starts_with('I'), "{k}");
+            assert!(seen.insert(k.name()), "{k} twice");
+        }
+        assert_eq!(
+            FindingKind::LibvirtLiveViewStale.name(),
+            "libvirt-live-view-stale"
+        );
+        assert_eq!(FindingKind::ChainMismatch.invariant(), "I2");
     }
 }

@@ -16,7 +16,7 @@ use journal::{Journal, JournalOptions};
 
 pub use decide::{decide, Decision, Direction, Probe};
 pub use error::{RecoveryError, Result};
-pub use fsck::{fsck, Finding, FsckReport};
+pub use fsck::{fsck, Finding, FindingKind, FsckReport};
 pub use recover::{recover, recover_all, recover_txn, RecoveryReport, TxnOutcome};
 
 /// Opens a state directory and recovers every open transaction, returning

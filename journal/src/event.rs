@@ -105,6 +105,16 @@ pub enum Intent {
         snapshots: u32,
         checkpoints: u32,
     },
+    /// Forget the domain's QEMU without stopping it (`domain detach`).
+    DomainDetach {
+        domain: String,
+    },
+    /// `fsck --repair`: remove images the journal created that nothing
+    /// references any more.
+    OrphanImagesRemove {
+        domain: String,
+        count: u32,
+    },
 }
 
 impl Intent {
@@ -125,7 +135,9 @@ impl Intent {
             | Intent::CheckpointDelete { domain, .. }
             | Intent::CheckpointRedefine { domain, .. }
             | Intent::SessionRedefine { domain, .. }
-            | Intent::DomainAdopt { domain, .. } => domain,
+            | Intent::DomainAdopt { domain, .. }
+            | Intent::DomainDetach { domain }
+            | Intent::OrphanImagesRemove { domain, .. } => domain,
         }
     }
 
@@ -151,6 +163,10 @@ impl Intent {
                 if *metadata_only { " (metadata only)" } else { "" }
             ),
             Intent::Other { domain, what } => format!("{what} on domain {domain}"),
+            Intent::DomainDetach { domain } => format!("detach domain {domain} from its QEMU"),
+            Intent::OrphanImagesRemove { domain, count } => {
+                format!("remove {count} orphan image(s) of domain {domain} (fsck --repair)")
+            }
             Intent::DomainStart { domain, paused } => {
                 format!("start domain {domain}{}", if *paused { " paused" } else { "" })
             }

@@ -578,9 +578,9 @@ fn check_domain(
                 .map(|p| StateChange::ImageRemoved { path: p.clone() })
                 .collect();
             exec.run(
-                Intent::Other {
+                Intent::OrphanImagesRemove {
                     domain: dom.into(),
-                    what: "fsck --repair: remove orphan images".into(),
+                    count: removable.len() as u32,
                 },
                 Plan {
                     steps,

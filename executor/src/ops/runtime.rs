@@ -215,9 +215,8 @@ impl Executor {
             }],
         };
         self.run(
-            Intent::Other {
+            Intent::DomainDetach {
                 domain: domain.to_string(),
-                what: "detach from QEMU".into(),
             },
             plan,
             Some(&dom),

@@ -84,6 +84,16 @@ impl BlockGraph {
         Self::read_unsettled(qmp)
     }
 
+    /// The devices and their chains by file name only (`query-block`, once
+    /// no block job can change the graph by itself): enough to tell
+    /// whether a merge is done, without the listing of every node with its
+    /// bitmaps. Node names are known for each device's top layer only.
+    pub fn read_devices(qmp: &mut Qmp) -> Result<BlockGraph, QmpError> {
+        super::settle::wait_settled(qmp)?;
+        let block_v = qmp.execute(Cmd::QueryBlock, json!({}))?;
+        Ok(Self::from_replies(&json!([]), &block_v))
+    }
+
     /// Reads the graph without waiting for block jobs to settle: the
     /// sequence that crashes QEMU 7.2 while a job finishes. Only for the
     /// regression test that shows it.

@@ -100,7 +100,7 @@ pub fn run(
     loop {
         let job = q.job(id)?;
         let Some(job) = job else {
-            if merge_done(&BlockGraph::read(q)?, disk, merge) {
+            if merge_done(&BlockGraph::read_devices(q)?, disk, merge) {
                 return Ok(());
             }
             if started {

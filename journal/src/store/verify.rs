@@ -66,6 +66,7 @@ impl Journal {
     /// Test and tooling hook: overwrites the raw value of an event record
     /// (to simulate on-disk corruption).
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_put_event(&self, seq: u64, bytes: &[u8]) -> Result<()> {
         self.db
             .put_cf(self.cf(CF_EVENTS), seq_key(seq), bytes)
@@ -74,6 +75,7 @@ impl Journal {
 
     /// Test and tooling hook: the raw value of an event record.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_get_event(&self, seq: u64) -> Result<Option<Vec<u8>>> {
         self.db
             .get_cf(self.cf(CF_EVENTS), seq_key(seq))
@@ -82,6 +84,7 @@ impl Journal {
 
     /// Test and tooling hook: overwrites the raw value of a projection record.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_put_projection(&self, key: &str, bytes: &[u8]) -> Result<()> {
         self.db
             .put_cf(self.cf(CF_STATE), key.as_bytes(), bytes)
@@ -90,6 +93,7 @@ impl Journal {
 
     /// Test and tooling hook: the raw value of an open-transaction record.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_put_open(&self, txn: TxnId, bytes: &[u8]) -> Result<()> {
         self.db
             .put_cf(self.cf(CF_OPEN), txn_key(txn), bytes)
@@ -99,6 +103,7 @@ impl Journal {
     /// Test and tooling hook: removes the historic `<domain>` of a
     /// snapshot (what a damaged journal may lack).
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_delete_snapshot_document(&self, domain: &str, name: &str) -> Result<()> {
         self.db
             .delete_cf(self.cf(CF_STATE), document_key(DOC_SNAPSHOT, domain, name))
@@ -108,6 +113,7 @@ impl Journal {
     /// Test and tooling hook: the raw value of an open transaction's
     /// progress record.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_get_open_progress(&self, txn: TxnId) -> Result<Option<Vec<u8>>> {
         self.db
             .get_cf(self.cf(CF_OPEN), progress_key(txn))
@@ -117,6 +123,7 @@ impl Journal {
     /// Test and tooling hook: sets the raw value of an open transaction's
     /// progress record.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_put_open_progress(&self, txn: TxnId, bytes: &[u8]) -> Result<()> {
         self.db
             .put_cf(self.cf(CF_OPEN), progress_key(txn), bytes)

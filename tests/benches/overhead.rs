@@ -596,8 +596,122 @@ fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
     (j, b, choice.to_string(), moved)
 }
 
+/// A live delete that merges `gib` GiB by an active commit, journaled,
+/// against the bare QMP calls (`block-commit`, `job-complete`,
+/// `job-dismiss`, `blockdev-del`, `rm`) on a twin chain in a QEMU of our
+/// own: base, o1 and o2 each hold `gib` GiB, written before the QEMUs
+/// start; both domains paused. Returns (journaled, bare, choice, bytes
+/// moved).
+fn live_merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
+    let root = tempfile::Builder::new().prefix("sj-merge-").tempdir().unwrap();
+    let size = format!("{gib}G");
+    let (exec, _) = recovery::open(&root.path().join("state")).unwrap();
+    let base = root.path().join("vm-vda.qcow2").display().to_string();
+    let img = QemuImg::default();
+    img.create(&base, "qcow2", &size).unwrap();
+    exec.define_domain(&chaos::fixture::domain_xml(
+        "vm",
+        &[("vda".to_string(), base.clone())],
+    ))
+    .unwrap();
+    let active = |exec: &Executor| {
+        exec.journal().domain("vm").unwrap().unwrap().core.disks["vda"].chain[0]
+            .path
+            .clone()
+    };
+    for (snap, pattern) in [("s1", 0xa1u8), ("s2", 0xa2)] {
+        exec.snapshot_create(&CreateRequest {
+            domain: "vm".into(),
+            name: snap.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        fill(&active(&exec), pattern, gib);
+    }
+    let b0 = root.path().join("bare.qcow2").display().to_string();
+    img.create(&b0, "qcow2", &size).unwrap();
+    let b1 = format!("{b0}.1");
+    let b2 = format!("{b0}.2");
+    img.create_overlay(&b1, &ChainImage::qcow2(b0.clone())).unwrap();
+    fill(&b1, 0xa1, gib);
+    img.create_overlay(&b2, &ChainImage::qcow2(b1.clone())).unwrap();
+    fill(&b2, 0xa2, gib);
+    exec.domain_start("vm", true).unwrap();
+    let core = DomainCore {
+        name: "bare".into(),
+        xml: chaos::fixture::domain_xml("bare", &[("vda".to_string(), b2.clone())]),
+        disks: BTreeMap::from([(
+            "vda".to_string(),
+            DiskState {
+                target: "vda".into(),
+                chain: vec![
+                    ChainImage::qcow2(b2.clone()),
+                    ChainImage::qcow2(b1.clone()),
+                    ChainImage::qcow2(b0.clone()),
+                ],
+            },
+        )]),
+        current_snapshot: None,
+        runtime: None,
+    };
+    let sock = root.path().join("bare.qmp");
+    let pid = executor::live::qemu::launch(&core, &sock, &root.path().join("bare.pid")).unwrap();
+    let mut q = Qmp::connect_until(&sock, Instant::now() + Duration::from_secs(10)).unwrap();
+    let _ = Command::new("sync").status();
+    let (b, _) = timed(|| {
+        let id = "bare-merge";
+        q.execute(
+            Cmd::BlockCommit,
+            json!({"job-id": id, "device": format_node(&b2), "top-node": format_node(&b2),
+                   "base-node": format_node(&b1), "auto-dismiss": false}),
+        )
+        .unwrap();
+        wait_job(&mut q, id, "ready");
+        q.execute(Cmd::JobComplete, json!({"id": id})).unwrap();
+        wait_job(&mut q, id, "concluded");
+        q.execute(Cmd::JobDismiss, json!({"id": id})).unwrap();
+        q.execute(Cmd::BlockdevDel, json!({"node-name": format_node(&b2)}))
+            .unwrap();
+        std::fs::remove_file(&b2).unwrap();
+    });
+    let _ = Command::new("sync").status();
+    let (j, rep) = timed(|| {
+        exec.snapshot_delete(&DeleteRequest {
+            domain: "vm".into(),
+            snapshot: "s2".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    });
+    let _ = q.execute(Cmd::Quit, json!({}));
+    executor::live::qemu::wait_exit(pid, Duration::from_secs(10));
+    exec.domain_stop("vm").unwrap();
+    let (choice, moved) = match rep.merges.first() {
+        Some(MergeChoice::Commit { top_bytes, .. }) => ("active commit", *top_bytes),
+        Some(MergeChoice::Pull { base_bytes, .. }) => ("pull", *base_bytes),
+        other => panic!("no merge: {other:?}"),
+    };
+    assert_eq!(choice, "active commit", "the bare side committed");
+    (j, b, choice.to_string(), moved)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if let Some(i) = std::env::args().position(|a| a == "--live-merge-only") {
+        let gib: u64 = std::env::args()
+            .nth(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        let (j, b, choice, moved) = live_merge_at_scale(gib);
+        println!(
+            "live delete merging {gib} GiB ({choice}, {:.1} MiB moved): journaled {:.1} ms, bare QMP {:.1} ms, ratio {:.3}",
+            moved as f64 / (1024.0 * 1024.0),
+            ms(j),
+            ms(b),
+            j.as_secs_f64() / b.as_secs_f64()
+        );
+        return;
+    }
     if let Some(i) = std::env::args().position(|a| a == "--merge-only") {
         let gib: u64 = std::env::args()
             .nth(i + 1)

@@ -119,6 +119,38 @@ fn live_delete_active_commit_and_intermediate_stream() {
     assert_view(&f.base("vda"), &[(0, A)]);
 }
 
+/// Snapshots taken while the domain was shut off, then started: QEMU
+/// opens the images below the active one read-only, and an active commit
+/// (and a commit below the active image) must still be able to write into
+/// its base (QEMU reopens the base read-write; its file node must not be
+/// pinned read-only). Before the fix QEMU refused ("Block node is
+/// read-only") after the commit point, and the transaction stayed open
+/// with the domain busy.
+#[test]
+fn a_domain_started_on_its_snapshots_chain_deletes_them_live() {
+    let f = Fixture::new(2).unwrap();
+    for d in &f.disks {
+        write_pattern(&f.base(d), A, 0).unwrap();
+    }
+    f.ok(&["snapshot", "create", "vm", "s1"]).unwrap();
+    for d in &f.disks {
+        write_pattern(&chain(&f, d)[0], B, 1).unwrap();
+    }
+    f.ok(&["snapshot", "create", "vm", "s2"]).unwrap();
+    f.ok(&["snapshot", "create", "vm", "s3"]).unwrap();
+    f.start().unwrap();
+    f.guest_write(C, 2).unwrap();
+    // The newest: an active commit into the read-only image below.
+    let r = json(&f.ok(&["--json", "snapshot", "delete", "vm", "s3"]).unwrap());
+    assert!(r["merges"].to_string().contains("commit"), "{}", r["merges"]);
+    assert_consistent(&f);
+    // A middle one: a commit below the active image.
+    f.ok(&["snapshot", "delete", "vm", "s2"]).unwrap();
+    assert_consistent(&f);
+    f.guest_write(D, 3).unwrap();
+    stop_and_assert(&f, &[(0, A), (1, B), (2, C), (3, D)]);
+}
+
 #[test]
 fn live_revert_stops_reverts_and_restarts_as_it_was() {
     let f = Fixture::new(1).unwrap();

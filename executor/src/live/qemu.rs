@@ -31,12 +31,15 @@ fn blockdev_json(image: &ChainImage, backing: Option<&ChainImage>, read_only: bo
         "driver": image.format,
         "node-name": format_node(&image.path),
         "read-only": read_only,
+        // The protocol node inherits `read-only` from its format node: a
+        // block job that must write into an image below the active one (the
+        // base of an active commit) has QEMU reopen the format node
+        // read-write, and an explicit `read-only` here would keep its file
+        // read-only ("Block node is read-only").
         "file": {
             "driver": "file",
             "filename": image.path,
             "node-name": file_node(&image.path),
-            "read-only": read_only,
-            "auto-read-only": read_only,
         },
     });
     if image.format == "qcow2" {

@@ -513,6 +513,15 @@ fn scale(snapshots: usize, rounds: usize) -> (Duration, Duration) {
     (median(&c), median(&d))
 }
 
+/// Writes back dirty pages and, as root, drops the page cache, so that
+/// both sides of a merge read their images from the disk alike (the side
+/// whose images were written first would otherwise find fewer of them
+/// cached).
+fn settle_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
 /// Fills the first `gib` GiB of `image` with `pattern` (qemu-io, one GiB
 /// per request: a single request is limited to under 2 GiB).
 fn fill(image: &str, pattern: u8, gib: u64) {
@@ -573,12 +582,12 @@ fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
     fill(&b2, 0xa2, gib);
     // The bare side first (the choice is the journal's: it picks the
     // cheaper merge, and here o2 holds no more than o1, so a commit).
-    let _ = Command::new("sync").status();
+    settle_caches();
     let (b, _) = timed(|| {
         img.commit(&b2, &b1).unwrap();
         std::fs::remove_file(&b2).unwrap();
     });
-    let _ = Command::new("sync").status();
+    settle_caches();
     let (j, rep) = timed(|| {
         exec.snapshot_delete(&DeleteRequest {
             domain: "vm".into(),
@@ -657,7 +666,7 @@ fn live_merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
     let sock = root.path().join("bare.qmp");
     let pid = executor::live::qemu::launch(&core, &sock, &root.path().join("bare.pid")).unwrap();
     let mut q = Qmp::connect_until(&sock, Instant::now() + Duration::from_secs(10)).unwrap();
-    let _ = Command::new("sync").status();
+    settle_caches();
     let (b, _) = timed(|| {
         let id = "bare-merge";
         q.execute(
@@ -674,7 +683,7 @@ fn live_merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
             .unwrap();
         std::fs::remove_file(&b2).unwrap();
     });
-    let _ = Command::new("sync").status();
+    settle_caches();
     let (j, rep) = timed(|| {
         exec.snapshot_delete(&DeleteRequest {
             domain: "vm".into(),

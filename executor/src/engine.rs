@@ -10,7 +10,7 @@ use crate::error::{ExecError, Result};
 use crate::images::QemuImg;
 use crate::live::{Live, ProgressFn};
 use crate::metadata::MetadataStore;
-use crate::steps::{StepCtx, World};
+use crate::steps::{StepCtx, Strays, World};
 
 /// Runs transactions against one state directory.
 pub struct Executor {
@@ -131,7 +131,7 @@ impl Executor {
                         .journal
                         .open_transaction(txn)?
                         .ok_or(journal::JournalError::NotOpen(txn))?;
-                    return match self.roll_forward(&open) {
+                    return match self.forward(&open, Strays::NoneLeft) {
                         Ok(()) => Ok(txn),
                         Err(e2) => Err(ExecError::ForwardIncomplete {
                             txn,
@@ -152,7 +152,7 @@ impl Executor {
             .journal
             .open_transaction(txn)?
             .ok_or(journal::JournalError::NotOpen(txn))?;
-        self.roll_forward(&open)
+        self.forward(&open, Strays::NoneLeft)
             .map_err(|e| ExecError::ForwardIncomplete {
                 txn,
                 what,
@@ -195,6 +195,14 @@ impl Executor {
     /// (each is idempotent), then closes the transaction. Commits first if
     /// the transaction has not passed its commit point.
     pub fn roll_forward(&self, open: &OpenTxn) -> Result<()> {
+        self.forward(open, Strays::MayBeLeft)
+    }
+
+    /// [`Executor::roll_forward`]; `strays` says whether a crashed writer
+    /// may have left temp files beside the domain's metadata files (a
+    /// transaction this process runs from its beginning has none to sweep:
+    /// recovery swept those of every earlier crash).
+    fn forward(&self, open: &OpenTxn, strays: Strays) -> Result<()> {
         let txn = open.txn;
         if open.phase == TxnPhase::Aborting {
             return Err(ExecError::refused(format!(
@@ -233,7 +241,7 @@ impl Executor {
             match step {
                 // The files of what this transaction changed, not every
                 // snapshot of the domain.
-                journal::Step::SyncXml { domain } => world.sync_xml(domain, &open.plan.changes)?,
+                journal::Step::SyncXml { domain } => world.sync_xml(domain, &open.plan.changes, strays)?,
                 // Not recorded done: it may have been cut short after its
                 // header reached the disk and before its copy did.
                 journal::Step::RebaseImage { safe: true, .. } => world.apply_interrupted_rebase(

@@ -335,7 +335,7 @@ pub fn touched_items(changes: &[StateChange], domain: &str) -> Option<(BTreeSet<
 
 impl MetadataStore {
     /// Like [`MetadataStore::sync_domain`], for the domain file and the
-    /// given snapshots and checkpoints only (plus any stray temp file): a
+    /// given snapshots and checkpoints only (plus, with `sweep_strays`, any stray temp file): a
     /// transaction re-renders what it changed, not every snapshot of the
     /// domain. The records are copied out of the journal's state under its
     /// lock; the files are written after.
@@ -345,6 +345,7 @@ impl MetadataStore {
         domain: &str,
         snapshots: &BTreeSet<String>,
         checkpoints: &BTreeSet<String>,
+        sweep_strays: bool,
     ) -> Result<()> {
         type Rendered = Vec<(PathBuf, Option<String>)>;
         // The transaction holding the domain is the only writer of these
@@ -405,7 +406,12 @@ impl MetadataStore {
             }
         }
         // Stray temp files (of a crashed writer) in the domain's own
-        // directories go too (the shared directory's, recovery sweeps).
+        // directories go too (the shared directory's, recovery sweeps);
+        // only looked for after a crash: the listing grows with the
+        // number of snapshots.
+        if !sweep_strays {
+            return Ok(());
+        }
         for p in self.own_files(domain) {
             let stray = p
                 .file_name()

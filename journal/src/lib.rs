@@ -22,7 +22,7 @@ pub use error::{CorruptKind, JournalError, RecordName, Result};
 pub use event::{Event, EventRecord, Intent, StateChange, TxnId};
 pub use plan::{BitmapAction, BitmapOp, LibvirtMerge, LiveMerge, LiveSwitch, Plan, Step};
 pub use state::{
-    ChainImage, CheckpointRecord, DiskSnapshotMode, DiskState, DomainCore, DomainState, ImageRecord, Runtime,
-    SnapshotDisk, SnapshotRecord, State,
+    ChainImage, CheckpointRecord, DiskSnapshotMode, DiskState, DomainCore, DomainState, ImageRecord, Map,
+    Runtime, SnapshotDisk, SnapshotRecord, State,
 };
 pub use store::{CompactionReport, HistoryEntry, Journal, JournalOptions, OpenTxn, Outcome, TxnPhase};

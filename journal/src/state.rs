@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::StateChange;
 
+/// The ordered map the projection keeps its domains, snapshots,
+/// checkpoints and images in: persistent (a copy shares every node with
+/// the original until one of them changes), so a planner's copy of the
+/// state costs O(1) whatever the number of snapshots, and comparing a copy
+/// with the state it came from is a pointer comparison.
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
 /// One image of a backing chain.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ChainImage {
@@ -151,8 +158,8 @@ pub struct ImageRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainState {
     pub core: DomainCore,
-    pub snapshots: BTreeMap<String, SnapshotRecord>,
-    pub checkpoints: BTreeMap<String, CheckpointRecord>,
+    pub snapshots: Map<String, SnapshotRecord>,
+    pub checkpoints: Map<String, CheckpointRecord>,
 }
 
 impl DomainState {
@@ -237,9 +244,9 @@ impl DomainState {
 /// The whole projection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    pub domains: BTreeMap<String, DomainState>,
+    pub domains: Map<String, DomainState>,
     /// Images the journal created, by path.
-    pub images: BTreeMap<String, ImageRecord>,
+    pub images: Map<String, ImageRecord>,
 }
 
 /// A projection entry that a change touched; the store rewrites (or deletes)
@@ -267,8 +274,8 @@ impl State {
                             name.clone(),
                             DomainState {
                                 core: core.clone(),
-                                snapshots: BTreeMap::new(),
-                                checkpoints: BTreeMap::new(),
+                                snapshots: Map::new(),
+                                checkpoints: Map::new(),
                             },
                         );
                     }

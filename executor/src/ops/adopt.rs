@@ -6,8 +6,6 @@
 //! through libvirt's API and libvirt's metadata is written from the
 //! journal.
 
-use std::collections::BTreeMap;
-
 use journal::{DomainState, Intent, Plan, StateChange, Step, TxnId};
 
 use super::domain::SharedDisks;
@@ -100,8 +98,8 @@ impl Executor {
         let planned = self.plan_define(&state, &xml, &SharedDisks::All)?;
         let dom = DomainState {
             core: planned.core.clone(),
-            snapshots: BTreeMap::new(),
-            checkpoints: BTreeMap::new(),
+            snapshots: journal::Map::new(),
+            checkpoints: journal::Map::new(),
         };
         let mut changes = vec![StateChange::DomainDefined {
             core: planned.core.clone(),

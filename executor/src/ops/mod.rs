@@ -317,7 +317,19 @@ pub(crate) fn replace_image(
             xml,
         });
     }
+    let escaped = crate::xml::tree::escape(from);
     for s in dom.snapshots.values() {
+        let doc = historic
+            .get(&s.name)
+            .ok_or_else(|| crate::metadata::missing_historic("snapshot", &name, &s.name))?;
+        let record_names = s.disks.iter().any(|d| {
+            d.frozen.as_ref().map(|f| f.path.as_str()) == Some(from) || d.overlay.as_deref() == Some(from)
+        });
+        // Most snapshots do not name the image: neither copied nor parsed.
+        let doc_names = doc.contains(from) || doc.contains(escaped.as_str());
+        if !record_names && !doc_names {
+            continue;
+        }
         let mut s2 = s.clone();
         for d in &mut s2.disks {
             if d.frozen.as_ref().map(|f| f.path.as_str()) == Some(from) {
@@ -327,11 +339,7 @@ pub(crate) fn replace_image(
                 d.overlay = Some(to.path.clone());
             }
         }
-        let doc = historic
-            .get(&s.name)
-            .ok_or_else(|| crate::metadata::missing_historic("snapshot", &name, &s.name))?;
-        // Most documents do not name the image: they are not parsed.
-        let doc2 = if doc.contains(from) || doc.contains(&crate::xml::tree::escape(from)) {
+        let doc2 = if doc_names {
             replace_source(&format!("historic domain of snapshot {}", s.name), doc, from, to)?
         } else {
             doc.clone()

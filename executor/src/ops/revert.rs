@@ -412,7 +412,9 @@ impl Executor {
             }
         }
         let mut after = dom.clone();
-        after.checkpoints.retain(|n, _| !dropped.contains(n));
+        for n in &dropped {
+            after.checkpoints.remove(n);
+        }
         let recording = chains
             .keys()
             .filter_map(|disk| {

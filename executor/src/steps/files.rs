@@ -57,12 +57,22 @@ impl World<'_> {
     /// [`Step::SyncXml`] for a transaction whose state `changes` are known:
     /// only the files they touch are rendered and compared.
     /// For a domain libvirt runs, libvirt's metadata too.
-    pub fn sync_xml(&self, domain: &str, changes: &[journal::StateChange]) -> Result<()> {
+    pub fn sync_xml(
+        &self,
+        domain: &str,
+        changes: &[journal::StateChange],
+        strays: super::Strays,
+    ) -> Result<()> {
         let touched = crate::metadata::touched_items(changes, domain);
         match &touched {
             Some((snapshots, checkpoints)) => {
-                self.metadata
-                    .sync_items(self.journal, domain, snapshots, checkpoints)?;
+                self.metadata.sync_items(
+                    self.journal,
+                    domain,
+                    snapshots,
+                    checkpoints,
+                    strays == super::Strays::MayBeLeft,
+                )?;
             }
             None => {
                 let state = self.journal.state()?;

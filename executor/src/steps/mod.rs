@@ -31,6 +31,17 @@ pub struct World<'a> {
     pub libvirt: &'a crate::libvirt::Libvirt,
 }
 
+/// Whether a metadata sync looks for the temp files a crashed writer left
+/// in the domain's own directories (a listing of every snapshot's file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strays {
+    /// The transaction may follow a crash: sweep them.
+    MayBeLeft,
+    /// The transaction ran in this process from its beginning, after
+    /// recovery had swept every earlier crash's: there are none.
+    NoneLeft,
+}
+
 /// Which step of which transaction is running (block job ids derive from it).
 #[derive(Debug, Clone, Copy)]
 pub struct StepCtx {

@@ -6,13 +6,12 @@ use super::*;
 
 /// Adds records to a map keyed by name; an empty map is built in bulk
 /// (records arrive sorted by name), which is much cheaper than inserting.
-pub(super) fn fill<T>(map: &mut BTreeMap<String, T>, records: Vec<T>, key: impl Fn(&T) -> String) {
-    let entries = records.into_iter().map(|r| (key(&r), r));
-    if map.is_empty() {
-        *map = entries.collect();
-    } else {
-        map.extend(entries);
-    }
+pub(super) fn fill<T: Clone>(
+    map: &mut crate::state::Map<String, T>,
+    records: Vec<T>,
+    key: impl Fn(&T) -> String,
+) {
+    map.extend(records.into_iter().map(|r| (key(&r), r)));
 }
 
 /// Splits (domain, record) pairs into runs of one domain, keeping order.
@@ -353,8 +352,8 @@ impl Journal {
                     d,
                     DomainState {
                         core,
-                        snapshots: BTreeMap::new(),
-                        checkpoints: BTreeMap::new(),
+                        snapshots: crate::state::Map::new(),
+                        checkpoints: crate::state::Map::new(),
                     },
                 );
             }

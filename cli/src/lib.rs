@@ -79,6 +79,8 @@ pub mod client;
 pub mod commands;
 #[doc(hidden)]
 pub mod demo;
+#[doc(hidden)]
+pub mod engine_exec;
 mod handle;
 #[doc(hidden)]
 pub mod output;

@@ -1,37 +1,30 @@
 //! `snapjournal`: crash-safe, journaled snapshot transactions for QEMU
-//! virtual machines. virsh-like verbs, human or `--json` output. When a
-//! server (`snapjournal serve`) holds the state directory, every command
-//! goes through its socket with the same output and exit codes.
+//! virtual machines. virsh-like verbs, human or `--json` output.
+//!
+//! This front is small on purpose: it links neither libvirt nor the
+//! journal's store, so it starts in a few milliseconds (loading libvirt's
+//! fifty-odd shared libraries alone takes longer than a snapshot through a
+//! server). When a server (`snapjournal serve`) holds the state directory,
+//! the command goes through its socket; otherwise, and for `serve` and
+//! `demo`, the front replaces itself (`exec`, same process id, same
+//! environment) with `snapjournal-engine`, installed beside it, which
+//! opens the state directory itself.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use snapjournal::commands::{run_direct, Cli, Cmd};
+use snapjournal::commands::{Cli, Cmd};
+use snapjournal::engine_exec::exec_engine;
 use snapjournal::output::Out;
-use snapjournal::{client, server};
 
 fn main() -> ExitCode {
-    journal::crashpoint::init();
     let cli = Cli::parse();
     let out = Out::stdio(cli.json);
     let code = match &cli.cmd {
-        Cmd::Serve {
-            socket,
-            group,
-            stop_timeout,
-            idle_timeout,
-        } => server::run_foreground(
-            &cli.state_dir,
-            socket.clone(),
-            group.as_deref(),
-            std::time::Duration::from_secs(*stop_timeout),
-            std::time::Duration::from_secs(*idle_timeout),
-        ),
-        // The demo works in a directory of its own, never through a server.
-        Cmd::Demo { keep } => snapjournal::demo::run(&out, *keep),
-        _ => match client::Client::connect_if_served(&cli.state_dir) {
-            Ok(Some(c)) => client::run_through(c, &cli, &out),
-            Ok(None) => run_direct(&cli, &out),
+        Cmd::Serve { .. } | Cmd::Demo { .. } => Err(exec_engine()),
+        _ => match snapjournal::client::Client::connect_if_served(&cli.state_dir) {
+            Ok(Some(c)) => snapjournal::client::run_through(c, &cli, &out),
+            Ok(None) => Err(exec_engine()),
             Err(e) => Err(e),
         },
     };

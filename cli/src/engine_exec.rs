@@ -1,4 +1,5 @@
-//! How the `snapjournal` front finds and becomes `snapjournal-engine`.
+//! How the `snapjournal` front finds and becomes `snapjournal-engine`, and
+//! how both end.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -33,4 +34,20 @@ pub fn exec_engine() -> anyhow::Error {
         "cannot run {} ({err}); it is installed beside snapjournal (or named by $SNAPJOURNAL_ENGINE); nothing was changed",
         path.display()
     )
+}
+
+/// The process's exit code for a command's outcome: its own code, or 1
+/// with the error reported (human or `--json`) on `out`.
+pub fn exit_code(
+    outcome: anyhow::Result<i32>,
+    cli: &crate::commands::Cli,
+    out: &crate::output::Out,
+) -> std::process::ExitCode {
+    match outcome {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            out.failed(&crate::api::ApiError::classify(&e, cli.cmd.domain()));
+            std::process::ExitCode::from(1)
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use snapjournal::commands::{run_direct, Cli, Cmd};
+use snapjournal::engine_exec::exit_code;
 use snapjournal::output::Out;
 use snapjournal::{client, server};
 
@@ -37,11 +38,5 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
     };
-    match code {
-        Ok(code) => ExitCode::from(code as u8),
-        Err(e) => {
-            out.failed(&snapjournal::api::ApiError::classify(&e, cli.cmd.domain()));
-            ExitCode::from(1)
-        }
-    }
+    exit_code(code, &cli, &out)
 }

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use snapjournal::commands::{Cli, Cmd};
-use snapjournal::engine_exec::exec_engine;
+use snapjournal::engine_exec::{exec_engine, exit_code};
 use snapjournal::output::Out;
 
 fn main() -> ExitCode {
@@ -28,11 +28,5 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
     };
-    match code {
-        Ok(code) => ExitCode::from(code as u8),
-        Err(e) => {
-            out.failed(&snapjournal::api::ApiError::classify(&e, cli.cmd.domain()));
-            ExitCode::from(1)
-        }
-    }
+    exit_code(code, &cli, &out)
 }

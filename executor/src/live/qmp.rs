@@ -252,14 +252,25 @@ impl Qmp {
             message,
         };
         let conn = self.rt.block_on(async {
-            let negotiation = tokio::time::timeout(GREETING_TIMEOUT, QmpStreamTokio::open_uds(&socket))
-                .await
-                .map_err(|_| {
-                    unreachable(format!(
-                        "no greeting within {GREETING_TIMEOUT:?} (another client may hold the monitor)"
-                    ))
-                })?
-                .map_err(|e| unreachable(e.to_string()))?;
+            let greeted = || async {
+                tokio::time::timeout(GREETING_TIMEOUT, QmpStreamTokio::open_uds(&socket))
+                    .await
+                    .map_err(|_| {
+                        unreachable(format!(
+                            "no greeting within {GREETING_TIMEOUT:?} (another client may hold the monitor)"
+                        ))
+                    })
+            };
+            // A client killed while QEMU was writing to it (a reply, an
+            // event) can leave that output to the next client, ahead of
+            // its greeting: the line does not parse as a greeting. The
+            // first connection took the stale line; a second one is
+            // greeted.
+            let negotiation = match greeted().await? {
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => greeted().await?,
+                other => other,
+            }
+            .map_err(|e| unreachable(e.to_string()))?;
             let (service, mut events) = negotiation.stream.into_parts();
             // Negotiation is a command like any other: its reply arrives
             // only while the read half is polled.
@@ -428,4 +439,42 @@ pub struct JobInfo {
     pub total: u64,
     #[serde(default)]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}"#;
+
+    /// A monitor that hands the first client a line left from a killed
+    /// one before its greeting, as QEMU can, then greets the next client
+    /// and answers its capability negotiation.
+    #[test]
+    fn a_stale_line_before_the_greeting_is_left_behind_with_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let monitor = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().unwrap();
+            let stale = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "JOB_STATUS_CHANGE", "data": {"status": "concluded", "id": "j"}}"#;
+            let _ = write!(first, "{stale}\r\n{GREETING}\r\n");
+            let (second, _) = listener.accept().unwrap();
+            let mut w = second.try_clone().unwrap();
+            write!(w, "{GREETING}\r\n").unwrap();
+            let mut reader = BufReader::new(second);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.contains("qmp_capabilities"), "{line}");
+            write!(w, "{{\"return\": {{}}}}\r\n").unwrap();
+            // Open until the client leaves, as QEMU's monitor stays.
+            let _ = reader.read_line(&mut line);
+        });
+        let q = Qmp::connect(&path);
+        assert!(q.is_ok(), "{:?}", q.err());
+        drop(q);
+        monitor.join().unwrap();
+    }
 }

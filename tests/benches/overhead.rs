@@ -542,13 +542,18 @@ fn fill(image: &str, pattern: u8, gib: u64) {
     assert!(st.success(), "qemu-io write into {image}");
 }
 
-/// An offline delete that merges `gib` GiB, journaled, against the bare
-/// qemu-img call on a twin chain with the same data: base, o1 and o2 each
-/// hold `gib` GiB; deleting s2 merges o1 and o2 (a commit of o2 into o1,
-/// or a pull of o1 into o2, whichever the journal picks as cheaper; the
-/// bare side makes the same choice). Returns (journaled, bare, choice,
-/// bytes moved).
-fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
+/// What both merge benchmarks start from: domain `vm` (journaled) with
+/// snapshots s1 and s2, its base, o1 and o2 each holding `gib` GiB, and
+/// the bare twin chain base <- o1 <- o2 with the same data.
+struct MergeSetup {
+    root: tempfile::TempDir,
+    exec: Executor,
+    img: QemuImg,
+    /// The twin's base, o1 and o2.
+    bare: [String; 3],
+}
+
+fn merge_setup(gib: u64) -> MergeSetup {
     let root = tempfile::Builder::new().prefix("sj-merge-").tempdir().unwrap();
     let size = format!("{gib}G");
     let (exec, _) = recovery::open(&root.path().join("state")).unwrap();
@@ -583,6 +588,37 @@ fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
     fill(&b1, 0xa1, gib);
     img.create_overlay(&b2, &ChainImage::qcow2(b1.clone())).unwrap();
     fill(&b2, 0xa2, gib);
+    MergeSetup {
+        root,
+        exec,
+        img,
+        bare: [b0, b1, b2],
+    }
+}
+
+/// Deletes s2 of `vm` (the journaled side of both merge benchmarks).
+fn delete_s2(exec: &Executor) -> executor::DeleteReport {
+    exec.snapshot_delete(&DeleteRequest {
+        domain: "vm".into(),
+        snapshot: "s2".into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// An offline delete that merges `gib` GiB, journaled, against the bare
+/// qemu-img call on a twin chain with the same data: base, o1 and o2 each
+/// hold `gib` GiB; deleting s2 merges o1 and o2 (a commit of o2 into o1,
+/// or a pull of o1 into o2, whichever the journal picks as cheaper; the
+/// bare side makes the same choice). Returns (journaled, bare, choice,
+/// bytes moved).
+fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
+    let MergeSetup {
+        root: _root,
+        exec,
+        img,
+        bare: [_, b1, b2],
+    } = merge_setup(gib);
     // The bare side first (the choice is the journal's: it picks the
     // cheaper merge, and here o2 holds no more than o1, so a commit).
     settle_caches();
@@ -591,14 +627,7 @@ fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
         std::fs::remove_file(&b2).unwrap();
     });
     settle_caches();
-    let (j, rep) = timed(|| {
-        exec.snapshot_delete(&DeleteRequest {
-            domain: "vm".into(),
-            snapshot: "s2".into(),
-            ..Default::default()
-        })
-        .unwrap()
-    });
+    let (j, rep) = timed(|| delete_s2(&exec));
     let (choice, moved) = match rep.merges.first() {
         Some(MergeChoice::Commit { top_bytes, .. }) => ("commit", *top_bytes),
         Some(MergeChoice::Pull { base_bytes, .. }) => ("pull", *base_bytes),
@@ -615,39 +644,12 @@ fn merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
 /// start; both domains paused. Returns (journaled, bare, choice, bytes
 /// moved).
 fn live_merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
-    let root = tempfile::Builder::new().prefix("sj-merge-").tempdir().unwrap();
-    let size = format!("{gib}G");
-    let (exec, _) = recovery::open(&root.path().join("state")).unwrap();
-    let base = root.path().join("vm-vda.qcow2").display().to_string();
-    let img = QemuImg::default();
-    img.create(&base, "qcow2", &size).unwrap();
-    exec.define_domain(&chaos::fixture::domain_xml(
-        "vm",
-        &[("vda".to_string(), base.clone())],
-    ))
-    .unwrap();
-    let active = |exec: &Executor| {
-        exec.journal().domain("vm").unwrap().unwrap().core.disks["vda"].chain[0]
-            .path
-            .clone()
-    };
-    for (snap, pattern) in [("s1", 0xa1u8), ("s2", 0xa2)] {
-        exec.snapshot_create(&CreateRequest {
-            domain: "vm".into(),
-            name: snap.into(),
-            ..Default::default()
-        })
-        .unwrap();
-        fill(&active(&exec), pattern, gib);
-    }
-    let b0 = root.path().join("bare.qcow2").display().to_string();
-    img.create(&b0, "qcow2", &size).unwrap();
-    let b1 = format!("{b0}.1");
-    let b2 = format!("{b0}.2");
-    img.create_overlay(&b1, &ChainImage::qcow2(b0.clone())).unwrap();
-    fill(&b1, 0xa1, gib);
-    img.create_overlay(&b2, &ChainImage::qcow2(b1.clone())).unwrap();
-    fill(&b2, 0xa2, gib);
+    let MergeSetup {
+        root,
+        exec,
+        bare: [b0, b1, b2],
+        ..
+    } = merge_setup(gib);
     exec.domain_start("vm", true).unwrap();
     let core = DomainCore {
         name: "bare".into(),
@@ -687,14 +689,7 @@ fn live_merge_at_scale(gib: u64) -> (Duration, Duration, String, u64) {
         std::fs::remove_file(&b2).unwrap();
     });
     settle_caches();
-    let (j, rep) = timed(|| {
-        exec.snapshot_delete(&DeleteRequest {
-            domain: "vm".into(),
-            snapshot: "s2".into(),
-            ..Default::default()
-        })
-        .unwrap()
-    });
+    let (j, rep) = timed(|| delete_s2(&exec));
     let _ = q.execute(Cmd::Quit, json!({}));
     executor::live::qemu::wait_exit(pid, Duration::from_secs(10));
     exec.domain_stop("vm").unwrap();
